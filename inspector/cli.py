@@ -1,0 +1,196 @@
+"""The `inspector` command line. Runtime commands import onnxruntime, OpenCV and numpy only: never torch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from inspector import __version__
+from inspector.config import DEFAULT_CONFIG, InspectorSettings, load_settings, settings_schema, settings_yaml
+from inspector.errors import ConfigError, InputError, InspectorError
+from inspector.logs import configure_logging
+
+EXIT_USAGE = 2
+EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug, reported without a traceback unless --debug
+
+
+def _thresholds(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers in 0..1, like 0.3,0.5,0.7; got {text!r}") from None
+
+
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in 0..1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in 0..1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    p = argparse.ArgumentParser(prog="inspector", description="Inline visual inspection: ONNX OK/NG verdicts for every frame.")
+    p.add_argument("--version", action="version", version=f"inspector {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    cfg = sub.add_parser("config", help="check, describe or show the configuration")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    check = cfg_sub.add_parser("check", help="validate a config file; prints `dotted.path: message` per error, exit 2 on any")
+    check.add_argument("file", type=Path)
+    cfg_sub.add_parser("schema", help="print the configuration's JSON schema")
+    show = cfg_sub.add_parser("show", help="print the effective settings (file + environment), secrets masked")
+    show.add_argument("--config", type=Path, default=None, help=f"config file (default {DEFAULT_CONFIG} when present)")
+
+    rp = sub.add_parser(
+        "replay",
+        help="re-run recorded frames through the daemon's exact decision path",
+        description="Judge every image under PATH with the deployed configuration and write decisions.jsonl, summary.json and a report.",
+    )
+    rp.add_argument("path", type=Path, metavar="PATH", help="folder of images (recursive; ok/ + ng/<defect>/ layout gives labels) or a text file listing images")
+    rp.add_argument("--model", type=Path, help="ONNX model (default: model.path from the config)")
+    rp.add_argument("--config", type=Path, default=None, help=f"config file (default {DEFAULT_CONFIG} when present)")
+    rp.add_argument("--threshold", type=_unit_float, help="one threshold for every ROI, replacing the config's")
+    rp.add_argument("--labels", type=Path, help="CSV `frame,roi1,...` with ok/ng per ROI (frame paths relative to the CSV)")
+    rp.add_argument("--out", type=Path, help="output folder (default ./replay-YYYYmmdd-HHMMSS)")
+    rp.add_argument("--what-if", type=_thresholds, metavar="T1,T2,...", help="also print NG recall and false-reject rate at these thresholds")
+    rp.add_argument("--no-report", action="store_true", help="skip the HTML report and contact sheets")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging()
+    try:
+        if args.command == "config":
+            return _config(args)
+        if args.command == "replay":
+            return _replay(args)
+        parser.error(f"unknown command {args.command}")
+    except ConfigError as exc:
+        print(f"inspector: {exc}", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        return exc.exit_code
+    except InspectorError as exc:
+        print(f"inspector: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("inspector: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the promise is a message, never a traceback, unless asked for
+        if args.debug:
+            raise
+        print(f"inspector: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+    return 0
+
+
+def _load(path: Path | None) -> InspectorSettings:
+    settings = load_settings(path)
+    configure_logging(settings.log.level, settings.log.format)
+    return settings
+
+
+def _config(args: argparse.Namespace) -> int:
+    if args.config_command == "schema":
+        print(json.dumps(settings_schema(), indent=2))
+        return 0
+    if args.config_command == "show":
+        print(settings_yaml(_load(args.config)), end="")
+        return 0
+    errors = check_config(args.file)
+    if errors:
+        for line in errors:
+            print(line)
+        print(f"{args.file}: {len(errors)} error(s)", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{args.file}: ok")
+    return 0
+
+
+def check_config(path: Path) -> list[str]:
+    """Every problem with a config file, as `dotted.path: message` lines; empty when it is usable."""
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        return exc.errors or [str(exc)]
+    errors = []
+    if settings.model.path is not None and not settings.model.path.is_file():
+        errors.append(f"model.path: file not found: {settings.model.path}")
+    if settings.rois is not None:
+        names = {r.name for r in settings.rois}
+        errors += [
+            f"decision.roi_thresholds.{n}: no such ROI; the ROIs are: {', '.join(sorted(names))}"
+            for n in sorted(set(settings.decision.roi_thresholds) - names)
+        ]
+    return errors
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from inspector.replay.runner import run_replay  # keeps `inspector config` fast
+
+    settings = _load(args.config)
+    if args.labels is not None and not args.labels.is_file():
+        raise InputError(f"--labels {args.labels}: no such file")
+    result = run_replay(
+        args.path,
+        settings,
+        model_path=args.model,
+        threshold=args.threshold,
+        labels_csv=args.labels,
+        out_dir=args.out,
+        what_if_thresholds=args.what_if,
+        report=not args.no_report,
+        log=structlog.get_logger("inspector.replay"),
+    )
+    _print_summary(result.summary)
+    print(f"decisions: {result.decisions}")
+    print(f"summary:   {result.summary_path}")
+    if result.report:
+        print(f"report:    {result.report}")
+    return 0
+
+
+def _fmt(x: Any, pct: bool = True) -> str:
+    if x is None:
+        return "n/a"
+    return f"{100 * x:.2f}%" if pct else f"{x:.4f}"
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    print(
+        f"frames {s['frames']}  passed {s['passed']}  rejected {s['rejected']} ({_fmt(s['reject_rate'])})"
+        + (f"  faulted {s['faulted']} {s['reasons']}" if s["faulted"] else "")
+    )
+    m = s.get("frame_metrics")
+    if m:
+        print(
+            f"labelled {m['n_ok']} ok / {m['n_ng']} ng:  NG recall {_fmt(m['ng_recall'])} ({m['escapes']} escapes)  "
+            f"false-reject rate {_fmt(m['false_reject_rate'])} ({m['false_rejects']})  ROC-AUC {_fmt(m['roc_auc'], pct=False)}"
+        )
+    r = s.get("roi_metrics")
+    if r:
+        print(f"per ROI: NG recall {_fmt(r['ng_recall'])}  false-reject rate {_fmt(r['false_reject_rate'])}")
+    lat = s["latency_ms"]["total"]
+    if lat["p50"] is not None:
+        print(f"latency ms: p50 {lat['p50']:.2f}  p99 {lat['p99']:.2f}  max {lat['max']:.2f}")
+    rows = s.get("what_if")
+    if rows:
+        print("what-if:   threshold  reject-rate  NG-recall  false-reject-rate")
+        for row in rows:
+            print(
+                f"           {row['threshold']:<9}  {_fmt(row['reject_rate']):>11}  {_fmt(row.get('ng_recall')):>9}  "
+                f"{_fmt(row.get('false_reject_rate')):>17}"
+            )

@@ -1,0 +1,249 @@
+"""The classifier stage: `OnnxClassifier` runs an ONNX OK/NG model with provider fallback, a hash pin and its manifest."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import onnxruntime as ort
+import structlog
+
+from inspector.config import GraphOptimization, ModelSettings, Provider
+from inspector.errors import ModelError
+from inspector.manifest import ModelManifest, parse_manifest
+from inspector.preprocess import PreprocessSpec
+
+_ORT_NAME = {
+    Provider.TENSORRT: "TensorrtExecutionProvider",
+    Provider.CUDA: "CUDAExecutionProvider",
+    Provider.CPU: "CPUExecutionProvider",
+}
+_BY_ORT_NAME = {v: k for k, v in _ORT_NAME.items()}
+_PROVIDER_LIB = {Provider.TENSORRT: "libonnxruntime_providers_tensorrt.so", Provider.CUDA: "libonnxruntime_providers_cuda.so"}
+_MENTIONS = {Provider.TENSORRT: ("tensorrt", "nvinfer"), Provider.CUDA: ("cuda", "cudnn", "cublas")}
+_GRAPH_LEVEL = {
+    GraphOptimization.DISABLED: ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    GraphOptimization.BASIC: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    GraphOptimization.EXTENDED: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    GraphOptimization.ALL: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+# onnxruntime's own logger would print one error block per missing GPU library; ours says it once, clearly.
+_ORT_QUIET, _ORT_ERRORS = 4, 3
+
+
+class Classifier(Protocol):
+    """Maps a preprocessed batch to class probabilities."""
+
+    classes: tuple[str, ...]
+    provider: str
+    sha256: str
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """float32 (N, C, H, W) -> float32 (N, n_classes) probabilities."""
+        ...
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, hex."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class OnnxClassifier:
+    """An ONNX OK/NG (or multi-defect) classifier, loaded, checked and warmed up."""
+
+    def __init__(
+        self,
+        path: Path,
+        settings: ModelSettings,
+        *,
+        config_spec: PreprocessSpec | None = None,
+        log: structlog.typing.FilteringBoundLogger | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.log = log or structlog.get_logger("inspector.model")
+        started = time.perf_counter()
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            raise ModelError(f"model file not found: {self.path}") from None
+        except OSError as exc:
+            raise ModelError(f"cannot read model file {self.path}: {exc.strerror}") from exc
+        self.sha256 = hashlib.sha256(data).hexdigest()
+        if settings.sha256 and settings.sha256 != self.sha256:
+            raise ModelError(
+                f"model {self.path} has sha256 {self.sha256}, but model.sha256 pins {settings.sha256}; "
+                "deploy the pinned model or update the pin"
+            )
+        self.session, self.providers = self._create_session(data, settings)
+        self.provider = self.providers[0]
+        self.manifest = self._resolve_manifest(settings, config_spec)
+        self.classes = self.manifest.classes
+        self.spec = self.manifest.preprocess
+        self._logits = self.manifest.output == "logits"
+        self._input = self.session.get_inputs()[0]
+        self._output_name = self.session.get_outputs()[0].name
+        self._input_dtype = np.float16 if self._input.type == "tensor(float16)" else np.float32
+        self._fixed_batch = self._check_shapes()
+        self.load_ms = (time.perf_counter() - started) * 1000
+
+    # --- loading ------------------------------------------------------------------------------
+
+    def _create_session(self, data: bytes, settings: ModelSettings) -> tuple[ort.InferenceSession, list[str]]:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = settings.intra_op_threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = _GRAPH_LEVEL[settings.graph_optimization]
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.spinning else "0")
+        so.log_severity_level = _ORT_QUIET
+        built = set(ort.get_available_providers())
+        chain: list[Provider] = []
+        for p in settings.providers:
+            if _ORT_NAME[p] in built:
+                chain.append(p)
+            else:
+                self._unavailable(p, "not in this onnxruntime build (install onnxruntime-gpu for cuda/tensorrt)", settings)
+        ort.set_default_logger_severity(_ORT_QUIET)
+        try:
+            while chain:
+                try:
+                    session = ort.InferenceSession(data, so, providers=[_ORT_NAME[p] for p in chain], enable_fallback=0)
+                except RuntimeError as exc:
+                    failed = self._failed_provider(chain, str(exc))
+                    if failed is None:
+                        raise ModelError(f"cannot load model {self.path}: {_first_line(exc)}") from exc
+                    chain.remove(failed)
+                    self._unavailable(failed, _provider_reason(failed) or _first_line(exc), settings)
+                    continue
+                active = [_BY_ORT_NAME[n] for n in session.get_providers() if n in _BY_ORT_NAME]
+                for p in chain:
+                    if p not in active:
+                        self._unavailable(p, _provider_reason(p) or "failed to initialise", settings)
+                wanted = [p for p in active if p in chain]
+                if not wanted:
+                    break
+                return session, [p.value for p in wanted]
+        finally:
+            ort.set_default_logger_severity(_ORT_ERRORS)
+        raise ModelError(
+            f"none of the configured providers could load ({', '.join(p.value for p in settings.providers)}); "
+            "add cpu to model.providers to allow the CPU fallback"
+        )
+
+    def _unavailable(self, provider: Provider, reason: str, settings: ModelSettings) -> None:
+        rest = [p.value for p in settings.providers[settings.providers.index(provider) + 1 :]]
+        self.log.warning("provider_unavailable", provider=provider.value, reason=reason, falling_back_to=rest or None)
+
+    @staticmethod
+    def _failed_provider(chain: list[Provider], message: str) -> Provider | None:
+        text = message.lower()
+        for p in chain:
+            if p is not Provider.CPU and any(word in text for word in _MENTIONS[p]):
+                return p
+        return None
+
+    def _resolve_manifest(self, settings: ModelSettings, config_spec: PreprocessSpec | None) -> ModelManifest:
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        manifest = parse_manifest(metadata, str(self.path))
+        if manifest is not None:
+            if config_spec is not None and config_spec != manifest.preprocess:
+                diff = _diff(config_spec.model_dump(mode="json"), manifest.preprocess.model_dump(mode="json"))
+                raise ModelError(
+                    f"the config's `preprocess` differs from the one inside {self.path} ({', '.join(diff)}); "
+                    "the model's own preprocessing is the one it was trained with: remove `preprocess` from the config "
+                    "(use `rois` to place this station's ROIs)"
+                )
+            return manifest
+        if config_spec is None or not settings.classes:
+            raise ModelError(
+                f"{self.path} has no inspector manifest (preprocessing and class names); export it with `inspector export`, "
+                "or give `preprocess` and `model.classes` in the config to run it anyway"
+            )
+        self.log.warning(
+            "model_without_manifest", model=str(self.path), detail="preprocessing and classes come from the config, not the model"
+        )
+        try:
+            return ModelManifest(classes=tuple(settings.classes), preprocess=config_spec, output=settings.output)
+        except ValueError as exc:
+            raise ModelError(f"model.classes: {exc}") from exc
+
+    def _check_shapes(self) -> bool:
+        shape = self._input.shape
+        expected = self.spec.input_shape
+        if len(shape) != 4:
+            raise ModelError(f"{self.path}: input {self._input.name} has shape {shape}; expected 4 dimensions (N, C, H, W)")
+        for got, want, what in zip(shape[1:], expected, ("channels", "height", "width"), strict=True):
+            if isinstance(got, int) and got != want:
+                raise ModelError(
+                    f"{self.path}: input {what} is {got} but the preprocessing produces {want} "
+                    f"(input shape {list(shape)} vs (N, {', '.join(map(str, expected))}))"
+                )
+        out_shape = self.session.get_outputs()[0].shape
+        if len(out_shape) != 2 or (isinstance(out_shape[1], int) and out_shape[1] != len(self.classes)):
+            raise ModelError(
+                f"{self.path}: output shape {list(out_shape)} does not match {len(self.classes)} classes {list(self.classes)}"
+            )
+        fixed = isinstance(shape[0], int)
+        if fixed and shape[0] != 1:
+            raise ModelError(f"{self.path}: fixed batch size {shape[0]}; export with a dynamic batch axis")
+        return fixed
+
+    # --- running ------------------------------------------------------------------------------
+
+    def warmup(self, batch_size: int, runs: int) -> None:
+        """Run blank batches so the first frame does not pay for lazy initialisation."""
+        blank = np.zeros((batch_size, *self.spec.input_shape), np.float32)
+        for _ in range(runs):
+            self.predict(blank)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """float32 (N, C, H, W) -> float32 (N, n_classes) probabilities; all rows in one run when the model allows."""
+        x = batch.astype(self._input_dtype, copy=False)
+        if self._fixed_batch and len(x) > 1:
+            raw = np.concatenate([self.session.run([self._output_name], {self._input.name: x[i : i + 1]})[0] for i in range(len(x))])
+        else:
+            raw = self.session.run([self._output_name], {self._input.name: x})[0]
+        raw = np.asarray(raw, np.float32)
+        if not self._logits:
+            return np.clip(raw, 0.0, 1.0)
+        shifted = raw - raw.max(axis=1, keepdims=True)
+        e = np.exp(shifted)
+        return e / e.sum(axis=1, keepdims=True)
+
+
+def _provider_reason(provider: Provider) -> str | None:
+    """Why a GPU provider's library cannot load here, from the dynamic loader's own words."""
+    lib = _PROVIDER_LIB.get(provider)
+    if lib is None:
+        return None
+    path = os.path.join(os.path.dirname(ort.__file__), "capi", lib)
+    if not os.path.exists(path):
+        return f"{lib} is not installed"
+    try:
+        ctypes.CDLL(path)
+    except OSError as exc:
+        return f"missing library: {str(exc).split(':')[0]}"
+    return "libraries load but no usable GPU was found"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _diff(a: object, b: object, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for key in sorted(set(a) | set(b)):
+            out += _diff(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [f"{prefix.rstrip('.')}: config {a!r} vs model {b!r}"]

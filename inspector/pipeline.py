@@ -1,0 +1,153 @@
+"""The per-frame path shared by `replay` and `run`: decode -> preprocess -> classify -> decide, failing safe."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from inspector.config import InspectorSettings
+from inspector.decision import PASS, REJECT, Latency, RoiResult, Thresholds, Verdict
+from inspector.errors import InputError
+from inspector.frame import Frame, FrameFault, Reason
+from inspector.model import Classifier, OnnxClassifier
+from inspector.preprocess import PreprocessSpec, Preprocessor, Roi, from_array
+
+
+class FramePipeline:
+    """Turns each `Frame` into exactly one `Verdict`; any fault becomes a reject with a reason, never a pass."""
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        preprocessor: Preprocessor,
+        thresholds: Thresholds,
+        *,
+        log: structlog.typing.FilteringBoundLogger | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.classifier = classifier
+        self.preprocessor = preprocessor
+        self.thresholds = thresholds
+        self.roi_names = preprocessor.spec.roi_names
+        self.log = log or structlog.get_logger("inspector.pipeline")
+        self._clock = clock
+
+    def process(self, frame: Frame) -> Verdict:
+        """Judge one frame."""
+        t0 = time.perf_counter()
+        stamps = [t0, t0, t0]
+        try:
+            rois = self._judge(frame, stamps)
+        except FrameFault as fault:
+            self.log.warning("frame_fault", frame=frame.frame_id, reason=fault.reason.value, detail=fault.detail)
+            return self._verdict(frame, (), REJECT, fault.reason, fault.detail, t0, stamps)
+        except Exception as exc:  # noqa: BLE001 - fail-safe: a bug must reject the part, not pass it or stop the line
+            self.log.exception("frame_internal_error", frame=frame.frame_id)
+            return self._verdict(frame, (), REJECT, Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", t0, stamps)
+        rejected = any(r.verdict == REJECT for r in rois)
+        return self._verdict(frame, rois, REJECT if rejected else PASS, Reason.SCORE if rejected else None, None, t0, stamps)
+
+    def _judge(self, frame: Frame, stamps: list[float]) -> tuple[RoiResult, ...]:
+        if frame.read_error is not None:
+            raise FrameFault(Reason.UNREADABLE, frame.read_error)
+        spec = self.preprocessor.spec
+        if frame.data is not None:
+            image = self.preprocessor.decode(frame.data)
+        elif frame.image is not None:
+            image = from_array(frame.image, spec.color)
+        else:
+            raise FrameFault(Reason.EMPTY_FILE, "the frame carries no image data")
+        stamps[0] = time.perf_counter()
+        batch = self.preprocessor(image)
+        stamps[1] = time.perf_counter()
+        try:
+            probabilities = self.classifier.predict(batch)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types; all mean "no score"
+            raise FrameFault(Reason.INFERENCE_ERROR, f"{type(exc).__name__}: {exc}") from exc
+        stamps[2] = time.perf_counter()
+        return self.thresholds.decide(self.roi_names, self.classifier.classes, probabilities)
+
+    def _verdict(
+        self,
+        frame: Frame,
+        rois: tuple[RoiResult, ...],
+        verdict: str,
+        reason: Reason | None,
+        detail: str | None,
+        t0: float,
+        stamps: list[float],
+    ) -> Verdict:
+        end = time.perf_counter()
+        # A stage that never ran takes no time: clamp the missing stamps forward.
+        d, p, i = stamps[0], max(stamps[1], stamps[0]), max(stamps[2], stamps[1], stamps[0])
+        latency = Latency(
+            decode=(d - t0) * 1000,
+            preprocess=(p - d) * 1000,
+            inference=(i - p) * 1000,
+            total=(end - t0) * 1000,
+        )
+        return Verdict(
+            frame_id=frame.frame_id,
+            source=frame.source,
+            captured_at=frame.captured_at,
+            decided_at=self._clock(),
+            verdict=verdict,  # type: ignore[arg-type]
+            reason=reason,
+            threshold=self.thresholds.default,
+            rois=rois,
+            model_sha256=self.classifier.sha256,
+            provider=self.classifier.provider,
+            latency_ms=latency,
+            detail=detail,
+        )
+
+
+def station_spec(spec: PreprocessSpec, rois: tuple[Roi, ...] | None) -> PreprocessSpec:
+    """The model's preprocessing with this station's ROI layout, when the config gives one."""
+    if rois is None:
+        return spec
+    return PreprocessSpec.model_validate({**spec.model_dump(), "rois": [r.model_dump() for r in rois]})
+
+
+def build_pipeline(
+    settings: InspectorSettings,
+    *,
+    model_path: Path | None = None,
+    threshold: float | None = None,
+    log: structlog.typing.FilteringBoundLogger | None = None,
+) -> FramePipeline:
+    """Load the model, resolve its preprocessing and thresholds, warm up, and return the ready pipeline."""
+    path = model_path or settings.model.path
+    if path is None:
+        raise InputError("no model given: pass --model PATH or set model.path in the config")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise InputError(f"--threshold must lie in 0..1, got {threshold}")
+    log = log or structlog.get_logger("inspector")
+    classifier = OnnxClassifier(path, settings.model, config_spec=settings.preprocess, log=log)
+    spec = station_spec(classifier.spec, settings.rois)
+    thresholds = Thresholds(settings.decision, spec.roi_names, threshold)
+    classifier.warmup(len(spec.roi_names), settings.model.warmup_runs)
+    log.info(
+        "model_loaded",
+        model=str(path),
+        sha256=classifier.sha256,
+        provider=classifier.provider,
+        classes=list(classifier.classes),
+        rois=list(spec.roi_names),
+        threshold=thresholds.default,
+        load_ms=round(classifier.load_ms, 1),
+    )
+    return FramePipeline(classifier, Preprocessor(spec), thresholds, log=log)
+
+
+def read_file_frame(path: Path, frame_id: str | None = None, *, clock: Callable[[], float] = time.time) -> Frame:
+    """A `Frame` from an image file; a read failure travels inside the frame so it still gets its reject."""
+    captured = clock()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return Frame(frame_id or path.name, str(path), captured, read_error=f"{exc.strerror or exc}: {path}")
+    return Frame(frame_id or path.name, str(path), captured, data=data)

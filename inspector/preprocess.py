@@ -1,0 +1,342 @@
+"""One preprocessing for train, export, replay and run: a serializable `PreprocessSpec` and its OpenCV/numpy implementation.
+
+decode (8/16-bit, gray or colour) -> colour mode -> optional CLAHE -> ROI crops -> resize
+(optional letterbox) -> normalize -> float32 NCHW batch, one row per ROI.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Annotated, Literal, Protocol
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from inspector.frame import FrameFault, Reason
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+WHOLE_FRAME = "frame"  # the ROI name used when a spec names no ROI
+
+
+class ColorMode(StrEnum):
+    """Channels the model sees."""
+
+    GRAY = "gray"
+    RGB = "rgb"
+
+
+class Interpolation(StrEnum):
+    """Resize interpolation, as OpenCV names them."""
+
+    NEAREST = "nearest"
+    LINEAR = "linear"
+    AREA = "area"
+    CUBIC = "cubic"
+    LANCZOS = "lanczos"
+
+
+_CV_INTERPOLATION = {
+    Interpolation.NEAREST: cv2.INTER_NEAREST,
+    Interpolation.LINEAR: cv2.INTER_LINEAR,
+    Interpolation.AREA: cv2.INTER_AREA,
+    Interpolation.CUBIC: cv2.INTER_CUBIC,
+    Interpolation.LANCZOS: cv2.INTER_LANCZOS4,
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Roi(_Strict):
+    """A named rectangle of the frame, in pixels or as fractions of the frame's width and height."""
+
+    name: str = Field(
+        min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", description="ROI name, used in verdicts, labels and per-ROI thresholds."
+    )
+    box: tuple[float, float, float, float] = Field(
+        description="x_min, y_min, x_max, y_max (x_max and y_max exclusive); pixels, or fractions 0..1 with units=fraction."
+    )
+    units: Literal["px", "fraction"] = Field(default="px", description="Units of `box`: px (pixels) or fraction (of the frame size).")
+
+    @model_validator(mode="after")
+    def _check_box(self) -> Roi:
+        x0, y0, x1, y1 = self.box
+        if x1 <= x0 or y1 <= y0:
+            raise ValueError(f"box must have x_max > x_min and y_max > y_min, got {list(self.box)}")
+        if self.units == "fraction":
+            if min(self.box) < 0 or max(self.box) > 1:
+                raise ValueError(f"fraction box values must lie in 0..1, got {list(self.box)}")
+        elif min(self.box) < 0 or any(v != int(v) for v in self.box):
+            raise ValueError(f"pixel box values must be whole numbers >= 0, got {list(self.box)}")
+        return self
+
+    def pixels(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """The box in pixels for a frame of this size."""
+        x0, y0, x1, y1 = self.box
+        if self.units == "fraction":
+            return (round(x0 * width), round(y0 * height), round(x1 * width), round(y1 * height))
+        return (int(x0), int(y0), int(x1), int(y1))
+
+
+class Clahe(_Strict):
+    """Contrast-limited adaptive histogram equalization (on the luma channel for colour)."""
+
+    enabled: bool = Field(default=False, description="Apply CLAHE before cropping the ROIs.")
+    clip_limit: float = Field(default=2.0, gt=0, le=100, description="Contrast limit, in multiples of the mean histogram bin height.")
+    tile_grid: tuple[Annotated[int, Field(ge=1, le=64)], Annotated[int, Field(ge=1, le=64)]] = Field(
+        default=(8, 8), description="Tiles across and down (columns, rows), 1..64 each."
+    )
+
+
+class Resize(_Strict):
+    """Resize of each ROI crop to the model's input size."""
+
+    width: int = Field(default=224, ge=8, le=4096, description="Model input width, pixels.")
+    height: int = Field(default=224, ge=8, le=4096, description="Model input height, pixels.")
+    interpolation: Interpolation = Field(default=Interpolation.AREA, description="Interpolation: nearest, linear, area, cubic or lanczos.")
+    letterbox: bool = Field(default=False, description="Keep the crop's aspect ratio and pad the rest instead of stretching.")
+    pad_value: float = Field(default=0.0, ge=0, le=1, description="Letterbox padding, as a fraction of full scale (0 black, 1 white).")
+
+
+class Normalize(_Strict):
+    """Per-channel normalization after scaling pixels to 0..1: (x - mean) / std."""
+
+    mean: tuple[float, ...] | None = Field(
+        default=None, description="Per-channel mean in 0..1 (1 value for gray, 3 for rgb); unset: ImageNet's (their average for gray)."
+    )
+    std: tuple[float, ...] | None = Field(
+        default=None, description="Per-channel standard deviation in 0..1, > 0; unset: ImageNet's (their average for gray)."
+    )
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if v is not None and any(s <= 0 for s in v):
+            raise ValueError(f"std values must be > 0, got {list(v)}")
+        return v
+
+
+class PreprocessSpec(_Strict):
+    """Everything that turns a raw frame into the model's input; travels inside the ONNX model."""
+
+    color: ColorMode = Field(default=ColorMode.RGB, description="Channels the model sees: gray (1) or rgb (3).")
+    clahe: Clahe = Field(default_factory=Clahe, description="Optional CLAHE on the whole frame.")
+    rois: tuple[Roi, ...] = Field(default=(), max_length=64, description="Named ROI crops; empty: the whole frame, named 'frame'.")
+    resize: Resize = Field(default_factory=Resize, description="Resize of each crop to the model input.")
+    normalize: Normalize = Field(default_factory=Normalize, description="Scaling to 0..1 then (x - mean) / std.")
+
+    @model_validator(mode="after")
+    def _check(self) -> PreprocessSpec:
+        names = [r.name for r in self.rois]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"ROI names must be unique, repeated: {dupes}")
+        n = self.channels
+        for key in ("mean", "std"):
+            v = getattr(self.normalize, key)
+            if v is not None and len(v) != n:
+                raise ValueError(f"normalize.{key} needs {n} value(s) for color={self.color.value}, got {len(v)}")
+        return self
+
+    @property
+    def channels(self) -> int:
+        """Channels of the model input."""
+        return 1 if self.color is ColorMode.GRAY else 3
+
+    @property
+    def roi_names(self) -> tuple[str, ...]:
+        """ROI names in batch order."""
+        return tuple(r.name for r in self.rois) or (WHOLE_FRAME,)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one batch row."""
+        return (self.channels, self.resize.height, self.resize.width)
+
+    def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
+        """Effective per-channel mean and std."""
+        if self.color is ColorMode.GRAY:
+            mean = self.normalize.mean or (float(np.mean(IMAGENET_MEAN)),)
+            std = self.normalize.std or (float(np.mean(IMAGENET_STD)),)
+        else:
+            mean = self.normalize.mean or IMAGENET_MEAN
+            std = self.normalize.std or IMAGENET_STD
+        return np.asarray(mean, np.float32), np.asarray(std, np.float32)
+
+    def to_json(self) -> str:
+        """Canonical JSON, as stored in the model manifest."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> PreprocessSpec:
+        """Parse the JSON stored in a model manifest."""
+        return cls.model_validate_json(text)
+
+
+# --- decoding -------------------------------------------------------------------------------
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"IEND\xaeB`\x82"
+
+
+def check_complete(data: bytes) -> str:
+    """Name the image format of `data`, or raise FrameFault when it is empty, not an image, or cut short.
+
+    Decoders cannot be trusted with partial writes: some libjpeg builds fill a truncated JPEG
+    with grey and only warn, so the end marker is checked instead.
+    """
+    if not data:
+        raise FrameFault(Reason.EMPTY_FILE, "the file has 0 bytes")
+    if data[:3] == b"\xff\xd8\xff":
+        if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+            raise FrameFault(Reason.TRUNCATED, f"JPEG without its end marker (EOI) after {len(data)} bytes")
+        return "jpeg"
+    if data[:8] == _PNG_SIGNATURE:
+        if not data.rstrip(b"\x00").endswith(_PNG_IEND):
+            raise FrameFault(Reason.TRUNCATED, f"PNG without its IEND chunk after {len(data)} bytes")
+        return "png"
+    if data[:2] == b"BM" and len(data) >= 6:
+        declared = int.from_bytes(data[2:6], "little")
+        if len(data) < declared:
+            raise FrameFault(Reason.TRUNCATED, f"BMP has {len(data)} of its {declared} bytes")
+        return "bmp"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    raise FrameFault(Reason.NOT_AN_IMAGE, "not a JPEG, PNG, BMP or TIFF file (unknown signature)")
+
+
+def decode(data: bytes, color: ColorMode) -> np.ndarray:
+    """Decode encoded image bytes to uint8/uint16, gray (H, W) or RGB (H, W, 3); FrameFault when impossible."""
+    fmt = check_complete(data)
+    flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION
+    flags |= cv2.IMREAD_GRAYSCALE if color is ColorMode.GRAY else cv2.IMREAD_COLOR
+    buf = np.frombuffer(data, np.uint8)
+    try:
+        image = cv2.imdecode(buf, flags)
+    except cv2.error as exc:
+        raise FrameFault(Reason.DECODE_FAILED, f"{fmt}: {exc.err or exc}") from exc
+    if image is None or image.size == 0:
+        raise FrameFault(Reason.DECODE_FAILED, f"OpenCV could not decode this {fmt} file")
+    return _to_color(image, color, bgr=True)
+
+
+def _to_color(image: np.ndarray, color: ColorMode, *, bgr: bool) -> np.ndarray:
+    if image.dtype not in (np.uint8, np.uint16):
+        raise FrameFault(Reason.UNSUPPORTED_IMAGE, f"pixel type {image.dtype}; expected 8- or 16-bit")
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if channels not in (1, 3, 4):
+        raise FrameFault(Reason.UNSUPPORTED_IMAGE, f"{channels} channels; expected 1, 3 or 4")
+    if channels == 1:
+        image = image.reshape(image.shape[:2])
+        return image if color is ColorMode.GRAY else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if color is ColorMode.GRAY:
+        code = {3: cv2.COLOR_BGR2GRAY, 4: cv2.COLOR_BGRA2GRAY} if bgr else {3: cv2.COLOR_RGB2GRAY, 4: cv2.COLOR_RGBA2GRAY}
+    else:
+        code = {3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB} if bgr else {3: None, 4: cv2.COLOR_RGBA2RGB}
+    c = code[channels]
+    return image if c is None else cv2.cvtColor(image, c)
+
+
+def from_array(image: np.ndarray, color: ColorMode) -> np.ndarray:
+    """Bring a camera's decoded frame (gray, or BGR/BGRA as OpenCV delivers it) to the spec's colour mode."""
+    return _to_color(image, color, bgr=True)
+
+
+# --- the pipeline stage ---------------------------------------------------------------------
+
+
+class Preprocess(Protocol):
+    """Turns a decoded frame into the model's input batch."""
+
+    spec: PreprocessSpec
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """Return float32 (n_rois, C, H, W)."""
+        ...
+
+
+class Preprocessor:
+    """The implementation of a `PreprocessSpec`; one instance per worker thread (CLAHE keeps buffers)."""
+
+    def __init__(self, spec: PreprocessSpec) -> None:
+        self.spec = spec
+        self._clahe = (
+            cv2.createCLAHE(clipLimit=spec.clahe.clip_limit, tileGridSize=tuple(spec.clahe.tile_grid)) if spec.clahe.enabled else None
+        )
+        mean, std = spec.mean_std()
+        # (x / full_scale - mean) / std folded into one multiply-add per pixel, per bit depth.
+        self._affine = {
+            depth: ((1.0 / (full * std)).astype(np.float32), (-mean / std).astype(np.float32))
+            for depth, full in ((np.uint8, 255.0), (np.uint16, 65535.0))
+        }
+        self._interp = _CV_INTERPOLATION[spec.resize.interpolation]
+
+    def decode(self, data: bytes) -> np.ndarray:
+        """Decode encoded bytes in this spec's colour mode."""
+        return decode(data, self.spec.color)
+
+    def equalize(self, image: np.ndarray) -> np.ndarray:
+        """Apply CLAHE when enabled (on Y of YCrCb for colour, which works for 8 and 16 bit)."""
+        if self._clahe is None:
+            return image
+        if image.ndim == 2:
+            return self._clahe.apply(image)
+        ycrcb = cv2.cvtColor(image, cv2.COLOR_RGB2YCrCb)
+        ycrcb[:, :, 0] = self._clahe.apply(np.ascontiguousarray(ycrcb[:, :, 0]))
+        return cv2.cvtColor(ycrcb, cv2.COLOR_YCrCb2RGB)
+
+    def crops(self, image: np.ndarray) -> list[np.ndarray]:
+        """Cut the ROIs; FrameFault when a pixel ROI does not fit this frame."""
+        if not self.spec.rois:
+            return [image]
+        h, w = image.shape[:2]
+        out = []
+        for roi in self.spec.rois:
+            x0, y0, x1, y1 = roi.pixels(w, h)
+            if x1 > w or y1 > h:
+                raise FrameFault(Reason.ROI_OUT_OF_BOUNDS, f"ROI {roi.name} {[x0, y0, x1, y1]} does not fit a {w}x{h} frame")
+            if x1 <= x0 or y1 <= y0:
+                raise FrameFault(Reason.ROI_OUT_OF_BOUNDS, f"ROI {roi.name} is empty on a {w}x{h} frame")
+            out.append(image[y0:y1, x0:x1])
+        return out
+
+    def resize(self, crop: np.ndarray) -> np.ndarray:
+        """Resize one crop to the model's input size, letterboxed when the spec says so."""
+        rs = self.spec.resize
+        if not rs.letterbox:
+            if crop.shape[1] == rs.width and crop.shape[0] == rs.height:
+                return crop
+            return cv2.resize(crop, (rs.width, rs.height), interpolation=self._interp)
+        h, w = crop.shape[:2]
+        scale = min(rs.width / w, rs.height / h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        resized = cv2.resize(crop, (nw, nh), interpolation=self._interp)
+        full = 65535 if crop.dtype == np.uint16 else 255
+        canvas = np.full((rs.height, rs.width) + crop.shape[2:], round(rs.pad_value * full), dtype=crop.dtype)
+        top, left = (rs.height - nh) // 2, (rs.width - nw) // 2
+        canvas[top : top + nh, left : left + nw] = resized
+        return canvas
+
+    def normalize(self, image: np.ndarray, out: np.ndarray) -> None:
+        """Scale and normalize one HxW(xC) image into the CHW row `out`."""
+        scale, offset = self._affine[image.dtype.type]
+        if image.ndim == 2:
+            np.multiply(image, scale[0], out=out[0], casting="unsafe")
+            out[0] += offset[0]
+            return
+        for c in range(image.shape[2]):
+            np.multiply(image[:, :, c], scale[c], out=out[c], casting="unsafe")
+            out[c] += offset[c]
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """Decoded image (in this spec's colour mode) -> float32 (n_rois, C, H, W)."""
+        image = self.equalize(image)
+        crops = self.crops(image)
+        batch = np.empty((len(crops), *self.spec.input_shape), np.float32)
+        for i, crop in enumerate(crops):
+            self.normalize(self.resize(crop), batch[i])
+        return batch

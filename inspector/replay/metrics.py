@@ -1,0 +1,202 @@
+"""Replay's figures: confusion, NG recall, false-reject rate, ROC; NG is the positive class throughout."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from inspector.decision import REJECT, Verdict
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One replayed frame with its label, as the summary and the report need it."""
+
+    frame_id: str
+    source: str
+    verdict: str
+    reason: str | None
+    score: float | None  # highest ROI score; None when a fault stopped scoring
+    roi_scores: tuple[tuple[str, float], ...]
+    roi_verdicts: tuple[tuple[str, str], ...]
+    label: str | None  # "ok" | "ng" | None (unlabelled)
+    defect: str | None
+    roi_labels: tuple[tuple[str, str], ...] | None
+    latency: tuple[float, float, float, float]  # decode, preprocess, inference, total (ms)
+
+    @classmethod
+    def of(cls, verdict: Verdict, label: str | None, defect: str | None, roi_labels: dict[str, str] | None) -> Outcome:
+        """Pair a verdict with what the data says the frame is."""
+        lat = verdict.latency_ms
+        return cls(
+            frame_id=verdict.frame_id,
+            source=verdict.source,
+            verdict=verdict.verdict,
+            reason=verdict.reason.value if verdict.reason else None,
+            score=verdict.score,
+            roi_scores=tuple((r.name, r.score) for r in verdict.rois),
+            roi_verdicts=tuple((r.name, r.verdict) for r in verdict.rois),
+            label=label,
+            defect=defect,
+            roi_labels=tuple(sorted(roi_labels.items())) if roi_labels else None,
+            latency=(lat.decode, lat.preprocess, lat.inference, lat.total),
+        )
+
+    @property
+    def faulted(self) -> bool:
+        """True when the frame was rejected without a score (unreadable, truncated, ...)."""
+        return self.score is None
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return None if den == 0 else num / den
+
+
+def roc_auc(scores: Sequence[float], positives: Sequence[bool]) -> float | None:
+    """Area under the ROC curve (Mann-Whitney U with tied ranks averaged); None without both classes."""
+    s = np.asarray(scores, np.float64)
+    y = np.asarray(positives, bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    avg_rank = ends - (counts - 1) / 2.0  # 1-based average rank of each distinct score
+    ranks = avg_rank[inverse]
+    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def roc_curve(scores: Sequence[float], positives: Sequence[bool]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False-reject rate, NG recall and threshold at each distinct score, from the strictest threshold down."""
+    s = np.asarray(scores, np.float64)
+    y = np.asarray(positives, bool)
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    distinct = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1] if len(s) else np.array([], int)
+    tps = np.cumsum(y)[distinct]
+    fps = np.cumsum(~y)[distinct]
+    tpr = np.r_[0.0, tps / max(int(y.sum()), 1)]
+    fpr = np.r_[0.0, fps / max(int((~y).sum()), 1)]
+    return fpr, tpr, np.r_[np.inf, s[distinct]]
+
+
+def binary_metrics(rejected: Iterable[bool], is_ng: Iterable[bool]) -> dict[str, Any]:
+    """Confusion counts and rates with NG as positive: an escape is an NG that passed."""
+    c = Counter(zip(is_ng, rejected, strict=True))
+    tp, fn, fp, tn = c[(True, True)], c[(True, False)], c[(False, True)], c[(False, False)]
+    return {
+        "n_ok": fp + tn,
+        "n_ng": tp + fn,
+        "confusion": {"ng_rejected": tp, "ng_passed": fn, "ok_rejected": fp, "ok_passed": tn},
+        "ng_recall": _ratio(tp, tp + fn),
+        "escapes": fn,
+        "false_reject_rate": _ratio(fp, fp + tn),
+        "false_rejects": fp,
+        "precision": _ratio(tp, tp + fp),
+        "accuracy": _ratio(tp + tn, tp + fn + fp + tn),
+    }
+
+
+def frame_metrics(outcomes: Sequence[Outcome], threshold: float | None = None) -> dict[str, Any] | None:
+    """Frame-level figures for the labelled outcomes: at the verdicts given, or at one threshold for every ROI."""
+    labelled = [o for o in outcomes if o.label is not None]
+    if not labelled:
+        return None
+    is_ng = [o.label == "ng" for o in labelled]
+    rejected = [_rejects(o, threshold) for o in labelled]
+    out = binary_metrics(rejected, is_ng)
+    scored = [(o.score, ng) for o, ng in zip(labelled, is_ng, strict=True) if o.score is not None]
+    out["roc_auc"] = roc_auc([s for s, _ in scored], [ng for _, ng in scored]) if scored else None
+    out["faulted"] = sum(o.faulted for o in labelled)
+    defects = sorted({o.defect for o in labelled if o.label == "ng" and o.defect})
+    if defects:
+        per = {}
+        for d in defects:
+            rows = [r for o, r in zip(labelled, rejected, strict=True) if o.defect == d]
+            per[d] = {"n": len(rows), "rejected": sum(rows), "recall": _ratio(sum(rows), len(rows))}
+        out["per_defect"] = per
+    return out
+
+
+def roi_metrics(outcomes: Sequence[Outcome], threshold: float | None = None) -> dict[str, Any] | None:
+    """ROI-level figures where the labels name each ROI (a CSV), overall and per ROI."""
+    rows: list[tuple[str, bool, bool, float | None]] = []  # roi, is_ng, rejected, score
+    for o in outcomes:
+        if not o.roi_labels:
+            continue
+        scores, verdicts = dict(o.roi_scores), dict(o.roi_verdicts)
+        for name, label in o.roi_labels:
+            score = scores.get(name)
+            if score is None:  # a faulted frame rejects every ROI
+                rejected = True
+            elif threshold is None:
+                rejected = verdicts[name] == REJECT
+            else:
+                rejected = score >= threshold
+            rows.append((name, label == "ng", rejected, score))
+    if not rows:
+        return None
+    out = binary_metrics([r[2] for r in rows], [r[1] for r in rows])
+    scored = [(r[3], r[1]) for r in rows if r[3] is not None]
+    out["roc_auc"] = roc_auc([s for s, _ in scored], [ng for _, ng in scored]) if scored else None
+    out["per_roi"] = {}
+    for name in sorted({r[0] for r in rows}):
+        mine = [r for r in rows if r[0] == name]
+        m = binary_metrics([r[2] for r in mine], [r[1] for r in mine])
+        out["per_roi"][name] = {k: m[k] for k in ("n_ok", "n_ng", "ng_recall", "false_reject_rate", "escapes", "false_rejects")}
+    return out
+
+
+def _rejects(o: Outcome, threshold: float | None) -> bool:
+    if threshold is None or o.score is None:
+        return o.verdict == REJECT
+    return o.score >= threshold
+
+
+def what_if(outcomes: Sequence[Outcome], thresholds: Sequence[float]) -> list[dict[str, Any]]:
+    """Reject rate, and with labels NG recall and false-reject rate, at each threshold; the scores are reused."""
+    table = []
+    for t in thresholds:
+        rejected = sum(_rejects(o, t) for o in outcomes)
+        row: dict[str, Any] = {"threshold": t, "reject_rate": _ratio(rejected, len(outcomes))}
+        m = frame_metrics(outcomes, t)
+        if m is not None:
+            row.update(
+                ng_recall=m["ng_recall"], false_reject_rate=m["false_reject_rate"], escapes=m["escapes"], false_rejects=m["false_rejects"]
+            )
+        table.append(row)
+    return table
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float | None]:
+    """p50/p90/p99/max/mean of latencies in ms."""
+    if not values:
+        return {"p50": None, "p90": None, "p99": None, "max": None, "mean": None}
+    a = np.asarray(values, np.float64)
+    p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    return {"p50": round(float(p50), 3), "p90": round(float(p90), 3), "p99": round(float(p99), 3), "max": round(float(a.max()), 3), "mean": round(float(a.mean()), 3)}
+
+
+def summarize(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    """Counts, reject rate, latency percentiles and, with labels, the quality figures."""
+    n = len(outcomes)
+    rejected = sum(o.verdict == REJECT for o in outcomes)
+    reasons = Counter(o.reason for o in outcomes if o.reason)
+    stages = ("decode", "preprocess", "inference", "total")
+    return {
+        "frames": n,
+        "passed": n - rejected,
+        "rejected": rejected,
+        "reject_rate": _ratio(rejected, n),
+        "reasons": dict(sorted(reasons.items())),
+        "faulted": sum(o.faulted for o in outcomes),
+        "labelled": sum(o.label is not None for o in outcomes),
+        "latency_ms": {s: percentiles([o.latency[i] for o in outcomes if not o.faulted]) for i, s in enumerate(stages)},
+        "frame_metrics": frame_metrics(outcomes),
+        "roi_metrics": roi_metrics(outcomes),
+    }

@@ -1,0 +1,137 @@
+"""Replay a recorded batch through the daemon's exact per-frame path and write decisions, summary and report."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from inspector import __version__
+from inspector.config import InspectorSettings
+from inspector.errors import InputError
+from inspector.pipeline import FramePipeline, build_pipeline, read_file_frame
+from inspector.progress import Progress
+from inspector.replay.dataset import ReplaySet, collect
+from inspector.replay.metrics import Outcome, summarize, what_if
+from inspector.replay.report import write_report
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """Where replay wrote its files, and the figures it computed."""
+
+    out_dir: Path
+    decisions: Path
+    summary_path: Path
+    report: Path | None
+    summary: dict[str, Any]
+    outcomes: tuple[Outcome, ...]
+
+
+def default_out_dir() -> Path:
+    """A fresh folder name for this run's outputs."""
+    return Path(f"replay-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+
+
+def run_replay(
+    path: Path,
+    settings: InspectorSettings,
+    *,
+    model_path: Path | None = None,
+    threshold: float | None = None,
+    labels_csv: Path | None = None,
+    out_dir: Path | None = None,
+    what_if_thresholds: list[float] | None = None,
+    report: bool = True,
+    progress: bool | None = None,
+    log: structlog.typing.FilteringBoundLogger | None = None,
+) -> ReplayResult:
+    """Judge every frame under `path` once; all checks happen before anything is written."""
+    log = log or structlog.get_logger("inspector.replay")
+    bad = [t for t in what_if_thresholds or [] if not 0.0 <= t <= 1.0]
+    if bad:
+        raise InputError(f"--what-if thresholds must lie in 0..1, got {bad}")
+    pipeline = build_pipeline(settings, model_path=model_path, threshold=threshold, log=log)
+    dataset = collect(path, labels_csv=labels_csv, roi_names=pipeline.roi_names)
+    _log_dataset(log, path, dataset)
+    out_dir = out_dir or default_out_dir()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir}: exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    decisions = out_dir / "decisions.jsonl"
+    outcomes = _judge_all(pipeline, dataset, decisions, progress)
+    summary = summarize(outcomes)
+    summary.update(
+        replay={
+            "path": str(path),
+            "labelled_by": dataset.labelled_by,
+            "skipped_files": len(dataset.skipped_files),
+            "ignored_dirs": list(dataset.ignored_dirs),
+            "labels_without_frame": len(dataset.labels_without_frame),
+            "inspector_version": __version__,
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+        model={
+            "path": str(pipeline.classifier.path),
+            "sha256": pipeline.classifier.sha256,
+            "provider": pipeline.classifier.provider,
+            "classes": list(pipeline.classifier.classes),
+            "rois": list(pipeline.roi_names),
+        },
+        threshold=pipeline.thresholds.default,
+        roi_thresholds=pipeline.thresholds.by_roi,
+    )
+    if what_if_thresholds:
+        summary["what_if"] = what_if(outcomes, what_if_thresholds)
+    summary_path = out_dir / "summary.json"
+    _write_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
+    report_path = write_report(out_dir, outcomes, summary, pipeline.thresholds.default) if report else None
+    log.info(
+        "replay_done",
+        frames=summary["frames"],
+        rejected=summary["rejected"],
+        faulted=summary["faulted"],
+        out=str(out_dir),
+    )
+    return ReplayResult(out_dir, decisions, summary_path, report_path, summary, tuple(outcomes))
+
+
+def _judge_all(pipeline: FramePipeline, dataset: ReplaySet, decisions: Path, progress: bool | None) -> list[Outcome]:
+    outcomes = []
+    bar = Progress(len(dataset.items), "replay", enabled=progress)
+    tmp = decisions.with_suffix(".jsonl.partial")
+    with tmp.open("w", encoding="utf-8") as f:
+        for item in dataset.items:
+            verdict = pipeline.process(read_file_frame(item.path, item.frame_id))
+            roi_labels = dict(item.roi_labels) if item.roi_labels else None
+            record = verdict.to_dict()
+            if item.label is not None:
+                record["label"] = {"frame": item.label, "defect": item.defect, "rois": roi_labels}
+            f.write(json.dumps(record, separators=(",", ":")) + "\n")
+            outcomes.append(Outcome.of(verdict, item.label, item.defect, roi_labels))
+            bar.advance()
+    bar.close()
+    os.replace(tmp, decisions)
+    return outcomes
+
+
+def _log_dataset(log: structlog.typing.FilteringBoundLogger, path: Path, dataset: ReplaySet) -> None:
+    log.info("replay_start", path=str(path), frames=len(dataset.items), labelled_by=dataset.labelled_by)
+    if dataset.skipped_files:
+        log.warning("files_skipped", count=len(dataset.skipped_files), examples=list(dataset.skipped_files[:3]), why="not an image suffix")
+    if dataset.ignored_dirs:
+        log.warning("folders_ignored", folders=list(dataset.ignored_dirs), why="only ok/ and ng/ carry labels")
+    if dataset.labels_without_frame:
+        log.warning("labels_without_frame", count=len(dataset.labels_without_frame), examples=list(dataset.labels_without_frame[:3]))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".partial")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

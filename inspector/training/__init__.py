@@ -1,0 +1,1 @@
+"""Training and export (the `train` extra): the only part of inspector that imports torch."""

@@ -1,0 +1,119 @@
+"""Shared fixtures: real ONNX models exported once per session, and small synthetic image sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import structlog
+
+from inspector.logs import configure_logging
+from inspector.preprocess import PreprocessSpec
+from inspector.samples import write_labelled_folder, write_roi_frames
+
+GRAY64 = PreprocessSpec(color="gray", resize={"width": 64, "height": 64})
+
+
+@pytest.fixture(autouse=True)
+def _json_logs_to_stderr() -> None:
+    """Each test starts with the CLI's default logging (JSON on a non-TTY stderr)."""
+    configure_logging("info", "json")
+    structlog.contextvars.clear_contextvars()
+
+
+def _dark_spot_module(n_defect_classes: int = 1):
+    """A hand-built detector: P(ng) rises when any 2x2 patch is much darker than a clean tile; answers are known."""
+    import torch
+
+    class DarkSpot(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            darkest = torch.nn.functional.avg_pool2d(-x[:, :1], 2, stride=1).amax(dim=(1, 2, 3))
+            ng = 12.0 * (darkest - 0.8)
+            cols = [torch.zeros_like(ng), ng] + [ng - 1.0 - i for i in range(n_defect_classes - 1)]
+            return torch.stack(cols, dim=1)
+
+    return DarkSpot()
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real ONNX files: a tiny ResNet18, the known-answer dark-spot detector and its variants, and broken ones."""
+    import onnx
+    import torch
+    import torchvision
+    from onnx import TensorProto, helper
+
+    from inspector.training.onnx_export import export_classifier
+
+    root = tmp_path_factory.mktemp("models")
+    out: dict[str, Path] = {}
+
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18(num_classes=2)
+    resnet.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)  # gray input
+    out["resnet"] = root / "resnet18.onnx"
+    export_classifier(resnet, GRAY64.model_copy(update={"clahe": {"enabled": True}}), ("ok", "ng"), out["resnet"])
+
+    out["dark"] = root / "dark.onnx"
+    export_classifier(_dark_spot_module(), GRAY64, ("ok", "ng"), out["dark"])
+
+    out["multi"] = root / "multi.onnx"
+    export_classifier(_dark_spot_module(2), GRAY64, ("ok", "crack", "blowhole"), out["multi"])
+
+    roi_spec = PreprocessSpec(
+        color="gray",
+        resize={"width": 48, "height": 48},
+        rois=[
+            {"name": n, "box": b, "units": "fraction"}
+            for n, b in {"roi1": (0, 0, 0.5, 0.5), "roi2": (0.5, 0, 1, 0.5), "roi3": (0, 0.5, 0.5, 1), "roi4": (0.5, 0.5, 1, 1)}.items()
+        ],
+    )
+    out["rois"] = root / "rois.onnx"
+    export_classifier(_dark_spot_module(), roi_spec, ("ok", "ng"), out["rois"])
+
+    # The same network without a manifest: what a plain torch.onnx.export gives.
+    bare = onnx.load(str(out["dark"]))
+    del bare.metadata_props[:]
+    out["bare"] = root / "bare.onnx"
+    onnx.save(bare, str(out["bare"]))
+
+    # Loads and has the right shapes, but every run fails: 64 values cannot be reshaped to (3, -1).
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 64, 64])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])
+    pooled = helper.make_node("AveragePool", ["input"], ["p"], kernel_shape=[8, 8], strides=[8, 8])
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [3, -1])
+    reshape = helper.make_node("Reshape", ["p", "shape"], ["logits"])
+    graph = helper.make_graph([pooled, reshape], "broken", [x], [y], initializer=[shape])
+    broken = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    broken.ir_version = 8
+    broken.metadata_props.add(key="inspector.manifest", value=onnx.load(str(out["dark"])).metadata_props[0].value)
+    out["broken"] = root / "broken.onnx"
+    onnx.save(broken, str(out["broken"]))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A labelled folder: ok/ (12) and ng/crack, ng/blowhole (4 each), 64x64 gray PNG, plus masks/ to be ignored."""
+    root = write_labelled_folder(tmp_path_factory.mktemp("tiles"), n_ok=12, n_ng=8, width=64, height=64, seed=1)
+    (root / "masks").mkdir()
+    (root / "masks" / "m.png").write_bytes((root / "ok" / "ok_0000.png").read_bytes())
+    return root
+
+
+@pytest.fixture(scope="session")
+def roi_frames(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """2x2-part frames with a labels.csv: (folder, csv)."""
+    root = tmp_path_factory.mktemp("roi_frames")
+    csv_path, _ = write_roi_frames(root, n_frames=10, part=48, seed=2)
+    return root, csv_path
+
+
+def gray_png(path: Path, array: np.ndarray) -> Path:
+    """Write a uint8/uint16 array as PNG and return its path."""
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), array)
+    return path

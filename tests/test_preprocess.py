@@ -1,0 +1,181 @@
+"""PreprocessSpec and its implementation, checked against results computed by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from inspector.frame import FrameFault, Reason
+from inspector.preprocess import ColorMode, PreprocessSpec, Preprocessor, check_complete, decode
+from tests.conftest import gray_png
+
+
+def _spec(**kw) -> PreprocessSpec:
+    return PreprocessSpec.model_validate({"color": "gray", "resize": {"width": 8, "height": 8, "interpolation": "nearest"}, **kw})
+
+
+def test_spec_json_round_trip_keeps_every_field() -> None:
+    spec = PreprocessSpec(
+        color="gray",
+        clahe={"enabled": True, "clip_limit": 3.5, "tile_grid": (4, 2)},
+        rois=[{"name": "left", "box": (0, 0, 0.5, 1), "units": "fraction"}, {"name": "px", "box": (1, 2, 30, 40)}],
+        resize={"width": 96, "height": 64, "interpolation": "cubic", "letterbox": True, "pad_value": 0.5},
+        normalize={"mean": [0.3], "std": [0.2]},
+    )
+    again = PreprocessSpec.from_json(spec.to_json())
+    assert again == spec
+    assert again.roi_names == ("left", "px")
+    assert again.input_shape == (1, 64, 96)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"rois": [{"name": "a", "box": (0, 0, 1.5, 1), "units": "fraction"}]}, "fraction box values must lie in 0..1"),
+        ({"rois": [{"name": "a", "box": (0, 0, 10.5, 4)}]}, "whole numbers"),
+        ({"rois": [{"name": "a", "box": (5, 0, 2, 4)}]}, "x_max > x_min"),
+        ({"rois": [{"name": "a", "box": (0, 0, 2, 2)}, {"name": "a", "box": (2, 2, 4, 4)}]}, "unique"),
+        ({"normalize": {"mean": [0.1, 0.2, 0.3]}}, r"needs 1 value\(s\) for color=gray"),
+        ({"normalize": {"std": [0.0]}}, "std values must be > 0"),
+        ({"color": "bgr"}, "'gray' or 'rgb'"),
+        ({"resize": {"width": 2}}, "greater than or equal to 8"),
+    ],
+)
+def test_invalid_specs_are_refused_with_what_was_expected(spec: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        PreprocessSpec.model_validate({"color": "gray", **spec})
+
+
+def test_clahe_matches_the_hand_computed_lookup_table() -> None:
+    # 16x16 frame, levels 10/100/200 with 100/100/56 pixels; one tile and a clip limit that does not bite,
+    # so CLAHE is plain equalization: lut[v] = round(cdf(v) * 255 / 256).
+    img = np.full(256, 200, np.uint8)
+    img[:100], img[100:200] = 10, 100
+    img = img.reshape(16, 16)
+    p = Preprocessor(_spec(clahe={"enabled": True, "clip_limit": 100, "tile_grid": (1, 1)}))
+    out = p.equalize(img)
+    assert {int(v): int(out[img == v][0]) for v in (10, 100, 200)} == {10: 100, 100: 199, 200: 255}
+
+
+def test_clahe_runs_on_16_bit_and_colour_without_changing_type_or_shape() -> None:
+    rng = np.random.default_rng(0)
+    gray16 = rng.integers(0, 65535, (32, 32), dtype=np.uint16)
+    rgb8 = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    p = Preprocessor(_spec(clahe={"enabled": True}))
+    assert p.equalize(gray16).dtype == np.uint16
+    out = Preprocessor(PreprocessSpec(color="rgb", clahe={"enabled": True})).equalize(rgb8)
+    assert out.shape == rgb8.shape and out.dtype == np.uint8 and not np.array_equal(out, rgb8)
+
+
+def test_pixel_roi_crop_resize_and_normalize_give_the_hand_computed_batch() -> None:
+    frame = np.arange(6 * 10, dtype=np.uint8).reshape(6, 10) * 4  # values 0..236
+    spec = _spec(rois=[{"name": "r", "box": (2, 1, 6, 5)}], normalize={"mean": [0.5], "std": [0.25]})
+    batch = Preprocessor(spec)(frame)
+    crop = frame[1:5, 2:6]  # 4x4, nearest-upscaled to 8x8: every pixel becomes a 2x2 block
+    expected = (np.repeat(np.repeat(crop, 2, 0), 2, 1) / 255.0 - 0.5) / 0.25
+    assert batch.shape == (1, 1, 8, 8) and batch.dtype == np.float32
+    np.testing.assert_allclose(batch[0, 0], expected, atol=1e-5)
+
+
+def test_fraction_rois_map_to_pixels_and_come_out_in_order() -> None:
+    frame = np.zeros((8, 16), np.uint8)
+    frame[:, 8:] = 255  # right half white
+    spec = _spec(
+        rois=[
+            {"name": "right", "box": (0.5, 0, 1, 1), "units": "fraction"},
+            {"name": "left", "box": (0, 0, 0.5, 1), "units": "fraction"},
+        ],
+        normalize={"mean": [0.0], "std": [1.0]},
+    )
+    batch = Preprocessor(spec)(frame)
+    assert spec.roi_names == ("right", "left")
+    assert batch.shape == (2, 1, 8, 8)
+    assert np.all(batch[0] == 1.0) and np.all(batch[1] == 0.0)
+
+
+def test_letterbox_keeps_aspect_and_pads_with_the_pad_value() -> None:
+    crop = np.full((8, 16), 0, np.uint8)  # 2:1, into 8x8: scaled to 8x4, centred, rows 0-1 and 6-7 padded
+    spec = _spec(resize={"width": 8, "height": 8, "interpolation": "nearest", "letterbox": True, "pad_value": 1.0},
+                 normalize={"mean": [0.0], "std": [1.0]})
+    batch = Preprocessor(spec)(crop)[0, 0]
+    assert np.all(batch[:2] == 1.0) and np.all(batch[6:] == 1.0)
+    assert np.all(batch[2:6] == 0.0)
+
+
+def test_rgb_mode_delivers_rgb_order_from_a_bgr_file(tmp_path: Path) -> None:
+    blue_bgr = np.zeros((8, 8, 3), np.uint8)
+    blue_bgr[:, :, 0] = 255
+    path = tmp_path / "blue.png"
+    cv2.imwrite(str(path), blue_bgr)
+    image = decode(path.read_bytes(), ColorMode.RGB)
+    assert image.shape == (8, 8, 3)
+    assert image[0, 0].tolist() == [0, 0, 255]
+    spec = PreprocessSpec(color="rgb", resize={"width": 8, "height": 8}, normalize={"mean": [0, 0, 0], "std": [1, 1, 1]})
+    batch = Preprocessor(spec)(image)
+    assert batch.shape == (1, 3, 8, 8)
+    assert batch[0, 2].min() == 1.0 and batch[0, 0].max() == 0.0
+
+
+def test_gray_file_in_rgb_mode_and_colour_file_in_gray_mode(tmp_path: Path) -> None:
+    gray = gray_png(tmp_path / "g.png", np.full((8, 8), 100, np.uint8))
+    assert decode(gray.read_bytes(), ColorMode.RGB).shape == (8, 8, 3)
+    colour = tmp_path / "c.png"
+    cv2.imwrite(str(colour), np.full((8, 8, 3), 100, np.uint8))
+    assert decode(colour.read_bytes(), ColorMode.GRAY).shape == (8, 8)
+
+
+def test_16_bit_frames_scale_by_full_16_bit_range(tmp_path: Path) -> None:
+    img = np.full((8, 8), 65535, np.uint16)
+    img[:, :4] = 0
+    path = gray_png(tmp_path / "deep.png", img)
+    image = decode(path.read_bytes(), ColorMode.GRAY)
+    assert image.dtype == np.uint16
+    batch = Preprocessor(_spec(normalize={"mean": [0.0], "std": [1.0]}))(image)
+    assert batch[0, 0, 0, 0] == 0.0 and batch[0, 0, 0, 7] == pytest.approx(1.0)
+
+
+def _jpeg(tmp_path: Path) -> bytes:
+    path = tmp_path / "x.jpg"
+    cv2.imwrite(str(path), np.random.default_rng(0).integers(0, 255, (32, 32), dtype=np.uint8))
+    return path.read_bytes()
+
+
+def _png(tmp_path: Path) -> bytes:
+    return gray_png(tmp_path / "x.png", np.random.default_rng(0).integers(0, 255, (32, 32), dtype=np.uint8)).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda t: b"", Reason.EMPTY_FILE),
+        (lambda t: b"hello, I am a text file\n", Reason.NOT_AN_IMAGE),
+        (lambda t: _jpeg(t)[:-200], Reason.TRUNCATED),
+        (lambda t: _jpeg(t)[:-2], Reason.TRUNCATED),
+        (lambda t: _png(t)[:-12], Reason.TRUNCATED),
+        (lambda t: b"BM" + (10_000).to_bytes(4, "little") + b"\x00" * 100, Reason.TRUNCATED),
+        (lambda t: b"\xff\xd8\xff" + bytes(range(256)) * 4 + b"\xff\xd9", Reason.DECODE_FAILED),
+    ],
+    ids=["empty", "text", "jpeg-cut", "jpeg-no-eoi", "png-cut", "bmp-cut", "jpeg-garbage"],
+)
+def test_decode_faults_name_their_reason(tmp_path: Path, make, reason: Reason) -> None:
+    with pytest.raises(FrameFault) as info:
+        decode(make(tmp_path), ColorMode.GRAY)
+    assert info.value.reason is reason
+    assert info.value.detail
+
+
+def test_complete_files_pass_the_end_marker_check_even_with_zero_padding(tmp_path: Path) -> None:
+    assert check_complete(_jpeg(tmp_path) + b"\x00" * 16) == "jpeg"
+    assert check_complete(_png(tmp_path)) == "png"
+
+
+def test_a_pixel_roi_outside_the_frame_is_a_fault_not_a_silent_clip() -> None:
+    p = Preprocessor(_spec(rois=[{"name": "far", "box": (0, 0, 100, 8)}]))
+    with pytest.raises(FrameFault) as info:
+        p(np.zeros((8, 50), np.uint8))
+    assert info.value.reason is Reason.ROI_OUT_OF_BOUNDS
+    assert "far" in info.value.detail and "50x8" in info.value.detail
