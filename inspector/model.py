@@ -12,6 +12,7 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 import structlog
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from inspector.config import GraphOptimization, ModelSettings, Provider
 from inspector.errors import ModelError
@@ -33,7 +34,14 @@ _GRAPH_LEVEL = {
     GraphOptimization.ALL: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 # onnxruntime's own logger would print one error block per missing GPU library; ours says it once, clearly.
-_ORT_QUIET, _ORT_ERRORS = 4, 3
+_LOG_QUIET, _LOG_ERRORS = 4, 3
+# onnxruntime's C++ errors are plain Exception subclasses, not RuntimeError.
+ORT_EXCEPTIONS: tuple[type[Exception], ...] = (RuntimeError,) + tuple(
+    getattr(_ort_state, name)
+    for name in ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException",
+                 "InvalidProtobuf", "ModelLoaded", "NotImplemented", "InvalidGraph", "EPFail")
+    if hasattr(_ort_state, name)
+)
 
 
 class Classifier(Protocol):
@@ -104,7 +112,7 @@ class OnnxClassifier:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = _GRAPH_LEVEL[settings.graph_optimization]
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.spinning else "0")
-        so.log_severity_level = _ORT_QUIET
+        so.log_severity_level = _LOG_QUIET
         built = set(ort.get_available_providers())
         chain: list[Provider] = []
         for p in settings.providers:
@@ -112,12 +120,12 @@ class OnnxClassifier:
                 chain.append(p)
             else:
                 self._unavailable(p, "not in this onnxruntime build (install onnxruntime-gpu for cuda/tensorrt)", settings)
-        ort.set_default_logger_severity(_ORT_QUIET)
+        ort.set_default_logger_severity(_LOG_QUIET)
         try:
             while chain:
                 try:
                     session = ort.InferenceSession(data, so, providers=[_ORT_NAME[p] for p in chain], enable_fallback=0)
-                except RuntimeError as exc:
+                except ORT_EXCEPTIONS as exc:
                     failed = self._failed_provider(chain, str(exc))
                     if failed is None:
                         raise ModelError(f"cannot load model {self.path}: {_first_line(exc)}") from exc
@@ -133,7 +141,7 @@ class OnnxClassifier:
                     break
                 return session, [p.value for p in wanted]
         finally:
-            ort.set_default_logger_severity(_ORT_ERRORS)
+            ort.set_default_logger_severity(_LOG_ERRORS)
         raise ModelError(
             f"none of the configured providers could load ({', '.join(p.value for p in settings.providers)}); "
             "add cpu to model.providers to allow the CPU fallback"
@@ -202,8 +210,11 @@ class OnnxClassifier:
     def warmup(self, batch_size: int, runs: int) -> None:
         """Run blank batches so the first frame does not pay for lazy initialisation."""
         blank = np.zeros((batch_size, *self.spec.input_shape), np.float32)
-        for _ in range(runs):
-            self.predict(blank)
+        try:
+            for _ in range(runs):
+                self.predict(blank)
+        except ORT_EXCEPTIONS as exc:
+            raise ModelError(f"{self.path} fails its warm-up inference on a blank batch of {batch_size}: {_first_line(exc)}") from exc
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """float32 (N, C, H, W) -> float32 (N, n_classes) probabilities; all rows in one run when the model allows."""

@@ -53,7 +53,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     resnet = torchvision.models.resnet18(num_classes=2)
     resnet.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)  # gray input
     out["resnet"] = root / "resnet18.onnx"
-    export_classifier(resnet, GRAY64.model_copy(update={"clahe": {"enabled": True}}), ("ok", "ng"), out["resnet"])
+    clahe = PreprocessSpec.model_validate({**GRAY64.model_dump(), "clahe": {"enabled": True}})
+    export_classifier(resnet, clahe, ("ok", "ng"), out["resnet"])
 
     out["dark"] = root / "dark.onnx"
     export_classifier(_dark_spot_module(), GRAY64, ("ok", "ng"), out["dark"])

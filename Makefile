@@ -1,0 +1,39 @@
+# `make test` and `make demo` work on a fresh Debian machine with Python 3.11: they create .venv,
+# install the project with its extras, and install mosquitto with apt when it is missing.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: install mosquitto test demo bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "inspector needs Python >= 3.11, found " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+mosquitto:
+	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; else \
+		echo "installing mosquitto with apt"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mosquitto >/dev/null; \
+	fi
+
+test: install mosquitto
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Until the daemon lands: generate sample parts and a small model, then replay the held-out parts.
+demo: install
+	$(BIN)/python -m inspector.training.sample --out sample
+	$(BIN)/inspector replay sample/holdout --model sample/model.onnx --out sample/replay --what-if 0.1,0.3,0.5,0.7,0.9
+
+bench: install
+	$(BIN)/python benchmarks/bench_inference.py
+
+clean:
+	rm -rf $(VENV) sample .pytest_cache *.egg-info

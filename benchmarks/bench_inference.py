@@ -1,0 +1,526 @@
+"""Per-frame latency of inspector's path against a tutorial-style PyTorch baseline, on the same images and weights.
+
+    .venv/bin/python benchmarks/bench_inference.py [--data DIR] [--frames 300] [--out FILE]
+
+Prints one JSON document on stdout (progress goes to stderr). See benchmarks/README.md for what each figure means.
+
+Both paths run the same torchvision resnet18 (random init, fixed seed, 2 classes, 224x224 RGB, batch 1):
+  inspector: read_file_frame(path) -> FramePipeline.process (OpenCV decode -> Preprocessor -> onnxruntime CPU -> verdict)
+  baseline:  PIL Image.open(path).convert("RGB") -> torchvision Resize/ToTensor/Normalize -> torch eager in
+             inference_mode, torch.set_num_threads(2) -> softmax -> threshold
+"""
+
+from __future__ import annotations
+
+import time
+
+_PROCESS_T0 = time.perf_counter()  # as early as this script can stamp: before any heavy import
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import random  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO / ".." / "shared" / "datasets" / "magnetic-tile"
+INPUT_SIZE = 224
+CLASSES = ("ok", "ng")
+THRESHOLD = 0.5
+TARGETS = {"p50_ratio_max": 0.55, "p99_ratio_max": 0.5, "load_to_first_verdict_max_ms": 1000.0}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def find_images(data: Path) -> list[Path]:
+    """All JPEG tiles under ok/ and ng/<defect>/ (masks excluded), sorted; exits with a clear message when absent."""
+    if not data.is_dir():
+        sys.exit(
+            f"error: dataset folder not found: {data}\n"
+            "The benchmark reads the magnetic-tile images (ok/ and ng/<defect>/ JPEGs, see /work/shared/datasets/README.md).\n"
+            "Pass --data /path/to/magnetic-tile, or place the dataset at ../shared/datasets/magnetic-tile relative to the repo root."
+        )
+    images = sorted(p for sub in ("ok", "ng") for p in (data / sub).rglob("*.jpg") if p.is_file())
+    if not images:
+        sys.exit(f"error: no JPEG images under {data}/ok or {data}/ng; is --data the magnetic-tile folder?")
+    return images
+
+
+def pick(images: list[Path], n: int, seed: int) -> list[Path]:
+    """n images, a fixed-seed sample (OK and NG mixed), repeating the list when n exceeds it."""
+    order = images[:]
+    random.Random(seed).shuffle(order)
+    return [order[i % len(order)] for i in range(n)]
+
+
+# --- statistics -------------------------------------------------------------------------------
+
+
+def stats(ms: list[float]) -> dict[str, float]:
+    import numpy as np
+
+    a = np.asarray(ms, np.float64)
+    return {
+        "n": int(a.size),
+        "p50": round(float(np.percentile(a, 50)), 3),
+        "p90": round(float(np.percentile(a, 90)), 3),
+        "p99": round(float(np.percentile(a, 99)), 3),
+        "mean": round(float(a.mean()), 3),
+        "max": round(float(a.max()), 3),
+    }
+
+
+def with_fps(ms: list[float]) -> dict[str, float]:
+    s = stats(ms)
+    s["fps"] = round(1000.0 / s["mean"], 1)  # one stream, frames back to back
+    return s
+
+
+def loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+# --- the two paths ------------------------------------------------------------------------------
+
+
+def inspector_settings(threads: int, spinning: bool | None) -> Any:
+    from inspector.config import load_settings
+
+    model: dict[str, Any] = {"providers": ["cpu"], "intra_op_threads": threads}
+    if spinning is not None:
+        model["spinning"] = spinning
+    return load_settings(None, model=model)
+
+
+class Baseline:
+    """The PyTorch path as tutorials write it."""
+
+    def __init__(self, module: Any, threads: int) -> None:
+        import torch
+        from torchvision import transforms
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.module = module.eval()
+        self.transform = transforms.Compose(
+            [transforms.Resize((INPUT_SIZE, INPUT_SIZE)), transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+        )
+
+    def __call__(self, path: Path) -> tuple[bool, float, tuple[float, float, float]]:
+        """(reject, score, (decode_ms, preprocess_ms, inference_ms))."""
+        from PIL import Image
+
+        torch = self.torch
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            image = Image.open(path).convert("RGB")
+            t1 = time.perf_counter()
+            x = self.transform(image).unsqueeze(0)
+            t2 = time.perf_counter()
+            prob = torch.softmax(self.module(x), dim=1)[0]
+            score = 1.0 - float(prob[0])
+            t3 = time.perf_counter()
+        return score >= THRESHOLD, score, ((t1 - t0) * 1000, (t2 - t1) * 1000, (t3 - t2) * 1000)
+
+
+def run_inspector(pipeline: Any, path: Path) -> tuple[float, Any]:
+    from inspector.pipeline import read_file_frame
+
+    t0 = time.perf_counter()
+    verdict = pipeline.process(read_file_frame(path))
+    ms = (time.perf_counter() - t0) * 1000
+    if verdict.reason is not None and verdict.reason.value != "score":
+        raise SystemExit(f"error: inspector rejected {path} with a fault ({verdict.reason.value}: {verdict.detail}); timing would be meaningless")
+    return ms, verdict
+
+
+# --- model load to first verdict (fresh process) ---------------------------------------------------
+
+
+def probe_load(model: str, image: str, threads: int, spinning: str) -> None:
+    """Child mode: import, build_pipeline, first verdict; print JSON. Never imports torch."""
+    t_import0 = time.perf_counter()
+    import onnxruntime  # noqa: F401
+
+    t_ort = time.perf_counter()
+    from inspector.logs import configure_logging
+    from inspector.pipeline import build_pipeline, read_file_frame
+
+    t_import1 = time.perf_counter()
+    configure_logging("warning", "json")
+    settings = inspector_settings(threads, None if spinning == "default" else spinning == "on")
+    t_build = time.perf_counter()
+    pipeline = build_pipeline(settings, model_path=Path(model))
+    t_built = time.perf_counter()
+    verdict = pipeline.process(read_file_frame(Path(image)))
+    t_first = time.perf_counter()
+    wall_first = time.time()
+    print(
+        json.dumps(
+            {
+                "first_verdict_wall": wall_first,
+                "script_start_to_first_verdict_ms": (t_first - _PROCESS_T0) * 1000,
+                "import_onnxruntime_ms": (t_ort - t_import0) * 1000,
+                "import_total_ms": (t_import1 - t_import0) * 1000,
+                "build_pipeline_ms": (t_built - t_build) * 1000,
+                "session_load_ms": pipeline.classifier.load_ms,
+                "first_frame_ms": (t_first - t_built) * 1000,
+                "load_to_first_verdict_ms": (t_first - t_build) * 1000,
+                "first_verdict": verdict.verdict,
+                "first_frame_latency_ms": verdict.to_dict()["latency_ms"],
+            }
+        )
+    )
+
+
+def measure_load(model: Path, image: Path, threads: int, spinning: str, repeats: int) -> dict[str, Any]:
+    runs = []
+    for _ in range(repeats):
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        wall0 = time.time()
+        t0 = time.perf_counter()
+        out = subprocess.run(
+            [sys.executable, __file__, "--_probe-load", str(model), str(image), str(threads), spinning],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )
+        process_ms = (time.perf_counter() - t0) * 1000
+        if out.returncode != 0:
+            raise SystemExit(f"error: load probe failed (exit {out.returncode}):\n{out.stderr[-2000:]}")
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        r["cold_spawn_to_first_verdict_ms"] = (r.pop("first_verdict_wall") - wall0) * 1000
+        r["process_total_ms"] = process_ms
+        runs.append({k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()})
+
+    def med(key: str) -> float:
+        import numpy as np
+
+        return round(float(np.median([r[key] for r in runs])), 1)
+
+    keys = (
+        "load_to_first_verdict_ms",
+        "build_pipeline_ms",
+        "session_load_ms",
+        "first_frame_ms",
+        "import_onnxruntime_ms",
+        "import_total_ms",
+        "cold_spawn_to_first_verdict_ms",
+    )
+    return {"repeats": repeats, "median": {k: med(k) for k in keys}, "max_load_to_first_verdict_ms": max(r["load_to_first_verdict_ms"] for r in runs), "runs": runs}
+
+
+# --- inspector vs baseline, alternating blocks --------------------------------------------------------
+
+
+def compare(pipeline: Any, baseline: Baseline, paths: list[Path], block: int, settle: int, warm: list[Path]) -> dict[str, Any]:
+    import gc
+
+    log(f"warm-up: {len(warm)} frames each")
+    for p in warm:
+        run_inspector(pipeline, p)
+        baseline(p)
+    ins_ms: list[float] = []
+    base_ms: list[float] = []
+    ins_split: dict[str, list[float]] = {"decode": [], "preprocess": [], "inference": []}
+    base_split: dict[str, list[float]] = {"decode": [], "preprocess": [], "inference": []}
+    ins_scores: dict[Path, float] = {}
+    base_scores: dict[Path, float] = {}
+    gc.collect()
+    chunks = [paths[i : i + block] for i in range(0, len(paths), block)]
+    log(f"measuring {len(paths)} frames each, {len(chunks)} alternating blocks of {block} (+{settle} unmeasured settle frames per block)")
+    for k, chunk in enumerate(chunks):
+        order = ("inspector", "baseline") if k % 2 == 0 else ("baseline", "inspector")
+        for arm in order:
+            if arm == "inspector":
+                for p in chunk[:settle]:
+                    run_inspector(pipeline, p)
+                for p in chunk:
+                    ms, v = run_inspector(pipeline, p)
+                    ins_ms.append(ms)
+                    for key in ins_split:
+                        ins_split[key].append(getattr(v.latency_ms, key))
+                    ins_scores[p] = float(v.score)
+            else:
+                for p in chunk[:settle]:
+                    baseline(p)
+                for p in chunk:
+                    t0 = time.perf_counter()
+                    _, score, split = baseline(p)
+                    base_ms.append((time.perf_counter() - t0) * 1000)
+                    for key, val in zip(base_split, split, strict=True):
+                        base_split[key].append(val)
+                    base_scores[p] = score
+    # Not a correctness check (OpenCV INTER_AREA vs PIL antialiased bilinear resize differ): how far the scores drift.
+    score_diff = [abs(ins_scores[p] - base_scores[p]) for p in ins_scores]
+    ins = with_fps(ins_ms)
+    base = with_fps(base_ms)
+    return {
+        "inspector": {**ins, "split_p50": {k: stats(v)["p50"] for k, v in ins_split.items()}, "split_mean": {k: stats(v)["mean"] for k, v in ins_split.items()}},
+        "baseline": {**base, "split_p50": {k: stats(v)["p50"] for k, v in base_split.items()}, "split_mean": {k: stats(v)["mean"] for k, v in base_split.items()}},
+        "ratio_inspector_over_baseline": {
+            "p50": round(ins["p50"] / base["p50"], 3),
+            "p99": round(ins["p99"] / base["p99"], 3),
+            "mean": round(ins["mean"] / base["mean"], 3),
+        },
+        "score_abs_diff_vs_baseline": stats(score_diff) if score_diff else None,
+    }
+
+
+# --- thread settings study -------------------------------------------------------------------------
+
+
+class BackgroundDecoder:
+    """A thread decoding JPEGs back to back with inspector's own decoder, as acquisition/decode does beside inference."""
+
+    def __init__(self, blobs: list[bytes]) -> None:
+        self.blobs = blobs
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _loop(self) -> None:
+        from inspector.preprocess import ColorMode, decode
+
+        i = 0
+        n = len(self.blobs)
+        while not self._stop.is_set():
+            decode(self.blobs[i % n], ColorMode.RGB)
+            i += 1
+            self.count = i
+
+    def __enter__(self) -> BackgroundDecoder:
+        self._stop.clear()
+        self.count = 0
+        self._thread = threading.Thread(target=self._loop, name="bg-decode", daemon=True)
+        self._thread.start()
+        time.sleep(0.05)  # let it reach steady state
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join()
+
+
+def threads_study(model: Path, paths: list[Path], frames: int, block: int, settle: int, gaps_ms: list[float]) -> dict[str, Any]:
+    from inspector.pipeline import build_pipeline
+
+    configs = [(t, s) for t in (1, 2) for s in (False, True)]
+    pipelines = {c: build_pipeline(inspector_settings(c[0], c[1]), model_path=model) for c in configs}
+    blobs = [p.read_bytes() for p in paths]
+    decoder = BackgroundDecoder(blobs)
+    cells = [(t, s, bg, gap) for gap in gaps_ms for (t, s) in configs for bg in (False, True)]
+    data: dict[tuple, dict[str, Any]] = {c: {"inference": [], "total": [], "cpu_s": 0.0, "wall_s": 0.0, "decodes": 0, "n": 0} for c in cells}
+    rounds = max(1, frames // block)
+    rng = random.Random(1)
+    log(f"threads study: {len(cells)} cells x {rounds} rounds x {block} frames, gaps {gaps_ms} ms")
+    for r in range(rounds):
+        order = cells[:]
+        rng.shuffle(order)  # a different cell order each round: drifts in machine load spread over all cells
+        for cell in order:
+            t, s, bg, gap = cell
+            pipeline = pipelines[(t, s)]
+            chunk = [paths[(r * block + i) % len(paths)] for i in range(block)]
+            d = data[cell]
+            time.sleep(0.1)  # let the previous cell's spinning workers park
+            ctx = decoder if bg else _Null()
+            with ctx:
+                for p in chunk[:settle]:
+                    run_inspector(pipeline, p)
+                c0, w0, n0 = time.process_time(), time.perf_counter(), decoder.count
+                for p in chunk:
+                    if gap:
+                        time.sleep(gap / 1000)
+                    _, v = run_inspector(pipeline, p)
+                    d["inference"].append(v.latency_ms.inference)
+                    d["total"].append(v.latency_ms.total)
+                d["cpu_s"] += time.process_time() - c0
+                d["wall_s"] += time.perf_counter() - w0
+                d["decodes"] += (decoder.count - n0) if bg else 0
+                d["n"] += len(chunk)
+    rows = []
+    for cell in cells:
+        t, s, bg, gap = cell
+        d = data[cell]
+        rows.append(
+            {
+                "intra_op_threads": t,
+                "spinning": s,
+                "background_decoder": bg,
+                "gap_ms": gap,
+                "frames": d["n"],
+                "inference_ms": {k: v for k, v in stats(d["inference"]).items() if k in ("p50", "p99", "mean")},
+                "total_ms": {k: v for k, v in stats(d["total"]).items() if k in ("p50", "p99", "mean")},
+                # CPU seconds of the whole process (all threads, decoder included) per frame: what spinning costs.
+                "process_cpu_ms_per_frame": round(d["cpu_s"] / d["n"] * 1000, 2),
+                "background_decodes_per_s": round(d["decodes"] / d["wall_s"], 1) if bg else None,
+            }
+        )
+    return {"frames_per_cell": rounds * block, "block": block, "rows": rows}
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+# --- main ------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="magnetic-tile folder (default: ../shared/datasets/magnetic-tile from the repo root)")
+    ap.add_argument("--frames", type=int, default=300, help="measured frames per path (default 300)")
+    ap.add_argument("--warmup", type=int, default=20, help="unmeasured warm-up frames per path (default 20)")
+    ap.add_argument("--block", type=int, default=25, help="frames per alternating block (default 25)")
+    ap.add_argument("--settle", type=int, default=3, help="unmeasured frames at the start of each block (default 3)")
+    ap.add_argument("--threads", type=int, default=2, help="intra-op threads for both paths (default 2)")
+    ap.add_argument(
+        "--spinning", choices=("default", "on", "off"), default="default", help="inspector's model.spinning for the comparison (default: the package default)"
+    )
+    ap.add_argument("--seed", type=int, default=0, help="weights and image sample seed (default 0)")
+    ap.add_argument("--load-repeats", type=int, default=3, help="fresh processes for load-to-first-verdict (default 3)")
+    ap.add_argument("--skip-threads-study", action="store_true", help="skip the intra_op_threads x spinning study")
+    ap.add_argument("--study-frames", type=int, default=160, help="measured frames per study cell (default 160)")
+    ap.add_argument("--study-block", type=int, default=40, help="frames per study block (default 40)")
+    ap.add_argument(
+        "--study-gaps", type=str, default="0,50", help="comma-separated idle gaps between study frames in ms, 0 = back to back (default 0,50)"
+    )
+    ap.add_argument("--out", type=Path, help="also write the JSON here")
+    ap.add_argument("--_probe-load", nargs=4, metavar=("MODEL", "IMAGE", "THREADS", "SPINNING"), help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args._probe_load:
+        m, img, th, sp = args._probe_load
+        probe_load(m, img, int(th), sp)
+        return 0
+    started = time.perf_counter()
+    data = args.data.resolve()
+    images = find_images(data)
+    paths = pick(images, args.frames, args.seed)
+    warm = pick(images, args.warmup, args.seed + 1)
+
+    log("importing torch, onnxruntime, inspector")
+    import cv2
+    import numpy as np
+    import onnxruntime as ort
+    import PIL
+    import torch
+    import torchvision
+
+    from inspector.logs import configure_logging
+    from inspector.pipeline import build_pipeline
+    from inspector.preprocess import PreprocessSpec
+    from inspector.training.onnx_export import export_classifier
+
+    configure_logging("warning", "json")
+    spinning = None if args.spinning == "default" else args.spinning == "on"
+
+    torch.manual_seed(args.seed)
+    module = torchvision.models.resnet18(weights=None, num_classes=len(CLASSES)).eval()
+    spec = PreprocessSpec(color="rgb", resize={"width": INPUT_SIZE, "height": INPUT_SIZE})
+    result: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="inspector-bench-") as tmp:
+        model_path = Path(tmp) / "resnet18.onnx"
+        log(f"exporting resnet18 to {model_path}")
+        export_classifier(module, spec, CLASSES, model_path)
+
+        settings = inspector_settings(args.threads, spinning)
+        pipeline = build_pipeline(settings, model_path=model_path)
+        baseline = Baseline(module, args.threads)
+
+        # Same weights, same input tensor: onnxruntime and torch must agree before their timings mean anything.
+        x = np.random.default_rng(args.seed).standard_normal((1, *spec.input_shape)).astype(np.float32)
+        with torch.inference_mode():
+            ref = torch.softmax(module(torch.from_numpy(x)), dim=1).numpy()
+        onnx_vs_torch = float(np.abs(pipeline.classifier.predict(x) - ref).max())
+        if onnx_vs_torch > 1e-3:
+            raise SystemExit(f"error: onnxruntime and torch disagree on the same input (max |dp| = {onnx_vs_torch:.2e})")
+
+        cmp_res = compare(pipeline, baseline, paths, args.block, args.settle, warm)
+        del pipeline
+
+        log(f"model load to first verdict: {args.load_repeats} fresh processes")
+        load = measure_load(model_path, paths[0], args.threads, args.spinning, args.load_repeats)
+
+        study = None
+        if not args.skip_threads_study:
+            gaps = [float(g) for g in args.study_gaps.split(",") if g.strip()]
+            study = threads_study(model_path, pick(images, 256, args.seed + 2), args.study_frames, args.study_block, args.settle, gaps)
+
+    ratio = cmp_res["ratio_inspector_over_baseline"]
+    result = {
+        "benchmark": "inspector per-frame path vs PyTorch tutorial baseline",
+        "setup": {
+            "data": str(data),
+            "images_available": len(images),
+            "model": f"torchvision resnet18, random init (seed {args.seed}), {len(CLASSES)} classes, 1x3x{INPUT_SIZE}x{INPUT_SIZE}, batch 1",
+            "threads": args.threads,
+            "inspector_model_settings": {
+                k: v for k, v in settings.model.model_dump(mode="json").items() if k in ("providers", "intra_op_threads", "spinning", "graph_optimization", "warmup_runs")
+            },
+            "frames_per_path": len(paths),
+            "block": args.block,
+            "settle": args.settle,
+            "warmup": args.warmup,
+        },
+        "environment": {
+            "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "onnxruntime": ort.__version__,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "opencv": cv2.__version__,
+            "numpy": np.__version__,
+            "pillow": PIL.__version__,
+            "loadavg_end": loadavg(),
+        },
+        "sanity": {"onnx_vs_torch_max_abs_prob_diff_same_input": onnx_vs_torch},
+        "comparison": cmp_res,
+        "load_to_first_verdict": load,
+        "threads_study": study,
+        "targets": {
+            **TARGETS,
+            "p50_ratio": ratio["p50"],
+            "p99_ratio": ratio["p99"],
+            "load_to_first_verdict_ms": load["median"]["load_to_first_verdict_ms"],
+            "p50_met": ratio["p50"] <= TARGETS["p50_ratio_max"],
+            "p99_met": ratio["p99"] <= TARGETS["p99_ratio_max"],
+            "load_met": load["max_load_to_first_verdict_ms"] < TARGETS["load_to_first_verdict_max_ms"],
+        },
+        "runtime_s": round(time.perf_counter() - started, 1),
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""How replay finds frames and their labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inspector.errors import InputError
+from inspector.replay.dataset import collect
+
+ROIS = ("roi1", "roi2", "roi3", "roi4")
+
+
+def test_layout_labels_frames_in_sorted_order_and_ignores_other_folders(tiles: Path) -> None:
+    ds = collect(tiles)
+    assert ds.labelled_by == "layout" and ds.ignored_dirs == ("masks",)
+    ids = [i.frame_id for i in ds.items]
+    assert ids == sorted(ids) and len(ids) == 20
+    crack = next(i for i in ds.items if "crack" in i.frame_id)
+    assert (crack.label, crack.defect) == ("ng", "crack")
+    assert all(i.label == "ok" and i.defect is None for i in ds.items if i.frame_id.startswith("ok/"))
+
+
+def test_unlabelled_folders_are_read_recursively_and_non_images_skipped(tmp_path: Path, tiles: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "x.png").write_bytes((tiles / "ok" / "ok_0000.png").read_bytes())
+    (tmp_path / "notes.txt").write_text("hi")
+    (tmp_path / ".hidden.png").write_bytes(b"")
+    ds = collect(tmp_path)
+    assert [i.frame_id for i in ds.items] == ["a/b/x.png"] and ds.skipped_files == ("notes.txt",)
+    assert ds.items[0].label is None
+
+
+def test_a_list_file_names_frames_relative_to_itself(tmp_path: Path, tiles: Path) -> None:
+    listing = tmp_path / "batch.txt"
+    listing.write_text(f"# morning batch\n{tiles / 'ok' / 'ok_0001.png'}\n\nmissing.png\n")
+    ds = collect(listing)
+    assert [i.path for i in ds.items] == [tiles / "ok" / "ok_0001.png", tmp_path / "missing.png"]
+
+
+def test_csv_labels_give_per_roi_labels_and_frame_is_ng_when_any_roi_is(roi_frames: tuple[Path, Path]) -> None:
+    root, csv_path = roi_frames
+    ds = collect(root, labels_csv=csv_path, roi_names=ROIS)
+    assert ds.labelled_by == "csv" and all(i.roi_labels for i in ds.items)
+    for item in ds.items:
+        assert item.label == ("ng" if any(v == "ng" for _, v in item.roi_labels) else "ok")
+
+
+@pytest.mark.parametrize(
+    ("csv_text", "message"),
+    [
+        ("frame,roi1,roi2\nframes/000.png,ok,ok\n", r"columns \['roi1', 'roi2'\] do not match the model's ROIs"),
+        ("frame,roi1,roi2,roi3,roi4\nframes/000.png,ok,ok,maybe,ok\n", r"labels.csv:2: labels must be ok or ng, got 'maybe'"),
+        ("frame,roi1,roi2,roi3,roi4\nframes/000.png,ok,ok\n", "labels.csv:2: expected 5 fields, got 3"),
+        ("image;roi1\n", "first line must be the header frame,<roi names...>"),
+    ],
+)
+def test_bad_csvs_say_what_was_expected(roi_frames: tuple[Path, Path], tmp_path: Path, csv_text: str, message: str) -> None:
+    root, _ = roi_frames
+    bad = tmp_path / "labels.csv"
+    bad.write_text(csv_text)
+    with pytest.raises(InputError, match=message):
+        collect(root, labels_csv=bad, roi_names=ROIS)
+
+
+def test_missing_path_and_empty_folder_are_input_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such file or folder"):
+        collect(tmp_path / "nope")
+    with pytest.raises(InputError, match="no images found"):
+        collect(tmp_path)

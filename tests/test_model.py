@@ -1,0 +1,121 @@
+"""OnnxClassifier on real exported models: providers, manifest, hash pin, shapes."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from inspector.config import ModelSettings
+from inspector.errors import ModelError
+from inspector.logs import configure_logging
+from inspector.manifest import MANIFEST_KEY
+from inspector.model import OnnxClassifier, file_sha256
+from inspector.preprocess import PreprocessSpec
+from tests.conftest import GRAY64
+
+CPU = ModelSettings(providers=["cpu"])
+
+
+def _events(stream: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.startswith("{")]
+
+
+def test_default_providers_fall_back_with_one_clear_warning_each_and_no_onnxruntime_noise(
+    models: dict[str, Path], capfd: pytest.CaptureFixture[str]
+) -> None:
+    logs = io.StringIO()
+    configure_logging("info", "json", stream=logs)
+    clf = OnnxClassifier(models["dark"], ModelSettings())
+    order = ["tensorrt", "cuda", "cpu"]
+    skipped = order[: order.index(clf.provider)]
+    warnings = [e for e in _events(logs) if e["event"] == "provider_unavailable"]
+    assert [w["provider"] for w in warnings] == skipped
+    assert all(w["level"] == "warning" and w["reason"] for w in warnings)
+    out, err = capfd.readouterr()
+    assert "EP Error" not in out + err and "onnxruntime" not in out + err
+
+
+def test_without_cpu_in_the_list_a_missing_gpu_is_an_error_naming_the_fix(models: dict[str, Path]) -> None:
+    if OnnxClassifier(models["dark"], ModelSettings()).provider != "cpu":
+        pytest.skip("a GPU provider works on this machine")
+    with pytest.raises(ModelError, match="none of the configured providers could load.*add cpu"):
+        OnnxClassifier(models["dark"], ModelSettings(providers=["cuda"]))
+
+
+def test_sha256_pin_mismatch_is_refused_naming_both_hashes(models: dict[str, Path]) -> None:
+    actual = file_sha256(models["dark"])
+    pin = "0" * 64
+    with pytest.raises(ModelError) as info:
+        OnnxClassifier(models["dark"], ModelSettings(providers=["cpu"], sha256=pin))
+    assert actual in str(info.value) and pin in str(info.value)
+    assert OnnxClassifier(models["dark"], ModelSettings(providers=["cpu"], sha256=actual)).sha256 == actual
+
+
+def test_manifest_supplies_spec_and_classes(models: dict[str, Path]) -> None:
+    clf = OnnxClassifier(models["multi"], CPU)
+    assert clf.classes == ("ok", "crack", "blowhole")
+    assert clf.spec == GRAY64
+
+
+def test_a_model_without_manifest_is_refused_unless_the_config_gives_spec_and_classes(models: dict[str, Path]) -> None:
+    with pytest.raises(ModelError, match="no inspector manifest.*give `preprocess` and `model.classes`"):
+        OnnxClassifier(models["bare"], CPU)
+    logs = io.StringIO()
+    configure_logging("info", "json", stream=logs)
+    clf = OnnxClassifier(models["bare"], ModelSettings(providers=["cpu"], classes=["ok", "ng"]), config_spec=GRAY64)
+    assert clf.classes == ("ok", "ng")
+    assert [e["event"] for e in _events(logs)].count("model_without_manifest") == 1
+
+
+def test_a_config_spec_that_differs_from_the_manifest_is_refused_naming_the_field(models: dict[str, Path]) -> None:
+    other = GRAY64.model_copy(update={"clahe": GRAY64.clahe.model_copy(update={"enabled": True})})
+    with pytest.raises(ModelError, match="clahe.enabled: config True vs model False"):
+        OnnxClassifier(models["dark"], CPU, config_spec=other)
+    assert OnnxClassifier(models["dark"], CPU, config_spec=GRAY64).spec == GRAY64
+
+
+def test_a_newer_manifest_format_asks_for_an_upgrade(models: dict[str, Path], tmp_path: Path) -> None:
+    model = onnx.load(str(models["dark"]))
+    manifest = json.loads(model.metadata_props[0].value)
+    manifest["format_version"] = 99
+    del model.metadata_props[:]
+    model.metadata_props.add(key=MANIFEST_KEY, value=json.dumps(manifest))
+    path = tmp_path / "future.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ModelError, match="manifest format 99 is newer.*upgrade inspector"):
+        OnnxClassifier(path, CPU)
+
+
+def test_input_shape_that_does_not_match_the_preprocessing_is_refused(models: dict[str, Path]) -> None:
+    rgb = PreprocessSpec(color="rgb", resize={"width": 64, "height": 64})
+    with pytest.raises(ModelError, match="input channels is 1 but the preprocessing produces 3"):
+        OnnxClassifier(models["bare"], ModelSettings(providers=["cpu"], classes=["ok", "ng"]), config_spec=rgb)
+
+
+def test_class_count_that_does_not_match_the_output_is_refused(models: dict[str, Path]) -> None:
+    with pytest.raises(ModelError, match=r"output shape .* does not match 3 classes"):
+        OnnxClassifier(models["bare"], ModelSettings(providers=["cpu"], classes=["ok", "a", "b"]), config_spec=GRAY64)
+
+
+@pytest.mark.parametrize(("content", "message"), [(None, "model file not found"), (b"not a model", "cannot load model")])
+def test_missing_or_corrupt_model_files_are_clear_errors(tmp_path: Path, content: bytes | None, message: str) -> None:
+    path = tmp_path / "m.onnx"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ModelError, match=message):
+        OnnxClassifier(path, CPU)
+
+
+def test_predict_runs_all_rois_as_one_batch_and_returns_probabilities(models: dict[str, Path]) -> None:
+    clf = OnnxClassifier(models["multi"], CPU)
+    batch = np.zeros((4, 1, 64, 64), np.float32)
+    batch[2, 0, 10:20, 10:20] = -3.0  # a dark patch in the third ROI
+    probs = clf.predict(batch)
+    assert probs.shape == (4, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    assert probs[2, 0] < 0.01 and probs[0, 0] > 0.99

@@ -1,0 +1,122 @@
+"""The per-frame path on real models and real files: one verdict per frame, and every fault a reject with a reason."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from inspector.config import load_settings
+from inspector.errors import ModelError
+from inspector.frame import Frame
+from inspector.pipeline import FramePipeline, build_pipeline, read_file_frame
+from inspector.samples import tile
+
+
+def _pipeline(model: Path, **overrides) -> FramePipeline:
+    return build_pipeline(load_settings(None, model={"providers": ["cpu"]}, **overrides), model_path=model)
+
+
+@pytest.fixture(scope="module")
+def dark(models: dict[str, Path]) -> FramePipeline:
+    return _pipeline(models["dark"])
+
+
+def test_clean_tiles_pass_and_defects_reject_with_scores_and_latency(dark: FramePipeline, tiles: Path) -> None:
+    ok = dark.process(read_file_frame(tiles / "ok" / "ok_0000.png"))
+    ng = dark.process(read_file_frame(next((tiles / "ng" / "crack").iterdir())))
+    assert (ok.verdict, ok.reason) == ("pass", None)
+    assert (ng.verdict, ng.reason.value) == ("reject", "score")
+    assert ok.score < 0.05 < 0.95 < ng.score
+    assert ng.provider == "cpu" and len(ng.model_sha256) == 64
+    lat = ng.latency_ms
+    assert lat.total >= lat.decode + lat.preprocess + lat.inference - 1e-6 and lat.inference > 0
+
+
+def _jpeg_bytes(tmp_path: Path) -> bytes:
+    path = tmp_path / "part.jpg"
+    cv2.imwrite(str(path), tile(np.random.default_rng(3), 64, 64))
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("zero.jpg", lambda t: b"", "empty_file"),
+        ("notes.jpg", lambda t: b"shift report: all fine\n", "not_an_image"),
+        ("half.jpg", lambda t: _jpeg_bytes(t)[: len(_jpeg_bytes(t)) // 2], "truncated"),
+        ("garbled.jpg", lambda t: b"\xff\xd8\xff" + b"\x13" * 500 + b"\xff\xd9", "decode_failed"),
+    ],
+)
+def test_bad_files_are_rejected_with_their_reason_never_passed(
+    dark: FramePipeline, tmp_path: Path, name: str, content, reason: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content(tmp_path))
+    v = dark.process(read_file_frame(path))
+    assert (v.verdict, v.reason.value) == ("reject", reason)
+    assert v.detail and v.rois == () and v.score is None
+
+
+def test_a_file_that_vanished_or_cannot_be_read_is_rejected_as_unreadable(dark: FramePipeline, tmp_path: Path) -> None:
+    gone = dark.process(read_file_frame(tmp_path / "gone.png"))
+    folder = tmp_path / "a_folder.png"
+    folder.mkdir()
+    not_a_file = dark.process(read_file_frame(folder))
+    for v in (gone, not_a_file):
+        assert (v.verdict, v.reason.value) == ("reject", "unreadable")
+
+
+def test_a_frame_too_small_for_a_pixel_roi_is_rejected(models: dict[str, Path], tmp_path: Path) -> None:
+    pipe = _pipeline(models["dark"], rois=[{"name": "big", "box": [0, 0, 200, 200]}])
+    path = tmp_path / "small.png"
+    cv2.imwrite(str(path), tile(np.random.default_rng(0), 64, 64))
+    v = pipe.process(read_file_frame(path))
+    assert (v.verdict, v.reason.value) == ("reject", "roi_out_of_bounds")
+    assert "big" in v.detail
+
+
+def test_an_inference_error_is_a_reject_not_a_crash(models: dict[str, Path], tiles: Path) -> None:
+    pipe = build_pipeline(load_settings(None, model={"providers": ["cpu"], "warmup_runs": 0}), model_path=models["broken"])
+    v = pipe.process(read_file_frame(tiles / "ok" / "ok_0001.png"))
+    assert (v.verdict, v.reason.value) == ("reject", "inference_error")
+    assert "Reshape" in v.detail or "reshape" in v.detail
+
+
+def test_a_model_that_fails_its_warm_up_is_refused_at_load(models: dict[str, Path]) -> None:
+    with pytest.raises(ModelError, match="fails its warm-up inference"):
+        _pipeline(models["broken"])
+
+
+def test_multi_roi_frames_are_one_batch_and_any_ng_roi_rejects_the_frame(models: dict[str, Path]) -> None:
+    pipe = _pipeline(models["rois"])
+    rng = np.random.default_rng(5)
+    parts = [tile(rng, 48, 48), tile(rng, 48, 48, "blowhole"), tile(rng, 48, 48), tile(rng, 48, 48)]
+    frame = np.vstack([np.hstack(parts[:2]), np.hstack(parts[2:])])
+    v = pipe.process(Frame("f1", "camera", 0.0, image=frame))
+    assert [r.name for r in v.rois] == ["roi1", "roi2", "roi3", "roi4"]
+    assert [r.verdict for r in v.rois] == ["pass", "reject", "pass", "pass"]
+    assert (v.verdict, v.reason.value) == ("reject", "score")
+
+
+def test_camera_frames_in_bgr_arrive_as_the_models_colour_mode(dark: FramePipeline) -> None:
+    bgr = cv2.cvtColor(tile(np.random.default_rng(1), 64, 64), cv2.COLOR_GRAY2BGR)
+    v = dark.process(Frame("cam-1", "camera", 0.0, image=bgr))
+    assert v.verdict == "pass" and v.latency_ms.decode >= 0
+
+
+def test_multi_class_models_report_the_top_defect(models: dict[str, Path], tiles: Path) -> None:
+    pipe = _pipeline(models["multi"])
+    v = pipe.process(read_file_frame(next((tiles / "ng" / "blowhole").iterdir())))
+    assert v.verdict == "reject" and v.rois[0].top_class == "crack"
+    assert len(v.rois[0].probabilities) == 3
+
+
+def test_copying_a_file_in_gives_the_same_verdict_as_replaying_it(dark: FramePipeline, tiles: Path, tmp_path: Path) -> None:
+    src = next((tiles / "ng" / "crack").iterdir())
+    shutil.copy(src, tmp_path / "copy.png")
+    a, b = dark.process(read_file_frame(src)), dark.process(read_file_frame(tmp_path / "copy.png"))
+    assert a.score == b.score and a.verdict == b.verdict
