@@ -400,7 +400,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--spinning", choices=("default", "on", "off"), default="default", help="inspector's model.spinning for the comparison (default: the package default)"
     )
     ap.add_argument("--seed", type=int, default=0, help="weights and image sample seed (default 0)")
-    ap.add_argument("--load-repeats", type=int, default=3, help="fresh processes for load-to-first-verdict (default 3)")
+    ap.add_argument("--load-repeats", type=int, default=5, help="fresh processes for load-to-first-verdict (default 5)")
     ap.add_argument("--skip-threads-study", action="store_true", help="skip the intra_op_threads x spinning study")
     ap.add_argument("--study-frames", type=int, default=160, help="measured frames per study cell (default 160)")
     ap.add_argument("--study-block", type=int, default=40, help="frames per study block (default 40)")
