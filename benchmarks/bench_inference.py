@@ -89,6 +89,40 @@ def with_fps(ms: list[float]) -> dict[str, float]:
     return s
 
 
+class MachineNoise:
+    """CPU time the rest of the machine used while a phase ran (from /proc/stat), beside this process's own."""
+
+    def __enter__(self) -> MachineNoise:
+        self.result: dict[str, float] | None = None
+        self._stat0, self._cpu0, self._wall0 = _proc_stat(), time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        stat1, cpu1, wall1 = _proc_stat(), time.process_time(), time.perf_counter()
+        if self._stat0 is None or stat1 is None:
+            return
+        tick = os.sysconf("SC_CLK_TCK")
+        d = [(b - a) / tick for a, b in zip(self._stat0, stat1, strict=True)]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = d[:8]
+        busy = user + nice + system + irq + softirq
+        own = cpu1 - self._cpu0
+        self.result = {
+            "wall_s": round(wall1 - self._wall0, 2),
+            "this_process_cpu_s": round(own, 2),
+            "other_processes_cpu_s": round(max(0.0, busy - own), 2),
+            "steal_s": round(steal, 2),
+        }
+
+
+def _proc_stat() -> list[int] | None:
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = f.readline().split()
+        return [int(v) for v in fields[1:9]]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def loadavg() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -113,10 +147,12 @@ class Baseline:
 
     def __init__(self, module: Any, threads: int) -> None:
         import torch
+        from PIL import Image
         from torchvision import transforms
 
         torch.set_num_threads(threads)
         self.torch = torch
+        self.open = Image.open
         self.module = module.eval()
         self.transform = transforms.Compose(
             [transforms.Resize((INPUT_SIZE, INPUT_SIZE)), transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
@@ -124,12 +160,10 @@ class Baseline:
 
     def __call__(self, path: Path) -> tuple[bool, float, tuple[float, float, float]]:
         """(reject, score, (decode_ms, preprocess_ms, inference_ms))."""
-        from PIL import Image
-
         torch = self.torch
         t0 = time.perf_counter()
         with torch.inference_mode():
-            image = Image.open(path).convert("RGB")
+            image = self.open(path).convert("RGB")
             t1 = time.perf_counter()
             x = self.transform(image).unsqueeze(0)
             t2 = time.perf_counter()
@@ -183,6 +217,7 @@ def probe_load(model: str, image: str, threads: int, spinning: str) -> None:
                 "first_frame_ms": (t_first - t_built) * 1000,
                 "load_to_first_verdict_ms": (t_first - t_build) * 1000,
                 "first_verdict": verdict.verdict,
+                "torch_imported": "torch" in sys.modules,
                 "first_frame_latency_ms": verdict.to_dict()["latency_ms"],
             }
         )
@@ -192,14 +227,12 @@ def probe_load(model: str, image: str, threads: int, spinning: str) -> None:
 def measure_load(model: Path, image: Path, threads: int, spinning: str, repeats: int) -> dict[str, Any]:
     runs = []
     for _ in range(repeats):
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
         wall0 = time.time()
         t0 = time.perf_counter()
         out = subprocess.run(
             [sys.executable, __file__, "--_probe-load", str(model), str(image), str(threads), spinning],
             capture_output=True,
             text=True,
-            env=env,
             cwd=REPO,
         )
         process_ms = (time.perf_counter() - t0) * 1000
@@ -239,6 +272,7 @@ def compare(pipeline: Any, baseline: Baseline, paths: list[Path], block: int, se
         baseline(p)
     ins_ms: list[float] = []
     base_ms: list[float] = []
+    block_ratios: list[float] = []
     ins_split: dict[str, list[float]] = {"decode": [], "preprocess": [], "inference": []}
     base_split: dict[str, list[float]] = {"decode": [], "preprocess": [], "inference": []}
     ins_scores: dict[Path, float] = {}
@@ -248,6 +282,7 @@ def compare(pipeline: Any, baseline: Baseline, paths: list[Path], block: int, se
     log(f"measuring {len(paths)} frames each, {len(chunks)} alternating blocks of {block} (+{settle} unmeasured settle frames per block)")
     for k, chunk in enumerate(chunks):
         order = ("inspector", "baseline") if k % 2 == 0 else ("baseline", "inspector")
+        n_ins, n_base = len(ins_ms), len(base_ms)
         for arm in order:
             if arm == "inspector":
                 for p in chunk[:settle]:
@@ -268,6 +303,7 @@ def compare(pipeline: Any, baseline: Baseline, paths: list[Path], block: int, se
                     for key, val in zip(base_split, split, strict=True):
                         base_split[key].append(val)
                     base_scores[p] = score
+        block_ratios.append(stats(ins_ms[n_ins:])["p50"] / stats(base_ms[n_base:])["p50"])
     # Not a correctness check (OpenCV INTER_AREA vs PIL antialiased bilinear resize differ): how far the scores drift.
     score_diff = [abs(ins_scores[p] - base_scores[p]) for p in ins_scores]
     ins = with_fps(ins_ms)
@@ -279,6 +315,8 @@ def compare(pipeline: Any, baseline: Baseline, paths: list[Path], block: int, se
             "p50": round(ins["p50"] / base["p50"], 3),
             "p99": round(ins["p99"] / base["p99"], 3),
             "mean": round(ins["mean"] / base["mean"], 3),
+            # Paired by block (same images, adjacent in time): robust to the machine's load drifting during the run.
+            "p50_per_block": {k: v for k, v in stats(block_ratios).items() if k in ("n", "p50", "max")} | {"min": round(min(block_ratios), 3)},
         },
         "score_abs_diff_vs_baseline": stats(score_diff) if score_diff else None,
     }
@@ -443,7 +481,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     module = torchvision.models.resnet18(weights=None, num_classes=len(CLASSES)).eval()
     spec = PreprocessSpec(color="rgb", resize={"width": INPUT_SIZE, "height": INPUT_SIZE})
-    result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="inspector-bench-") as tmp:
         model_path = Path(tmp) / "resnet18.onnx"
         log(f"exporting resnet18 to {model_path}")
@@ -461,7 +498,9 @@ def main(argv: list[str] | None = None) -> int:
         if onnx_vs_torch > 1e-3:
             raise SystemExit(f"error: onnxruntime and torch disagree on the same input (max |dp| = {onnx_vs_torch:.2e})")
 
-        cmp_res = compare(pipeline, baseline, paths, args.block, args.settle, warm)
+        with MachineNoise() as noise:
+            cmp_res = compare(pipeline, baseline, paths, args.block, args.settle, warm)
+        cmp_res["machine_noise"] = noise.result
         del pipeline
 
         log(f"model load to first verdict: {args.load_repeats} fresh processes")
@@ -470,7 +509,9 @@ def main(argv: list[str] | None = None) -> int:
         study = None
         if not args.skip_threads_study:
             gaps = [float(g) for g in args.study_gaps.split(",") if g.strip()]
-            study = threads_study(model_path, pick(images, 256, args.seed + 2), args.study_frames, args.study_block, args.settle, gaps)
+            with MachineNoise() as noise:
+                study = threads_study(model_path, pick(images, 256, args.seed + 2), args.study_frames, args.study_block, args.settle, gaps)
+            study["machine_noise"] = noise.result
 
     ratio = cmp_res["ratio_inspector_over_baseline"]
     result = {

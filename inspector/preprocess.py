@@ -213,7 +213,8 @@ def decode(data: bytes, color: ColorMode) -> np.ndarray:
     """Decode encoded image bytes to uint8/uint16, gray (H, W) or RGB (H, W, 3); FrameFault when impossible."""
     fmt = check_complete(data)
     flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION
-    flags |= cv2.IMREAD_GRAYSCALE if color is ColorMode.GRAY else cv2.IMREAD_COLOR
+    # ANYCOLOR keeps a gray file gray: libjpeg's own 3-channel expansion plus BGR2RGB costs more than GRAY2RGB.
+    flags |= cv2.IMREAD_GRAYSCALE if color is ColorMode.GRAY else cv2.IMREAD_ANYCOLOR
     buf = np.frombuffer(data, np.uint8)
     try:
         image = cv2.imdecode(buf, flags)
