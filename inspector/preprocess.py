@@ -210,7 +210,7 @@ def check_complete(data: bytes) -> str:
 
 
 def decode(data: bytes, color: ColorMode) -> np.ndarray:
-    """Decode encoded image bytes to uint8/uint16, gray (H, W) or RGB (H, W, 3); FrameFault when impossible."""
+    """Decode encoded image bytes to uint8/uint16: gray (H, W), or for rgb RGB (H, W, 3) or a gray file's (H, W); FrameFault when impossible."""
     fmt = check_complete(data)
     flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION
     # ANYCOLOR keeps a gray file gray: libjpeg's own 3-channel expansion plus BGR2RGB costs more than GRAY2RGB.
@@ -232,8 +232,9 @@ def _to_color(image: np.ndarray, color: ColorMode, *, bgr: bool) -> np.ndarray:
     if channels not in (1, 3, 4):
         raise FrameFault(Reason.UNSUPPORTED_IMAGE, f"{channels} channels; expected 1, 3 or 4")
     if channels == 1:
-        image = image.reshape(image.shape[:2])
-        return image if color is ColorMode.GRAY else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+        # A gray frame stays one plane in rgb mode too: CLAHE, crop and resize then cost a third,
+        # and normalize replicates it, exactly what GRAY2RGB up front would have produced.
+        return image.reshape(image.shape[:2])
     if color is ColorMode.GRAY:
         code = {3: cv2.COLOR_BGR2GRAY, 4: cv2.COLOR_BGRA2GRAY} if bgr else {3: cv2.COLOR_RGB2GRAY, 4: cv2.COLOR_RGBA2GRAY}
     else:
@@ -325,16 +326,13 @@ class Preprocessor:
     def normalize(self, image: np.ndarray, out: np.ndarray) -> None:
         """Scale and normalize one HxW(xC) image into the CHW row `out`."""
         scale, offset = self._affine[image.dtype.type]
-        if image.ndim == 2:
-            np.multiply(image, scale[0], out=out[0], casting="unsafe")
-            out[0] += offset[0]
-            return
-        for c in range(image.shape[2]):
-            np.multiply(image[:, :, c], scale[c], out=out[c], casting="unsafe")
+        for c in range(out.shape[0]):
+            plane = image if image.ndim == 2 else image[:, :, c]
+            np.multiply(plane, scale[c], out=out[c], casting="unsafe")
             out[c] += offset[c]
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        """Decoded image (in this spec's colour mode) -> float32 (n_rois, C, H, W)."""
+        """Decoded image (gray, or RGB for an rgb spec) -> float32 (n_rois, C, H, W)."""
         image = self.equalize(image)
         crops = self.crops(image)
         batch = np.empty((len(crops), *self.spec.input_shape), np.float32)

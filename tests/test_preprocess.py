@@ -120,9 +120,22 @@ def test_rgb_mode_delivers_rgb_order_from_a_bgr_file(tmp_path: Path) -> None:
     assert batch[0, 2].min() == 1.0 and batch[0, 0].max() == 0.0
 
 
+@pytest.mark.parametrize("clahe", [False, True])
+def test_a_gray_frame_in_rgb_mode_gives_exactly_what_expanding_it_to_rgb_first_gives(clahe: bool) -> None:
+    gray = np.random.default_rng(4).integers(0, 255, (40, 56), dtype=np.uint8)
+    spec = PreprocessSpec(color="rgb", clahe={"enabled": clahe, "tile_grid": (2, 2)}, resize={"width": 24, "height": 16},
+                          rois=[{"name": "a", "box": (0, 0, 0.5, 1), "units": "fraction"}, {"name": "b", "box": (8, 4, 56, 40)}])
+    p = Preprocessor(spec)
+    planar = p(gray)
+    expanded = p(cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB))
+    assert planar.shape == (2, 3, 16, 24)
+    np.testing.assert_array_equal(planar, expanded)
+
+
 def test_gray_file_in_rgb_mode_and_colour_file_in_gray_mode(tmp_path: Path) -> None:
     gray = gray_png(tmp_path / "g.png", np.full((8, 8), 100, np.uint8))
-    assert decode(gray.read_bytes(), ColorMode.RGB).shape == (8, 8, 3)
+    assert decode(gray.read_bytes(), ColorMode.RGB).shape == (8, 8)  # one plane until normalize
+    assert Preprocessor(PreprocessSpec(color="rgb", resize={"width": 8, "height": 8}))(decode(gray.read_bytes(), ColorMode.RGB)).shape == (1, 3, 8, 8)
     colour = tmp_path / "c.png"
     cv2.imwrite(str(colour), np.full((8, 8, 3), 100, np.uint8))
     assert decode(colour.read_bytes(), ColorMode.GRAY).shape == (8, 8)
