@@ -43,12 +43,12 @@ class FramePipeline:
             rois = self._judge(frame, stamps)
         except FrameFault as fault:
             self.log.warning("frame_fault", frame=frame.frame_id, reason=fault.reason.value, detail=fault.detail)
-            return self._verdict(frame, (), REJECT, fault.reason, fault.detail, t0, stamps)
+            return self._verdict(frame, (), fault.reason, fault.detail, t0, stamps)
         except Exception as exc:  # noqa: BLE001 - fail-safe: a bug must reject the part, not pass it or stop the line
             self.log.exception("frame_internal_error", frame=frame.frame_id)
-            return self._verdict(frame, (), REJECT, Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", t0, stamps)
+            return self._verdict(frame, (), Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", t0, stamps)
         rejected = any(r.verdict == REJECT for r in rois)
-        return self._verdict(frame, rois, REJECT if rejected else PASS, Reason.SCORE if rejected else None, None, t0, stamps)
+        return self._verdict(frame, rois, Reason.SCORE if rejected else None, None, t0, stamps)
 
     def _judge(self, frame: Frame, stamps: list[float]) -> tuple[RoiResult, ...]:
         if frame.read_error is not None:
@@ -74,7 +74,6 @@ class FramePipeline:
         self,
         frame: Frame,
         rois: tuple[RoiResult, ...],
-        verdict: str,
         reason: Reason | None,
         detail: str | None,
         t0: float,
@@ -94,7 +93,7 @@ class FramePipeline:
             source=frame.source,
             captured_at=frame.captured_at,
             decided_at=self._clock(),
-            verdict=verdict,  # type: ignore[arg-type]
+            verdict=PASS if reason is None else REJECT,
             reason=reason,
             threshold=self.thresholds.default,
             rois=rois,

@@ -110,7 +110,7 @@ def test_unreadable_thumbnail_gets_a_grey_placeholder(tmp_path: Path, labelled: 
     write_report(tmp_path, labelled, summarize(labelled), THRESHOLD)
     sheet = _read(tmp_path / "false_rejects.jpg")
     # Order: ok_fr_high, ok_gone (missing file), ...; the second tile is the plain grey placeholder.
-    x0, pad, thumb = report._CELL_W, report._PAD, report._THUMB
+    x0, pad = report._CELL_W, report._PAD
     corner = sheet[pad + 5 : pad + 30, x0 + pad + 5 : x0 + pad + 30].astype(int)
     assert np.abs(corner - 128).max() <= 6
 
