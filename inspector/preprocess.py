@@ -222,10 +222,11 @@ def decode(data: bytes, color: ColorMode) -> np.ndarray:
         raise FrameFault(Reason.DECODE_FAILED, f"{fmt}: {exc.err or exc}") from exc
     if image is None or image.size == 0:
         raise FrameFault(Reason.DECODE_FAILED, f"OpenCV could not decode this {fmt} file")
-    return _to_color(image, color, bgr=True)
+    return _to_color(image, color)
 
 
-def _to_color(image: np.ndarray, color: ColorMode, *, bgr: bool) -> np.ndarray:
+def _to_color(image: np.ndarray, color: ColorMode) -> np.ndarray:
+    """Gray stays one plane; BGR/BGRA (OpenCV's order, from files and cameras alike) becomes RGB or gray."""
     if image.dtype not in (np.uint8, np.uint16):
         raise FrameFault(Reason.UNSUPPORTED_IMAGE, f"pixel type {image.dtype}; expected 8- or 16-bit")
     channels = 1 if image.ndim == 2 else image.shape[2]
@@ -235,17 +236,13 @@ def _to_color(image: np.ndarray, color: ColorMode, *, bgr: bool) -> np.ndarray:
         # A gray frame stays one plane in rgb mode too: CLAHE, crop and resize then cost a third,
         # and normalize replicates it, exactly what GRAY2RGB up front would have produced.
         return image.reshape(image.shape[:2])
-    if color is ColorMode.GRAY:
-        code = {3: cv2.COLOR_BGR2GRAY, 4: cv2.COLOR_BGRA2GRAY} if bgr else {3: cv2.COLOR_RGB2GRAY, 4: cv2.COLOR_RGBA2GRAY}
-    else:
-        code = {3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB} if bgr else {3: None, 4: cv2.COLOR_RGBA2RGB}
-    c = code[channels]
-    return image if c is None else cv2.cvtColor(image, c)
+    code = {3: cv2.COLOR_BGR2GRAY, 4: cv2.COLOR_BGRA2GRAY} if color is ColorMode.GRAY else {3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB}
+    return cv2.cvtColor(image, code[channels])
 
 
 def from_array(image: np.ndarray, color: ColorMode) -> np.ndarray:
     """Bring a camera's decoded frame (gray, or BGR/BGRA as OpenCV delivers it) to the spec's colour mode."""
-    return _to_color(image, color, bgr=True)
+    return _to_color(image, color)
 
 
 # --- the pipeline stage ---------------------------------------------------------------------

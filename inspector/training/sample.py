@@ -74,7 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=4, help="training epochs (default 4)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.monotonic()
     data = write_labelled_folder(args.out / "data", n_ok=240, n_ng=120, width=96, height=96, seed=args.seed)
     holdout = write_labelled_folder(args.out / "holdout", n_ok=120, n_ng=60, width=96, height=96, seed=args.seed + 1)
