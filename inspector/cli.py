@@ -64,7 +64,65 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", type=Path, help="output folder (default ./replay-YYYYmmdd-HHMMSS)")
     rp.add_argument("--what-if", type=_thresholds, metavar="T1,T2,...", help="also print NG recall and false-reject rate at these thresholds")
     rp.add_argument("--no-report", action="store_true", help="skip the HTML report and contact sheets")
+    _add_train(sub)
+    _add_export(sub)
     return p
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, _, h = text.lower().partition("x")
+        return int(w), int(h or w)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size like 224 or 320x240 (width x height, pixels), got {text!r}") from None
+
+
+def _clahe(text: str) -> float | str:
+    if text.lower() in ("off", "none", "0"):
+        return "off"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a clip limit like 2.0, or off; got {text!r}") from None
+
+
+def _add_train(sub: Any) -> None:
+    from inspector.training.recipe import add_recipe_flags  # pydantic only: no torch for --help
+
+    tp = sub.add_parser(
+        "train",
+        help="train an OK/NG (or multi-defect) classifier on labelled images (needs the train extra)",
+        description="Train a torchvision classifier with the runtime's own preprocessing. Writes best.pt, last.pt, metrics.json, "
+        "summary.json, plots and report.html to --out.",
+    )
+    tp.add_argument("data", type=Path, metavar="DATA", help="ok/ + ng/<defect>/ folders, or frames with labels.csv (one sample per ROI)")
+    tp.add_argument("--out", type=Path, required=True, help="output folder for checkpoints, metrics and plots")
+    tp.add_argument("--config", type=Path, help="training YAML with `preprocess:` and `train:` sections; flags override it")
+    tp.add_argument("--labels", type=Path, help="CSV frame,roi1,... (default DATA/labels.csv when DATA has no ok/ folder)")
+    tp.add_argument("--classes", choices=("binary", "multi"), default="binary", help="binary: ok/ng; multi: ok + one class per defect folder")
+    tp.add_argument("--resume", type=Path, metavar="CKPT", help="continue from a last.pt (its recipe; --epochs may extend it)")
+    tp.add_argument("--lr-find", action="store_true", help="run the learning-rate range test, print the suggestion, plot lr_find.png, and stop")
+    pp = tp.add_argument_group("preprocessing (each overrides the config file's preprocess section)")
+    pp.add_argument("--size", type=_size, help="model input size, pixels: 224 or WIDTHxHEIGHT")
+    pp.add_argument("--color", choices=("gray", "rgb"), help="channels the model sees")
+    pp.add_argument("--clahe", type=_clahe, metavar="CLIP|off", help="CLAHE clip limit, or off")
+    pp.add_argument("--letterbox", action=argparse.BooleanOptionalAction, default=None, help="keep aspect ratio, pad the rest")
+    add_recipe_flags(tp)
+
+
+def _add_export(sub: Any) -> None:
+    ep = sub.add_parser(
+        "export",
+        help="export a checkpoint to ONNX with its manifest, behind a parity gate (needs the train extra)",
+        description="Export CKPT to ONNX (dynamic batch, opset 17, manifest inside). The golden set runs through torch and through "
+        "the daemon's onnxruntime path; any verdict flip or probability drift beyond the tolerance refuses the export.",
+    )
+    ep.add_argument("checkpoint", type=Path, metavar="CKPT", help="best.pt from `inspector train`")
+    ep.add_argument("--out", type=Path, required=True, help="ONNX file to write (only when the gate passes)")
+    ep.add_argument("--golden", type=Path, metavar="DIR", help="golden images (default: the checkpoint's validation images)")
+    ep.add_argument("--config", type=Path, help="station config whose preprocess/rois replace the trained ones (the gate checks they agree)")
+    ep.add_argument("--fp16", action="store_true", help="half-precision weights (looser gate: |delta p| <= 1e-2, still no verdict flips)")
+    ep.add_argument("--threshold", type=_unit_float, default=0.5, help="threshold at which no verdict may flip (default 0.5)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
             return _config(args)
         if args.command == "replay":
             return _replay(args)
+        if args.command == "train":
+            return _train(args)
+        if args.command == "export":
+            return _export(args)
         parser.error(f"unknown command {args.command}")
     except ConfigError as exc:
         print(f"inspector: {exc}", file=sys.stderr)
@@ -194,3 +256,87 @@ def _print_summary(s: dict[str, Any]) -> None:
                 f"           {row['threshold']:<9}  {_fmt(row['reject_rate']):>11}  {_fmt(row.get('ng_recall')):>9}  "
                 f"{_fmt(row.get('false_reject_rate')):>17}"
             )
+
+
+def _training_modules() -> Any:
+    try:
+        import inspector.training.export as export_mod  # noqa: PLC0415 - torch only for these commands
+        import inspector.training.run as run_mod  # noqa: PLC0415
+    except ImportError as exc:
+        raise InputError(
+            f"this command needs the train extra (torch, torchvision, onnx, matplotlib): pip install 'inspector[train]' ({exc})"
+        ) from exc
+    return run_mod, export_mod
+
+
+def _train(args: argparse.Namespace) -> int:
+    from inspector.training.recipe import load_train_config, recipe_overrides
+
+    run_mod, _ = _training_modules()
+    overrides = recipe_overrides(args)
+    if args.size:
+        overrides["preprocess.resize.width"], overrides["preprocess.resize.height"] = args.size
+    if args.color:
+        overrides["preprocess.color"] = args.color
+    if args.clahe is not None:
+        overrides["preprocess.clahe.enabled"] = args.clahe != "off"
+        if args.clahe != "off":
+            overrides["preprocess.clahe.clip_limit"] = args.clahe
+    if args.letterbox is not None:
+        overrides["preprocess.resize.letterbox"] = args.letterbox
+    if args.resume is not None:
+        unsupported = sorted(k for k in overrides if k != "train.epochs")
+        if unsupported or args.config:
+            raise InputError(f"--resume continues the checkpoint's recipe; only --epochs may change it (got {', '.join(unsupported) or '--config'})")
+    config = load_train_config(args.config, overrides)
+    if not args.data.is_dir():
+        raise InputError(f"{args.data}: no such folder; expected ok/ + ng/<defect>/ folders, or frames with labels.csv")
+    if args.labels is not None and not args.labels.is_file():
+        raise InputError(f"--labels {args.labels}: no such file")
+    multi = args.classes == "multi"
+    if args.lr_find:
+        finding = run_mod.run_lr_find(args.data, args.out, config, labels_csv=args.labels, multi=multi)
+        print(f"suggested learning rate: {finding.suggestion:.2e} (valley of the loss curve; loss minimum at {finding.minimum:.2e})")
+        print(f"plot: {args.out / 'lr_find.png'}")
+        return 0
+    summary = run_mod.run_training(
+        args.data, args.out, config, labels_csv=args.labels, multi=multi, resume=args.resume,
+        resume_epochs=overrides.get("train.epochs"), log=structlog.get_logger("inspector.train"),
+    )
+    if "folds" in summary:
+        auc = summary["roc_auc"]
+        print(f"{summary['folds']}-fold cross-validation: ROC-AUC {auc['mean']:.4f} +- {auc['std']:.4f}" if auc else "cross-validation done")
+        print(f"summary: {args.out / 'cv.json'}")
+        return 0
+    print(
+        f"best epoch {summary['best_epoch']}/{summary['epochs_run']}: validation ROC-AUC {_fmt(summary['roc_auc'], pct=False)}  "
+        f"at {_fmt(summary['target_recall'])} NG recall: threshold {_fmt(summary['threshold_at_target'], pct=False)}  "
+        f"false-reject rate {_fmt(summary['false_reject_rate_at_target'])}  ({summary['training_seconds']:.0f} s)"
+    )
+    print(f"checkpoint: {summary['checkpoint']}")
+    print(f"report:     {args.out / 'report.html'}")
+    print(f"next:       inspector export {summary['checkpoint']} --out model.onnx")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    _, export_mod = _training_modules()
+    spec = None
+    if args.config is not None:
+        from inspector.pipeline import station_spec
+
+        settings = load_settings(args.config)
+        base = settings.preprocess or export_mod.model_from_checkpoint(export_mod.load_checkpoint(args.checkpoint))[1]
+        spec = station_spec(base, settings.rois)
+    if args.golden is not None and not args.golden.exists():
+        raise InputError(f"--golden {args.golden}: no such folder")
+    manifest, gate = export_mod.export_checkpoint(
+        args.checkpoint, args.out, golden=args.golden, spec=spec, fp16=args.fp16, threshold=args.threshold,
+        log=structlog.get_logger("inspector.export"),
+    )
+    print(
+        f"parity gate passed: {gate.images} images, {gate.rows} crops, max |delta p| {gate.max_abs_diff:.2e} "
+        f"(tolerance {gate.tolerance:g}), {gate.flips} verdict flips at {gate.threshold:g}"
+    )
+    print(f"model: {args.out}  classes {list(manifest.classes)}  precision {manifest.info['precision']}")
+    return 0

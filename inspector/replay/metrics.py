@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -83,6 +84,15 @@ def roc_curve(scores: Sequence[float], positives: Sequence[bool]) -> tuple[np.nd
     tpr = np.r_[0.0, tps / max(int(y.sum()), 1)]
     fpr = np.r_[0.0, fps / max(int((~y).sum()), 1)]
     return fpr, tpr, np.r_[np.inf, s[distinct]]
+
+
+def threshold_at_recall(scores: Sequence[float], positives: Sequence[bool], target: float) -> float | None:
+    """The highest threshold at which `score >= threshold` catches at least `target` of the positives; None without any."""
+    pos = np.sort(np.asarray(scores, np.float64)[np.asarray(positives, bool)])[::-1]
+    if len(pos) == 0:
+        return None
+    k = max(1, math.ceil(target * len(pos) - 1e-9))
+    return float(pos[k - 1])
 
 
 def binary_metrics(rejected: Iterable[bool], is_ng: Iterable[bool]) -> dict[str, Any]:

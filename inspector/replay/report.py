@@ -175,37 +175,44 @@ def _fit_text(text: str, width: int, scale: float) -> str:
     return candidate
 
 
-def _thumbnail(source: str) -> np.ndarray | None:
+def _read_bgr(source: str) -> np.ndarray | None:
     try:
         data = np.fromfile(source, np.uint8)
-        img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+        return cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     except (OSError, ValueError, cv2.error):
         return None
-    if img is None:
-        return None
+
+
+def _thumbnail(img: np.ndarray) -> np.ndarray:
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
     h, w = img.shape[:2]
     s = _THUMB / max(h, w)
     size = (max(1, round(w * s)), max(1, round(h * s)))
     return cv2.resize(img, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
 
 
-def _contact_sheet(tiles: Sequence[tuple[str, str]], path: Path) -> None:
+def contact_sheet(tiles: Sequence[tuple[np.ndarray | None, str, str]], path: Path) -> None:
+    """Write a JPEG grid of (image BGR or gray or None, name, caption) tiles; a caption not starting 'score' is highlighted."""
     cols = min(_COLS, len(tiles))
     rows = math.ceil(len(tiles) / cols)
     sheet = np.full((rows * _CELL_H, cols * _CELL_W, 3), 40, np.uint8)
-    for i, (source, second) in enumerate(tiles):
+    for i, (image, title, second) in enumerate(tiles):
         x0, y0 = (i % cols) * _CELL_W, (i // cols) * _CELL_H
-        thumb = _thumbnail(source)
-        if thumb is None:
+        if image is None:
             thumb = np.full((_THUMB, _THUMB, 3), 128, np.uint8)
             tw = cv2.getTextSize("unreadable", _FONT, 0.5, 1)[0][0]
             cv2.putText(thumb, "unreadable", ((_THUMB - tw) // 2, _THUMB // 2 + 5), _FONT, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+        else:
+            thumb = _thumbnail(image)
         th, tw = thumb.shape[:2]
         ox, oy = x0 + _PAD + (_THUMB - tw) // 2, y0 + _PAD + (_THUMB - th) // 2
         sheet[oy : oy + th, ox : ox + tw] = thumb
         cy = y0 + _THUMB + 2 * _PAD
         sheet[cy : cy + _CAPTION_H, x0 : x0 + _CELL_W] = 16
-        name = _fit_text(Path(source).name, _CELL_W - 2 * _PAD, 0.4)
+        name = _fit_text(title, _CELL_W - 2 * _PAD, 0.4)
         cv2.putText(sheet, name, (x0 + _PAD, cy + 13), _FONT, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
         colour = (255, 255, 255) if second.startswith("score") else (80, 170, 255)
         cv2.putText(sheet, _fit_text(second, _CELL_W - 2 * _PAD, 0.4), (x0 + _PAD, cy + 28), _FONT, 0.4, colour, 1, cv2.LINE_AA)
@@ -221,7 +228,7 @@ def _sheet_section(heading: str, blurb: str, rows: Sequence[Outcome], out_dir: P
         path.unlink(missing_ok=True)  # a sheet left by an earlier run would contradict "none"
         return f"<h2>{_e(heading)}</h2><p>none</p>"
     caption = lambda o: f"score {o.score:.3f}" if o.score is not None else f"fault: {o.reason or 'unknown'}"  # noqa: E731
-    _contact_sheet([(o.source, caption(o)) for o in rows[:_MAX_TILES]], path)
+    contact_sheet([(_read_bgr(o.source), Path(o.source).name, caption(o)) for o in rows[:_MAX_TILES]], path)
     more = f" The sheet shows the first {_MAX_TILES} of {len(rows)}." if len(rows) > _MAX_TILES else ""
     table = [
         (str(i), _e(o.source), f'<td class="num">{_e(_num(o.score))}</td>', _e(o.defect or "-"), _e(o.reason or "-"))

@@ -1,0 +1,149 @@
+"""torchvision backbones made ready for parts: weights (none, ImageNet, a local file), 1-channel input, a new head, freezing."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from inspector.errors import InputError
+from inspector.training.recipe import TrainRecipe
+
+# What torch.load raises on a file that is not a (weights-only) checkpoint: the unpickler trips in many ways.
+TORCH_LOAD_ERRORS = (OSError, RuntimeError, EOFError, ValueError, KeyError, IndexError, TypeError, pickle.UnpicklingError)
+
+
+def available() -> list[str]:
+    """torchvision's image classification model names."""
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def build_model(recipe: TrainRecipe, num_classes: int, in_channels: int, *, load_weights: bool = True) -> nn.Module:
+    """The recipe's backbone with the requested weights, input channels and a head for `num_classes`."""
+    names = available()
+    if recipe.backbone not in names:
+        resnets = ", ".join(n for n in names if n.startswith("resnet"))
+        raise InputError(f"unknown backbone {recipe.backbone!r}; expected one of torchvision's models, e.g. {resnets}")
+    weights = recipe.weights if load_weights else "none"
+    if weights == "imagenet":
+        model = _imagenet(recipe.backbone)
+    else:
+        model = torchvision.models.get_model(recipe.backbone, weights=None)
+        if weights != "none":
+            _load_state_dict(model, Path(weights))
+    pretrained = weights != "none"
+    if in_channels != 3:
+        _adapt_input(model, in_channels, pretrained)
+    _replace_head(model, num_classes, recipe.dropout)
+    if not recipe.stem_pool:
+        if not isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
+            raise InputError(f"stem_pool=false applies to ResNet-style models with a stem max-pool; {recipe.backbone} has none")
+        model.maxpool = nn.Identity()
+    return model
+
+
+def _imagenet(name: str) -> nn.Module:
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    try:
+        return torchvision.models.get_model(name, weights=weights)
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError; a partial download is a RuntimeError
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        raise InputError(
+            f"cannot get the ImageNet weights of {name} ({type(exc).__name__}: {exc}); "
+            f"offline, copy {weights.url} to {cache}, or pass --weights PATH to a local state dict"
+        ) from exc
+
+
+def _load_state_dict(model: nn.Module, path: Path) -> None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except TORCH_LOAD_ERRORS as exc:
+        raise InputError(f"--weights {path}: cannot read as a torch state dict ({type(exc).__name__}: {exc})") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise InputError(f"--weights {path}: expected a state dict (a mapping of parameter names to tensors), got {type(state).__name__}")
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise InputError(
+            f"--weights {path} does not fit the backbone: missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}; "
+            "expected the state dict of the unmodified torchvision model (3-channel input, original head)"
+        )
+
+
+def _adapt_input(model: nn.Module, in_channels: int, pretrained: bool) -> None:
+    """Replace the first 3-channel convolution; pretrained filters are summed over RGB so gray input keeps their response."""
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d) and child.in_channels == 3:
+                new = nn.Conv2d(
+                    in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
+                    child.dilation, child.groups, child.bias is not None, child.padding_mode,
+                )
+                if pretrained:
+                    with torch.no_grad():
+                        new.weight.copy_(child.weight.sum(dim=1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels)
+                        if child.bias is not None:
+                            new.bias.copy_(child.bias)
+                setattr(parent, name, new)
+                return
+    raise InputError("the backbone has no 3-channel input convolution to adapt to gray input")
+
+
+def _replace_head(model: nn.Module, num_classes: int, dropout: float) -> None:
+    """Swap the last Linear layer for one with `num_classes` outputs (after optional dropout)."""
+    last = None
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Linear):
+                last = (parent, name, child)
+    if last is None:
+        raise InputError("the backbone has no Linear classification head to replace")
+    parent, name, old = last
+    head: nn.Module = nn.Linear(old.in_features, num_classes)
+    if dropout > 0:
+        head = nn.Sequential(nn.Dropout(dropout), head)
+    setattr(parent, name, head)
+
+
+def head_parameters(model: nn.Module) -> set[int]:
+    """ids of the classification head's parameters (the last Linear and what wraps it)."""
+    last = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            last = module
+    return {id(p) for p in last.parameters()} if last is not None else set()
+
+
+def frozen_names(model: nn.Module, policy: str) -> list[str]:
+    """Parameter names a freeze policy holds fixed: none, backbone (all but the head), or layer1..layer4 (stem up to it)."""
+    if policy == "none":
+        return []
+    head = head_parameters(model)
+    if policy == "backbone":
+        return [n for n, p in model.named_parameters() if id(p) not in head]
+    if not hasattr(model, "layer4"):
+        raise InputError(f"freeze={policy} applies to ResNet-style models with layer1..layer4; use none or backbone")
+    stop = int(policy.removeprefix("layer"))
+    later = tuple(f"layer{i}." for i in range(stop + 1, 5))
+    return [n for n, p in model.named_parameters() if id(p) not in head and not n.startswith(later)]
+
+
+def set_frozen(model: nn.Module, names: list[str]) -> None:
+    """requires_grad False for `names`, True for the rest; frozen BatchNorm layers keep their running statistics."""
+    frozen = set(names)
+    for n, p in model.named_parameters():
+        p.requires_grad_(n not in frozen)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module._inspector_frozen = bool(frozen) and all(f"{name}.{k}" in frozen for k, _ in module.named_parameters())
+
+
+def keep_frozen_bn_eval(model: nn.Module) -> None:
+    """Put frozen BatchNorm layers back in eval mode after model.train()."""
+    for module in model.modules():
+        if getattr(module, "_inspector_frozen", False):
+            module.eval()

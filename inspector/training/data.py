@@ -1,0 +1,233 @@
+"""Training samples from replay's labelled layouts, the stratified split, and the augmenting dataset.
+
+Every sample goes through the runtime's own `Preprocessor` (decode, colour, CLAHE, crop, resize,
+normalize); augmentation happens between resize and normalize, so the network sees what the daemon
+will feed it plus the variation a line produces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from inspector.errors import InputError
+from inspector.frame import FrameFault
+from inspector.manifest import OK_CLASS
+from inspector.preprocess import PreprocessSpec, Preprocessor
+from inspector.replay.dataset import collect
+from inspector.training.recipe import Augment
+
+MASKS_DIR = "masks"
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One training example: a whole image, or one ROI of a frame."""
+
+    path: Path
+    key: str  # frame id, plus '#roi' for an ROI sample: unique and stable across runs
+    roi: int | None  # index into spec.rois; None: the whole frame
+    label: str  # class name
+    stratum: str  # 'ok', 'ng/<defect>' or the class: what the split keeps in proportion
+
+
+@dataclass(frozen=True, slots=True)
+class SampleSet:
+    """The samples of a training run and the class list they define."""
+
+    samples: tuple[Sample, ...]
+    classes: tuple[str, ...]
+    root: Path
+
+    @property
+    def targets(self) -> np.ndarray:
+        """Class index of each sample."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        return np.array([index[s.label] for s in self.samples], np.int64)
+
+    def fingerprint(self) -> str:
+        """SHA-256 over every sample's key, label and file content: names the exact data a model saw."""
+        h = hashlib.sha256()
+        digests: dict[Path, str] = {}
+        for s in sorted(self.samples, key=lambda s: s.key):
+            if s.path not in digests:
+                digests[s.path] = hashlib.sha256(s.path.read_bytes()).hexdigest()
+            h.update(f"{s.key}\t{s.label}\t{digests[s.path]}\n".encode())
+        return h.hexdigest()
+
+
+def collect_samples(root: Path, spec: PreprocessSpec, *, labels_csv: Path | None = None, multi: bool = False) -> SampleSet:
+    """Samples under `root` (ok/ + ng/<defect>/, or frames + labels.csv with one sample per ROI); InputError when unusable."""
+    if labels_csv is None and (root / "labels.csv").is_file() and not (root / "ok").is_dir():
+        labels_csv = root / "labels.csv"
+    if labels_csv is not None and not spec.rois:
+        raise InputError(
+            f"{labels_csv}: per-ROI labels need ROI boxes; give the station's `preprocess.rois` in the training config (--config)"
+        )
+    found = collect(root, labels_csv=labels_csv, roi_names=spec.roi_names if labels_csv else ())
+    samples: list[Sample] = []
+    if found.labelled_by == "layout":
+        for item in found.items:
+            cls = (item.defect or "ng") if multi and item.label == "ng" else item.label
+            samples.append(Sample(item.path, item.frame_id, None, cls, "ok" if item.label == "ok" else f"ng/{item.defect or ''}"))
+    elif found.labelled_by == "csv":
+        if multi:
+            raise InputError(f"--classes multi needs ok/ + ng/<defect>/ folders; {labels_csv} labels ROIs only ok or ng")
+        index = {name: i for i, name in enumerate(spec.roi_names)}
+        for item in found.items:
+            for name, label in item.roi_labels or ():
+                samples.append(Sample(item.path, f"{item.frame_id}#{name}", index[name], label, label))
+    else:
+        raise InputError(
+            f"{root}: no labels found; expected ok/ and ng/<defect>/ folders, or frames with a labels.csv (frame,roi1,...)"
+        )
+    if not samples:
+        raise InputError(f"{root}: no labelled images; expected images under ok/ and ng/<defect>/, or rows in labels.csv")
+    counts = Counter(s.label for s in samples)
+    if len(counts) < 2:
+        only = next(iter(counts))
+        raise InputError(f"{root}: every sample is {only!r}; training needs both ok and ng examples")
+    if OK_CLASS not in counts:
+        raise InputError(f"{root}: no ok samples; training needs images under ok/ (or ok labels in the CSV)")
+    classes = (OK_CLASS, *sorted(c for c in counts if c != OK_CLASS))
+    return SampleSet(tuple(samples), classes, root)
+
+
+def stratified_split(samples: SampleSet, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and validation indices: the same share of every stratum (class, defect type) held out, reproducibly."""
+    train, val = [], []
+    for stratum, idx in _strata(samples).items():
+        if len(idx) < 2:
+            raise InputError(f"class {stratum!r} has {len(idx)} sample; a train/validation split needs at least 2 of each")
+        order = np.random.default_rng(seed).permutation(len(idx))
+        n_val = min(len(idx) - 1, max(1, round(len(idx) * val_fraction)))
+        val += [idx[i] for i in order[:n_val]]
+        train += [idx[i] for i in order[n_val:]]
+    return np.array(sorted(train)), np.array(sorted(val))
+
+
+def kfold_splits(samples: SampleSet, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """k stratified (train, validation) index pairs; each sample is validated exactly once."""
+    folds: list[list[int]] = [[] for _ in range(k)]
+    for stratum, idx in _strata(samples).items():
+        if len(idx) < k:
+            raise InputError(f"class {stratum!r} has {len(idx)} samples; {k}-fold cross-validation needs at least {k} of each")
+        order = np.random.default_rng(seed).permutation(len(idx))
+        for j, i in enumerate(order):
+            folds[j % k].append(idx[i])
+    every = set(range(len(samples.samples)))
+    return [(np.array(sorted(every - set(f))), np.array(sorted(f))) for f in folds]
+
+
+def _strata(samples: SampleSet) -> dict[str, list[int]]:
+    by: dict[str, list[int]] = {}
+    # Sorted by key so that the split depends on the data, not on the file system's listing order.
+    for i in sorted(range(len(samples.samples)), key=lambda i: samples.samples[i].key):
+        by.setdefault(samples.samples[i].stratum, []).append(i)
+    return dict(sorted(by.items()))
+
+
+class ImageCache:
+    """Decoded, colour-converted, CLAHE-equalized frames, each read once; unreadable files collected, not raised one by one."""
+
+    def __init__(self, spec: PreprocessSpec) -> None:
+        self.pre = Preprocessor(spec)
+        self._frames: dict[Path, np.ndarray] = {}
+
+    def load(self, paths: list[Path]) -> None:
+        """Read every path; InputError listing all files that cannot be used."""
+        bad = []
+        for path in dict.fromkeys(paths):
+            if path in self._frames:
+                continue
+            try:
+                image = self.pre.decode(path.read_bytes())
+                self.pre.crops(image)  # a frame too small for the ROIs is unusable too
+            except FrameFault as fault:
+                bad.append(f"{path}: {fault.reason.value}: {fault.detail}")
+                continue
+            except OSError as exc:
+                bad.append(f"{path}: unreadable: {exc.strerror}")
+                continue
+            self._frames[path] = self.pre.equalize(image)
+        if bad:
+            shown = "\n  ".join(bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
+            raise InputError(f"{len(bad)} image(s) cannot be used for training:\n  {shown}")
+
+    def frame(self, path: Path) -> np.ndarray:
+        """The equalized frame."""
+        return self._frames[path]
+
+    def box(self, sample: Sample) -> tuple[int, int, int, int]:
+        """The sample's crop box in pixels of its frame."""
+        image = self._frames[sample.path]
+        h, w = image.shape[:2]
+        if sample.roi is None:
+            return (0, 0, w, h)
+        return self.pre.spec.rois[sample.roi].pixels(w, h)
+
+    def crop(self, sample: Sample, shift: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+        """The resized crop (uint8/uint16, HxW[xC]); `shift` moves the box by fractions of its size, kept inside the frame."""
+        image = self._frames[sample.path]
+        h, w = image.shape[:2]
+        x0, y0, x1, y1 = self.box(sample)
+        if shift != (0.0, 0.0):
+            bw, bh = x1 - x0, y1 - y0
+            dx = int(np.clip(round(shift[0] * bw), -x0, w - x1))
+            dy = int(np.clip(round(shift[1] * bh), -y0, h - y1))
+            x0, x1, y0, y1 = x0 + dx, x1 + dx, y0 + dy, y1 + dy
+        return self.pre.resize(image[y0:y1, x0:x1])
+
+    def tensor(self, image: np.ndarray) -> np.ndarray:
+        """Normalize one resized crop into a float32 CHW row, exactly as the runtime does."""
+        out = np.empty(self.pre.spec.input_shape, np.float32)
+        self.pre.normalize(image, out)
+        return out
+
+
+def augment(image: np.ndarray, aug: Augment, rng: np.random.Generator) -> np.ndarray:
+    """Flips, rotation and brightness/contrast on one resized crop, in its own dtype."""
+    full = 65535.0 if image.dtype == np.uint16 else 255.0
+    if aug.hflip and rng.random() < 0.5:
+        image = image[:, ::-1]
+    if aug.vflip and rng.random() < 0.5:
+        image = image[::-1]
+    image = np.ascontiguousarray(image)
+    if aug.rotate_deg > 0:
+        angle = rng.uniform(-aug.rotate_deg, aug.rotate_deg)
+        h, w = image.shape[:2]
+        m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
+        image = cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    if aug.brightness > 0 or aug.contrast > 0:
+        gain = 1.0 + rng.uniform(-aug.contrast, aug.contrast)
+        bias = rng.uniform(-aug.brightness, aug.brightness) * full
+        mean = float(image.mean())
+        image = np.clip((image.astype(np.float32) - mean) * gain + mean + bias, 0, full).astype(image.dtype)
+    return image
+
+
+def erase(row: np.ndarray, rng: np.random.Generator) -> None:
+    """Random erasing of one rectangle (2-20% of the area, aspect 0.3-3.3) with noise, in place on a CHW row."""
+    _, h, w = row.shape
+    for _ in range(10):
+        area = rng.uniform(0.02, 0.2) * h * w
+        aspect = math.exp(rng.uniform(math.log(0.3), math.log(3.3)))
+        eh, ew = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < eh < h and 0 < ew < w:
+            y, x = int(rng.integers(0, h - eh)), int(rng.integers(0, w - ew))
+            row[:, y : y + eh, x : x + ew] = rng.standard_normal((row.shape[0], eh, ew), dtype=np.float32)
+            return
+
+
+def mask_for(sample: Sample, root: Path) -> Path | None:
+    """The defect mask of an NG sample under `root/masks/` (same relative path, .png), when the dataset has one."""
+    if sample.roi is not None:
+        return None
+    candidate = (root / MASKS_DIR / sample.key).with_suffix(".png")
+    return candidate if candidate.is_file() else None

@@ -1,0 +1,216 @@
+"""`inspector export`: checkpoint -> ONNX with its manifest, behind a parity gate against the trained torch model.
+
+The gate runs a golden set twice: through the training code path into the torch model, and through the
+daemon's path (file bytes -> `Preprocessor` of the manifest's spec -> `OnnxClassifier`). Any verdict
+that flips at the threshold, or a probability that moves more than the tolerance, refuses the export
+and leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+import torch
+from torch import nn
+
+from inspector.config import ModelSettings, Provider
+from inspector.errors import InputError, ModelError
+from inspector.frame import FrameFault
+from inspector.manifest import ModelManifest, write_manifest
+from inspector.model import OnnxClassifier, file_sha256
+from inspector.preprocess import PreprocessSpec, Preprocessor
+from inspector.replay.dataset import collect
+from inspector.training.backbones import TORCH_LOAD_ERRORS, build_model
+from inspector.training.data import ImageCache
+from inspector.training.onnx_export import export_classifier
+from inspector.training.recipe import TrainRecipe
+from inspector.training.trainer import CHECKPOINT_FORMAT, versions
+
+TOLERANCE_FP32 = 1e-4
+TOLERANCE_FP16 = 1e-2  # half precision keeps ~3 significant digits; verdict flips still refuse the export
+
+
+@dataclass(frozen=True, slots=True)
+class GateResult:
+    """The parity gate's figures."""
+
+    images: int
+    rows: int  # ROI crops compared
+    threshold: float
+    tolerance: float
+    max_abs_diff: float
+    flips: int
+    worst: str  # the image (and ROI) with the largest difference
+    passed: bool
+
+    def problem(self) -> str:
+        """Why the gate refused, in a sentence."""
+        reasons = []
+        if self.flips:
+            reasons.append(f"{self.flips} of {self.rows} verdicts flip at threshold {self.threshold:g}")
+        if self.max_abs_diff > self.tolerance:
+            reasons.append(f"max |delta probability| {self.max_abs_diff:.3g} > {self.tolerance:g} (worst: {self.worst})")
+        return "; ".join(reasons) or "passed"
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint written by `inspector train`; InputError naming what was expected otherwise."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint; expected best.pt or last.pt from `inspector train`")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except TORCH_LOAD_ERRORS as exc:
+        raise InputError(f"{path}: not a checkpoint written by `inspector train` ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path}: not a checkpoint written by `inspector train` (expected format {CHECKPOINT_FORMAT})")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[nn.Module, PreprocessSpec, tuple[str, ...], TrainRecipe]:
+    """Rebuild the trained network (eval mode, CPU) with its spec, classes and recipe."""
+    recipe = TrainRecipe.model_validate(ckpt["recipe"])
+    spec = PreprocessSpec.from_json(ckpt["spec"])
+    classes = tuple(ckpt["classes"])
+    model = build_model(recipe, len(classes), spec.channels, load_weights=False)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), spec, classes, recipe
+
+
+class _Fp16(nn.Module):
+    """Half-precision weights behind float32 input and output, so the runtime feeds it like any other model."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner.half()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.half()).float()
+
+
+def golden_frames(ckpt: dict[str, Any], golden: Path | None) -> list[Path]:
+    """The frames the gate compares: every image under `golden`, else the checkpoint's validation images."""
+    if golden is not None:
+        return [item.path for item in collect(golden).items]
+    paths = list(dict.fromkeys(Path(v["path"]) for v in ckpt.get("validation", [])))
+    missing = [p for p in paths if not p.is_file()]
+    if not paths or missing:
+        what = f"{len(missing)} of its {len(paths)} validation images are missing (e.g. {missing[0]})" if missing else "it lists no validation images"
+        raise InputError(f"the checkpoint's golden set cannot be used: {what}; pass --golden DIR with images of this station")
+    return paths
+
+
+def torch_probabilities(model: nn.Module, spec: PreprocessSpec, frames: list[Path]) -> list[np.ndarray]:
+    """Per frame, (n_rois, classes) probabilities through the training code path."""
+    cache = ImageCache(spec)
+    cache.load(frames)
+    out = []
+    with torch.inference_mode():
+        for path in frames:
+            frame = cache.frame(path)
+            crops = cache.pre.crops(frame)
+            x = torch.from_numpy(np.stack([cache.tensor(cache.pre.resize(c)) for c in crops]))
+            out.append(torch.softmax(model(x).float(), dim=1).numpy().astype(np.float64))
+    return out
+
+
+def onnx_probabilities(path: Path, frames: list[Path], log: Any) -> tuple[list[np.ndarray | str], PreprocessSpec]:
+    """Per frame, probabilities through the daemon's path: file bytes, the manifest's preprocessing, onnxruntime on the CPU."""
+    clf = OnnxClassifier(path, ModelSettings(providers=[Provider.CPU], warmup_runs=0), log=log)
+    pre = Preprocessor(clf.spec)
+    out: list[np.ndarray | str] = []
+    for p in frames:
+        try:
+            out.append(clf.predict(pre(pre.decode(p.read_bytes()))).astype(np.float64))
+        except FrameFault as fault:
+            out.append(f"{fault.reason.value}: {fault.detail}")
+    return out, clf.spec
+
+
+def parity_gate(model: nn.Module, train_spec: PreprocessSpec, onnx_path: Path, frames: list[Path], *, threshold: float, tolerance: float, log: Any = None) -> GateResult:
+    """Compare the torch model on the training path with the ONNX file on the daemon's path, frame by frame."""
+    log = log or structlog.get_logger("inspector.export")
+    expected = torch_probabilities(model, train_spec, frames)
+    got, onnx_spec = onnx_probabilities(onnx_path, frames, log)
+    rows = sum(len(e) for e in expected)
+    worst, worst_where, flips = 0.0, "", 0
+    names = train_spec.roi_names
+    for path, e, g in zip(frames, expected, got, strict=True):
+        if isinstance(g, str) or g.shape != e.shape:
+            why = g if isinstance(g, str) else f"{g.shape[0]} ROI rows instead of {e.shape[0]} (ROIs {list(onnx_spec.roi_names)} vs {list(names)})"
+            return GateResult(len(frames), rows, threshold, tolerance, float("inf"), rows, f"{path.name}: {why}", False)
+        diff = np.abs(e - g).max(axis=1)
+        flips += int(np.sum((1 - e[:, 0] >= threshold) != (1 - g[:, 0] >= threshold)))
+        k = int(diff.argmax())
+        if diff[k] > worst:
+            worst = float(diff[k])
+            worst_where = path.name + (f"#{names[k]}" if len(names) > 1 else "")
+    return GateResult(len(frames), rows, threshold, tolerance, worst, flips, worst_where, flips == 0 and worst <= tolerance)
+
+
+def _spec_diff(a: PreprocessSpec, b: PreprocessSpec) -> list[str]:
+    da, db = a.model_dump(mode="json"), b.model_dump(mode="json")
+    out = []
+    for section in da:
+        if da[section] != db[section]:
+            out.append(f"{section}: {da[section]} -> {db[section]}")
+    return out
+
+
+def export_checkpoint(
+    ckpt_path: Path,
+    out: Path,
+    *,
+    golden: Path | None = None,
+    spec: PreprocessSpec | None = None,
+    fp16: bool = False,
+    threshold: float = 0.5,
+    log: structlog.typing.FilteringBoundLogger | None = None,
+) -> tuple[ModelManifest, GateResult]:
+    """Write `out` only when the parity gate passes; ModelError with the gate's figures otherwise (and no file)."""
+    log = log or structlog.get_logger("inspector.export")
+    ckpt = load_checkpoint(ckpt_path)
+    model, train_spec, classes, recipe = model_from_checkpoint(ckpt)
+    deploy_spec = spec or train_spec
+    frames = golden_frames(ckpt, golden)
+    tolerance = TOLERANCE_FP16 if fp16 else TOLERANCE_FP32
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        module = _Fp16(model_from_checkpoint(ckpt)[0]) if fp16 else model
+        metrics = {k: v for k, v in ckpt.get("metrics", {}).items() if v is not None}
+        info = {
+            "backbone": recipe.backbone,
+            "initial_weights": ckpt["recipe"].get("weights", "none"),
+            "precision": "fp16" if fp16 else "fp32",
+            "training": {"epoch": ckpt.get("epoch"), "validation": metrics, "target_recall": recipe.target_recall},
+            "dataset": ckpt.get("dataset", {}),
+            "checkpoint_sha256": file_sha256(ckpt_path),
+            "trained_with": ckpt.get("versions", {}),
+            "exported_with": versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        export_classifier(module, deploy_spec, classes, tmp, info=info)
+        gate = parity_gate(model, train_spec, tmp, frames, threshold=threshold, tolerance=tolerance, log=log)
+        if not gate.passed:
+            hint = _spec_diff(train_spec, deploy_spec)
+            raise ModelError(
+                f"export refused by the parity gate: {gate.problem()} over {gate.images} golden images"
+                + (f"; the deployed preprocessing differs from training: {'; '.join(hint)}" if hint else "")
+                + f"; nothing was written to {out}"
+            )
+        manifest = ModelManifest(classes=classes, preprocess=deploy_spec, info={**info, "parity_gate": asdict(gate)})
+        write_manifest(tmp, manifest)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("model_exported", path=str(out), sha256=file_sha256(out), images=gate.images, max_abs_diff=gate.max_abs_diff, flips=gate.flips, precision=info["precision"])
+    return manifest, gate

@@ -1,0 +1,179 @@
+"""`TrainRecipe`: every training choice, described and bounded, from a YAML file and/or command-line flags.
+
+This module imports no torch, so `inspector train --help` and config checks stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from inspector.config import format_errors
+from inspector.errors import ConfigError
+from inspector.preprocess import PreprocessSpec
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class Augment(_Strict):
+    """Augmentations that suit parts on a fixture; each one switchable, applied after the shared preprocessing."""
+
+    hflip: bool = Field(default=True, description="Random horizontal flip (p=0.5).")
+    vflip: bool = Field(default=True, description="Random vertical flip (p=0.5).")
+    rotate_deg: float = Field(default=10.0, ge=0, le=180, description="Random rotation up to this many degrees either way (reflected border); 0 turns it off.")
+    brightness: float = Field(default=0.2, ge=0, le=1, description="Random brightness shift up to this fraction of full scale; 0 turns it off.")
+    contrast: float = Field(default=0.2, ge=0, le=1, description="Random contrast factor in 1 +- this; 0 turns it off.")
+    roi_jitter: float = Field(
+        default=0.03, ge=0, le=0.25, description="Random shift of each crop box up to this fraction of its size (part placement); 0 turns it off."
+    )
+    erasing: float = Field(default=0.0, ge=0, le=1, description="Probability of random erasing of one rectangle (2-20% of the area); 0 turns it off.")
+
+
+class TrainRecipe(_Strict):
+    """How a model is trained. Defaults are the recipe recommended for small part datasets on a CPU."""
+
+    # model
+    backbone: str = Field(default="resnet18", pattern=r"^[a-z0-9_]+$", description="torchvision classification model: resnet18, resnet34, resnet50, or any other torchvision name.")
+    weights: str = Field(default="none", min_length=1, description="Initial weights: none (from scratch), imagenet (torchvision's weights API and cache), or a path to a state dict.")
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout before the new classification head (probability).")
+    stem_pool: bool = Field(default=True, description="Keep the ResNet stem's max-pool; off doubles the feature-map size for small defects (about 3x the compute).")
+    # what is trained
+    freeze: str = Field(default="none", pattern=r"^(none|backbone|layer[1-4])$", description="Frozen at the start: none, backbone (all but the head), or layer1..layer4 (stem up to that ResNet stage).")
+    unfreeze_after: int | None = Field(default=None, ge=1, le=1000, description="Unfreeze everything after this many epochs; unset keeps the freeze for the whole run.")
+    backbone_lr_mult: float = Field(default=1.0, gt=0, le=1, description="Learning rate of the backbone as a fraction of the head's (differential learning rates).")
+    # optimisation
+    optimizer: Literal["adamw", "sgd"] = Field(default="adamw", description="Optimizer: adamw or sgd (Nesterov momentum).")
+    lr: float = Field(default=2e-3, gt=0, le=10, description="Peak learning rate (of the head).")
+    weight_decay: float = Field(default=0.05, ge=0, le=1, description="Weight decay (decoupled for adamw).")
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD momentum.")
+    schedule: Literal["cosine", "onecycle", "plateau"] = Field(default="cosine", description="Learning-rate schedule: cosine (after linear warmup), onecycle, or plateau (reduce on validation-loss plateau).")
+    warmup_epochs: float = Field(default=1.0, ge=0, le=100, description="Linear warmup length for cosine, epochs (fractions allowed).")
+    epochs: int = Field(default=30, ge=1, le=10000, description="Maximum number of epochs.")
+    batch_size: int = Field(default=32, ge=1, le=4096, description="Samples per optimisation step.")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
+    imbalance: Literal["loss", "sampler", "both", "none"] = Field(default="loss", description="Class imbalance: loss (class-weighted cross-entropy), sampler (weighted sampling), both, or none.")
+    augment: Augment = Field(default_factory=Augment, description="Training augmentations.")
+    amp: bool = Field(default=True, description="Mixed precision (bfloat16 autocast) on CUDA; ignored on the CPU.")
+    # data and selection
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed for the split, initialisation, sampling and augmentation.")
+    val_fraction: float = Field(default=0.2, gt=0, lt=1, description="Stratified share of each class (and defect type) held out for validation.")
+    folds: int | None = Field(default=None, ge=2, le=20, description="k-fold cross-validation: train k models, each validated on one fold; unset uses val_fraction.")
+    early_stop: int | None = Field(default=None, ge=1, le=1000, description="Stop after this many epochs without a better validation ROC-AUC; unset trains all epochs.")
+    target_recall: float = Field(default=0.99, gt=0, le=1, description="NG recall the reported operating point must reach on validation (fraction).")
+    threads: int | None = Field(default=None, ge=1, le=1024, description="CPU threads for torch; unset: torch's default (all cores).")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Training device: auto (CUDA when present), cpu or cuda.")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainRecipe:
+        if self.unfreeze_after is not None and self.freeze == "none":
+            raise ValueError("unfreeze_after needs a freeze policy (backbone or layer1..layer4)")
+        return self
+
+
+class TrainConfig(_Strict):
+    """A training config file: the preprocessing the model will be deployed with, and the recipe."""
+
+    preprocess: PreprocessSpec = Field(default_factory=lambda: PreprocessSpec(), description="Preprocessing, exactly as the runtime applies it.")
+    train: TrainRecipe = Field(default_factory=TrainRecipe, description="The training recipe.")
+
+
+def load_train_config(path: Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    """Read a training YAML file (optional) and apply dotted-key overrides from flags; ConfigError on any problem."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read training config {path}: {exc.strerror}", [f"{path}: {exc.strerror}"]) from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"training config {path} is not valid YAML", [f"{path}: {exc}"]) from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"training config {path} must be a mapping", [f"{path}: expected keys preprocess and train"])
+        data = loaded or {}
+    for dotted, value in overrides.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError("conflicting settings", [f"{dotted}: {key} is not a mapping in {path}"])
+        node[leaf] = value
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        errors = format_errors(exc, TrainConfig)
+        raise ConfigError(f"{len(errors)} training configuration error(s)" + (f" in {path}" if path else ""), errors) from exc
+
+
+# --- flags generated from the recipe, so every field is settable and documented in --help ----------
+
+
+def _scalar(annotation: Any) -> tuple[Any, bool]:
+    """The scalar type inside Optional[...] and whether None is allowed."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return inner[0], len(inner) < len(args)
+    return annotation, False
+
+
+def _option(name: str) -> str:
+    return "--" + re.sub(r"_", "-", name)
+
+
+def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per recipe field (augmentations included), default taken from the recipe or config file."""
+    group = parser.add_argument_group("recipe (each overrides the config file's train section)")
+    for prefix, model in (("", TrainRecipe), ("augment.", Augment)):
+        for name, field in model.model_fields.items():
+            if name == "augment":
+                continue
+            kind, nullable = _scalar(field.annotation)
+            default = field.get_default(call_default_factory=True)
+            text = f"{field.description} (default: {default})".replace("%", "%%")  # argparse formats help with %
+            dest = f"recipe:{prefix}{name}"
+            if kind is bool:
+                group.add_argument(_option(name), dest=dest, action=argparse.BooleanOptionalAction, default=None, help=text)
+            elif typing.get_origin(kind) is Literal:
+                group.add_argument(_option(name), dest=dest, choices=typing.get_args(kind), default=None, help=text)
+            else:
+                group.add_argument(
+                    _option(name), dest=dest, type=_parser_for(kind, nullable), default=None, metavar=kind.__name__.upper(), help=text
+                )
+
+
+def _parser_for(kind: type, nullable: bool) -> Any:
+    def parse(text: str) -> Any:
+        if nullable and text.lower() in ("none", "off"):
+            return "none"  # marker, turned into None by recipe_overrides
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}{' or none' if nullable else ''}, got {text!r}") from None
+
+    return parse
+
+
+def recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Dotted `train.*` overrides from the flags the user gave."""
+    out = {}
+    for dest, value in vars(args).items():
+        if dest.startswith("recipe:") and value is not None:
+            key = dest.removeprefix("recipe:")
+            nullable = _nullable(key)
+            out[f"train.{key}"] = None if (nullable and value == "none") else value
+    return out
+
+
+def _nullable(key: str) -> bool:
+    model: type[BaseModel] = Augment if key.startswith("augment.") else TrainRecipe
+    return _scalar(model.model_fields[key.split(".")[-1]].annotation)[1]

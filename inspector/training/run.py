@@ -1,0 +1,161 @@
+"""`inspector train`: data and config in; checkpoints, metrics, plots, summary and report out."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+import torch
+import yaml
+
+from inspector.errors import InputError
+from inspector.training.backbones import build_model
+from inspector.training.data import ImageCache, SampleSet, collect_samples, kfold_splits, stratified_split
+from inspector.training.export import load_checkpoint
+from inspector.training.lr_find import LrFinding, lr_range_test
+from inspector.training.recipe import TrainConfig, TrainRecipe
+from inspector.training.report import (
+    CONFUSION, CURVES, GRADCAM, LR_FIND, MOST_CONFUSED, ROC,
+    gradcam_sheet, most_confused, plot_confusion, plot_curves, plot_lr_find, plot_roc, write_html,
+)
+from inspector.training.trainer import BEST, Batches, TrainResult, pick_device, train
+
+
+def run_training(
+    data: Path,
+    out_dir: Path,
+    config: TrainConfig,
+    *,
+    labels_csv: Path | None = None,
+    multi: bool = False,
+    resume: Path | None = None,
+    resume_epochs: int | None = None,
+    progress: bool | None = None,
+    log: structlog.typing.FilteringBoundLogger | None = None,
+) -> dict[str, Any]:
+    """Train (one split, or every fold) and write everything to `out_dir`; returns the summary."""
+    log = log or structlog.get_logger("inspector.train")
+    spec, recipe = config.preprocess, config.train
+    state = None
+    if resume is not None:
+        state = load_checkpoint(resume)
+        if "optimizer" not in state:
+            raise InputError(f"{resume}: a best.pt holds weights only; resume from last.pt of the same run")
+        saved = dict(state["recipe"])
+        if resume_epochs is not None:
+            saved["epochs"] = resume_epochs
+        recipe = TrainRecipe.model_validate(saved)
+        spec = type(spec).from_json(state["spec"])
+    elif recipe.weights not in ("none", "imagenet") and not Path(recipe.weights).is_file():
+        raise InputError(f"--weights {recipe.weights}: no such file; expected none, imagenet, or the path of a state dict")
+    elif (out_dir / BEST).exists():
+        raise InputError(f"{out_dir} already holds a training run; choose another --out, or continue it with --resume {out_dir / 'last.pt'}")
+    samples = collect_samples(data, spec, labels_csv=labels_csv, multi=multi)
+    if state is not None and tuple(state["classes"]) != samples.classes:
+        raise InputError(f"the data's classes {list(samples.classes)} differ from the checkpoint's {state['classes']}")
+    log.info("dataset", root=str(data), samples=len(samples.samples), classes={c: int((samples.targets == i).sum()) for i, c in enumerate(samples.classes)})
+    if recipe.folds:
+        if resume is not None:
+            raise InputError("--resume continues one run; resume a fold with --out DIR/fold-K and that fold's last.pt")
+        return _cross_validate(samples, spec, recipe, config, out_dir, progress, log)
+    train_idx, val_idx = stratified_split(samples, recipe.val_fraction, recipe.seed)
+    result = train(samples, spec, recipe, out_dir, train_idx=train_idx, val_idx=val_idx, resume=state, progress=progress, log=log)
+    _write_config(out_dir, config.model_copy(update={"preprocess": spec, "train": recipe}))
+    return finish(result, samples, spec, recipe, log)
+
+
+def _write_config(out_dir: Path, config: TrainConfig) -> None:
+    # The exact config of the run, so `inspector train --config DIR/train.yaml` reproduces it.
+    (out_dir / "train.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+def finish(result: TrainResult, samples: SampleSet, spec: Any, recipe: TrainRecipe, log: Any) -> dict[str, Any]:
+    """Plots, sheets, Grad-CAM, summary.json and report.html for a finished run."""
+    out = result.out_dir
+    pred, val_idx = result.predictions, result.val_idx
+    best = next(h for h in result.history if h.epoch == result.best_epoch)
+    t = best.threshold_at_target
+    cache = ImageCache(spec)
+    cache.load([samples.samples[int(i)].path for i in val_idx])
+    plot_curves(result.history, result.best_epoch, out / CURVES)
+    plot_confusion(pred, samples.classes, t, out / CONFUSION)
+    plot_roc(pred, t, best.roc_auc, out / ROC)
+    confused = most_confused(pred, samples, val_idx, cache, out / MOST_CONFUSED)
+    device = next(result.model.parameters()).device
+    pointing = gradcam_sheet(result.model, pred, samples, val_idx, cache, device, out / GRADCAM)
+    per_defect = {}
+    if t is not None:
+        for stratum in sorted({samples.samples[int(i)].stratum for i in val_idx}):
+            rows = np.array([samples.samples[int(i)].stratum == stratum for i in val_idx])
+            if stratum != "ok" and rows.any():
+                per_defect[stratum.removeprefix("ng/") or "ng"] = {"n": int(rows.sum()), "recall": float((pred.scores[rows] >= t).mean())}
+    summary = {
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "stopped_early": result.stopped_early,
+        "training_seconds": round(result.seconds, 1),
+        "classes": list(samples.classes),
+        "train_samples": len(samples.samples) - len(val_idx),
+        "validation_samples": len(val_idx),
+        "roc_auc": best.roc_auc,
+        "accuracy": best.accuracy,
+        "target_recall": recipe.target_recall,
+        "threshold_at_target": t,
+        "ng_recall_at_target": best.ng_recall_at_target,
+        "false_reject_rate_at_target": best.false_reject_rate_at_target,
+        "per_defect_recall_at_target": per_defect,
+        "gradcam": pointing,
+        "most_confused": confused[:10],
+        "checkpoint": str(result.best),
+        "dataset_fingerprint": samples.fingerprint(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    report = write_html(out, summary, result.history, [CURVES, ROC, CONFUSION, MOST_CONFUSED, GRADCAM])
+    log.info("training_done", best_epoch=result.best_epoch, roc_auc=best.roc_auc, checkpoint=str(result.best), report=str(report), seconds=round(result.seconds, 1))
+    return summary
+
+
+def _cross_validate(samples: SampleSet, spec: Any, recipe: TrainRecipe, config: TrainConfig, out_dir: Path, progress: bool | None, log: Any) -> dict[str, Any]:
+    folds = kfold_splits(samples, recipe.folds or 2, recipe.seed)
+    per_fold = []
+    for k, (train_idx, val_idx) in enumerate(folds, 1):
+        log.info("fold_started", fold=k, folds=len(folds))
+        fold_dir = out_dir / f"fold-{k}"
+        result = train(samples, spec, recipe, fold_dir, train_idx=train_idx, val_idx=val_idx, progress=progress, log=log.bind(fold=k))
+        per_fold.append(finish(result, samples, spec, recipe, log))
+    _write_config(out_dir, config)
+    keys = ("roc_auc", "accuracy", "ng_recall_at_target", "false_reject_rate_at_target")
+    summary: dict[str, Any] = {"folds": len(folds)}
+    for key in keys:
+        values = [f[key] for f in per_fold if f[key] is not None]
+        summary[key] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "per_fold": values} if values else None
+    summary["checkpoints"] = [f["checkpoint"] for f in per_fold]
+    (out_dir / "cv.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def run_lr_find(data: Path, out_dir: Path, config: TrainConfig, *, labels_csv: Path | None = None, multi: bool = False) -> LrFinding:
+    """The LR range test on the training split; writes lr_find.png and lr_find.json."""
+    spec, recipe = config.preprocess, config.train
+    samples = collect_samples(data, spec, labels_csv=labels_csv, multi=multi)
+    train_idx, _ = stratified_split(samples, recipe.val_fraction, recipe.seed)
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    torch.manual_seed(recipe.seed)
+    cache = ImageCache(spec)
+    cache.load([samples.samples[int(i)].path for i in train_idx])
+    device = pick_device(recipe.device)
+    model = build_model(recipe, len(samples.classes), spec.channels)
+    finding = lr_range_test(model, Batches(samples, cache, recipe), samples.targets, train_idx, recipe, device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_lr_find(finding, out_dir / LR_FIND)
+    (out_dir / "lr_find.json").write_text(
+        json.dumps({"suggestion": finding.suggestion, "minimum": finding.minimum, "lrs": finding.lrs, "losses": finding.losses, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2)
+    )
+    return finding

@@ -1,0 +1,404 @@
+"""The training loop: recipe in, best checkpoint, per-epoch metrics and a resumable last checkpoint out."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+import torch
+import torchvision
+from torch import nn
+
+from inspector import __version__
+from inspector.errors import InputError
+from inspector.manifest import OK_CLASS
+from inspector.preprocess import PreprocessSpec
+from inspector.progress import Progress
+from inspector.replay.metrics import binary_metrics, roc_auc, threshold_at_recall
+from inspector.training.backbones import build_model, frozen_names, head_parameters, keep_frozen_bn_eval, set_frozen
+from inspector.training.data import ImageCache, SampleSet, augment, erase
+from inspector.training.recipe import TrainRecipe
+
+CHECKPOINT_FORMAT = "inspector.checkpoint/1"
+BEST, LAST = "best.pt", "last.pt"
+
+
+@dataclass(frozen=True, slots=True)
+class EpochMetrics:
+    """Training and validation figures of one epoch; NG is the positive class, score = 1 - P(ok)."""
+
+    epoch: int
+    lr: float
+    seconds: float
+    train_loss: float
+    val_loss: float
+    accuracy: float  # argmax over all classes
+    precision: float | None  # NG vs OK at score >= 0.5
+    recall: float | None
+    f1: float | None
+    roc_auc: float | None
+    threshold_at_target: float | None  # highest threshold reaching the target NG recall
+    ng_recall_at_target: float | None
+    false_reject_rate_at_target: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Predictions:
+    """Validation outputs of one model: class probabilities per sample, in `val_idx` order."""
+
+    probabilities: np.ndarray  # (n, classes)
+    targets: np.ndarray  # (n,) class index
+
+    @property
+    def scores(self) -> np.ndarray:
+        """1 - P(ok): the runtime's NG score."""
+        return 1.0 - self.probabilities[:, 0]
+
+    @property
+    def is_ng(self) -> np.ndarray:
+        """True where the sample's class is not ok."""
+        return self.targets != 0
+
+
+@dataclass(slots=True)
+class TrainResult:
+    """What a run produced."""
+
+    out_dir: Path
+    best: Path
+    last: Path
+    history: list[EpochMetrics]
+    best_epoch: int
+    stopped_early: bool
+    seconds: float
+    model: nn.Module = field(repr=False)
+    predictions: Predictions = field(repr=False)
+    val_idx: np.ndarray = field(repr=False)
+
+
+def pick_device(choice: str) -> torch.device:
+    """auto: CUDA when present; cuda without a GPU is an error naming what was found."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise InputError("device=cuda but torch finds no CUDA GPU; use --device cpu or auto")
+    if choice == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def versions() -> dict[str, str]:
+    """Library versions that shape a trained model."""
+    import onnx  # noqa: PLC0415 - part of the train extra, like torch
+
+    return {
+        "inspector": __version__,
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "onnx": str(onnx.__version__),
+        "python": platform.python_version(),
+    }
+
+
+class Batches:
+    """Turns sample indices into normalized, augmented float32 batches; deterministic per (seed, epoch)."""
+
+    def __init__(self, samples: SampleSet, cache: ImageCache, recipe: TrainRecipe) -> None:
+        self.samples, self.cache, self.recipe = samples, cache, recipe
+        self._plain: dict[int, np.ndarray] = {}
+
+    def plain(self, idx: np.ndarray) -> torch.Tensor:
+        """Un-augmented rows, exactly what the runtime computes, cached."""
+        for i in idx:
+            if int(i) not in self._plain:
+                self._plain[int(i)] = self.cache.tensor(self.cache.crop(self.samples.samples[int(i)]))
+        return torch.from_numpy(np.stack([self._plain[int(i)] for i in idx]))
+
+    def augmented(self, idx: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        """Rows with the recipe's augmentations."""
+        aug = self.recipe.augment
+        rows = []
+        for i in idx:
+            sample = self.samples.samples[int(i)]
+            shift = tuple(rng.uniform(-aug.roi_jitter, aug.roi_jitter, 2)) if aug.roi_jitter > 0 else (0.0, 0.0)
+            row = self.cache.tensor(augment(self.cache.crop(sample, shift), aug, rng))
+            if aug.erasing > 0 and rng.random() < aug.erasing:
+                erase(row, rng)
+            rows.append(row)
+        return torch.from_numpy(np.stack(rows))
+
+
+def class_weights(targets: np.ndarray, n_classes: int) -> np.ndarray:
+    """Inverse-frequency weights, mean 1 over samples."""
+    counts = np.bincount(targets, minlength=n_classes).astype(np.float64)
+    return len(targets) / (n_classes * np.maximum(counts, 1))
+
+
+def epoch_order(targets: np.ndarray, train_idx: np.ndarray, recipe: TrainRecipe, rng: np.random.Generator) -> np.ndarray:
+    """This epoch's sample order: a permutation, or a class-balanced draw with replacement for the weighted sampler."""
+    if recipe.imbalance in ("sampler", "both"):
+        w = class_weights(targets[train_idx], int(targets.max()) + 1)[targets[train_idx]]
+        return rng.choice(train_idx, size=len(train_idx), replace=True, p=w / w.sum())
+    return rng.permutation(train_idx)
+
+
+def make_optimizer(model: nn.Module, recipe: TrainRecipe) -> torch.optim.Optimizer:
+    """AdamW or SGD over two groups: the head at lr, the backbone at lr x backbone_lr_mult."""
+    head = head_parameters(model)
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) not in head], "lr": recipe.lr * recipe.backbone_lr_mult},
+        {"params": [p for p in model.parameters() if id(p) in head], "lr": recipe.lr},
+    ]
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=True, weight_decay=recipe.weight_decay)
+    return torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+def make_schedule(opt: torch.optim.Optimizer, recipe: TrainRecipe, steps_per_epoch: int) -> Any:
+    """The recipe's schedule; cosine and onecycle step per batch, plateau per epoch."""
+    total = recipe.epochs * steps_per_epoch
+    if recipe.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total)
+    if recipe.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.3, patience=3)
+    warmup = round(recipe.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x: torch.Tensor, device: torch.device, batch: int = 64) -> np.ndarray:
+    """Softmax probabilities for rows `x`, in eval mode."""
+    model.eval()
+    out = [torch.softmax(model(x[i : i + batch].to(device)).float(), dim=1).cpu() for i in range(0, len(x), batch)]
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+def evaluate(probabilities: np.ndarray, targets: np.ndarray, target_recall: float) -> dict[str, Any]:
+    """Validation figures from probabilities: accuracy, NG precision/recall/F1 at 0.5, ROC-AUC and the target-recall operating point."""
+    scores, is_ng = 1.0 - probabilities[:, 0], targets != 0
+    at_half = binary_metrics(scores >= 0.5, is_ng)
+    p, r = at_half["precision"], at_half["ng_recall"]
+    f1 = None if p is None or r is None or p + r == 0 else 2 * p * r / (p + r)
+    t = threshold_at_recall(scores, is_ng, target_recall)
+    at_t = binary_metrics(scores >= t, is_ng) if t is not None else {}
+    return {
+        "accuracy": float((probabilities.argmax(1) == targets).mean()),
+        "precision": p,
+        "recall": r,
+        "f1": f1,
+        "roc_auc": roc_auc(scores, is_ng),
+        "threshold_at_target": t,
+        "ng_recall_at_target": at_t.get("ng_recall"),
+        "false_reject_rate_at_target": at_t.get("false_reject_rate"),
+    }
+
+
+def checkpoint_payload(
+    model: nn.Module,
+    spec: PreprocessSpec,
+    samples: SampleSet,
+    recipe: TrainRecipe,
+    *,
+    epoch: int,
+    metrics: EpochMetrics | None,
+    val_idx: np.ndarray,
+    fingerprint: str,
+) -> dict[str, Any]:
+    """A self-describing checkpoint, loadable with `torch.load(weights_only=True)`: weights, spec, classes, recipe, provenance."""
+    val = [samples.samples[int(i)] for i in val_idx]
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "spec": spec.to_json(),
+        "classes": list(samples.classes),
+        "recipe": recipe.model_dump(mode="json"),
+        "epoch": epoch,
+        "metrics": asdict(metrics) if metrics else {},
+        "dataset": {
+            "root": str(samples.root.resolve()),
+            "fingerprint": fingerprint,
+            "samples": len(samples.samples),
+            "counts": {c: int((samples.targets == i).sum()) for i, c in enumerate(samples.classes)},
+        },
+        # The validation set travels with the checkpoint: export's parity gate reruns it by default.
+        "validation": [{"path": str(s.path.resolve()), "key": s.key, "roi": s.roi, "label": s.label} for s in val],
+        "versions": versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _save(payload: dict[str, Any], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)  # a crash mid-save never leaves a half-written checkpoint under the real name
+
+
+def train(
+    samples: SampleSet,
+    spec: PreprocessSpec,
+    recipe: TrainRecipe,
+    out_dir: Path,
+    *,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    resume: dict[str, Any] | None = None,
+    progress: bool | None = None,
+    log: structlog.typing.FilteringBoundLogger | None = None,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+) -> TrainResult:
+    """Train one model, validating every epoch; keeps best.pt (highest validation ROC-AUC) and last.pt (to resume)."""
+    log = log or structlog.get_logger("inspector.train")
+    started = time.monotonic()
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    device = pick_device(recipe.device)
+    torch.manual_seed(recipe.seed)
+    fingerprint = samples.fingerprint()
+    if resume is not None and resume["dataset"]["fingerprint"] != fingerprint:
+        raise InputError(
+            f"the data under {samples.root} is not the data the checkpoint was trained on "
+            f"(fingerprint {fingerprint[:12]} vs {resume['dataset']['fingerprint'][:12]}); resume needs the same data"
+        )
+
+    cache = ImageCache(spec)
+    cache.load([s.path for s in samples.samples])  # lists every unusable image before anything is written
+    batches = Batches(samples, cache, recipe)
+    targets = samples.targets
+    n_classes = len(samples.classes)
+
+    model = build_model(recipe, n_classes, spec.channels, load_weights=resume is None).to(device)
+    frozen = frozen_names(model, recipe.freeze)
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once data, model and recipe are known to work
+    set_frozen(model, frozen)
+    weight = torch.tensor(class_weights(targets[train_idx], n_classes), dtype=torch.float32) if recipe.imbalance in ("loss", "both") else None
+    loss_fn = nn.CrossEntropyLoss(weight=weight.to(device) if weight is not None else None, label_smoothing=recipe.label_smoothing)
+    val_loss_fn = nn.CrossEntropyLoss(weight=loss_fn.weight)
+    opt = make_optimizer(model, recipe)
+    steps = math.ceil(len(train_idx) / recipe.batch_size)
+    sched = make_schedule(opt, recipe, steps)
+    history: list[EpochMetrics] = []
+    best_auc, best_epoch, start_epoch = -1.0, 0, 0
+    if resume is not None:
+        model.load_state_dict(resume["state_dict"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        history = [EpochMetrics(**h) for h in resume["history"]]
+        best_auc, best_epoch, start_epoch = resume["best_auc"], resume["best_epoch"], resume["epoch"]
+        torch.set_rng_state(resume["torch_rng"])
+        if frozen and recipe.unfreeze_after is not None and start_epoch >= recipe.unfreeze_after:
+            set_frozen(model, [])
+            frozen = []
+        log.info("training_resumed", epoch=start_epoch, best_epoch=best_epoch, best_roc_auc=best_auc)
+
+    x_val = batches.plain(val_idx)
+    y_val = targets[val_idx]
+    amp = recipe.amp and device.type == "cuda"
+    stopped_early = False
+    log.info(
+        "training_started", samples=len(samples.samples), train=len(train_idx), validation=len(val_idx),
+        classes=list(samples.classes), backbone=recipe.backbone, weights=recipe.weights, device=str(device),
+        epochs=recipe.epochs, threads=torch.get_num_threads(),
+    )
+    for epoch in range(start_epoch, recipe.epochs):
+        t0 = time.monotonic()
+        if recipe.unfreeze_after is not None and epoch == recipe.unfreeze_after and frozen:
+            set_frozen(model, [])
+            frozen = []
+            log.info("backbone_unfrozen", epoch=epoch + 1)
+        rng = np.random.default_rng([recipe.seed, epoch])
+        order = epoch_order(targets, train_idx, recipe, rng)
+        model.train()
+        keep_frozen_bn_eval(model)
+        total, seen = 0.0, 0
+        bar = Progress(steps, f"epoch {epoch + 1}/{recipe.epochs}", enabled=progress)
+        for b in range(0, len(order), recipe.batch_size):
+            idx = order[b : b + recipe.batch_size]
+            if len(idx) < 2 and len(order) > 2:
+                bar.advance()
+                continue  # BatchNorm cannot train on a batch of one
+            x = batches.augmented(idx, rng).to(device)
+            y = torch.from_numpy(targets[idx]).to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = loss_fn(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if recipe.schedule != "plateau":
+                sched.step()
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+            bar.advance()
+        bar.close()
+        probs = predict(model, x_val, device)
+        val_loss = float(val_loss_fn(torch.log(torch.from_numpy(probs).clamp_min(1e-12)).float(), torch.from_numpy(y_val)))
+        if recipe.schedule == "plateau":
+            sched.step(val_loss)
+        m = EpochMetrics(
+            epoch=epoch + 1, lr=opt.param_groups[-1]["lr"], seconds=round(time.monotonic() - t0, 2),
+            train_loss=total / max(seen, 1), val_loss=val_loss, **evaluate(probs, y_val, recipe.target_recall),
+        )
+        history.append(m)
+        improved = (m.roc_auc if m.roc_auc is not None else -val_loss) > best_auc
+        if improved:
+            best_auc, best_epoch = (m.roc_auc if m.roc_auc is not None else -val_loss), m.epoch
+            _save(checkpoint_payload(model, spec, samples, recipe, epoch=m.epoch, metrics=m, val_idx=val_idx, fingerprint=fingerprint), out_dir / BEST)
+        last = checkpoint_payload(model, spec, samples, recipe, epoch=m.epoch, metrics=m, val_idx=val_idx, fingerprint=fingerprint)
+        last.update(
+            optimizer=opt.state_dict(), scheduler=sched.state_dict(), history=[asdict(h) for h in history],
+            best_auc=best_auc, best_epoch=best_epoch, torch_rng=torch.get_rng_state(),
+        )
+        _save(last, out_dir / LAST)
+        write_metrics(out_dir, history, best_epoch, recipe)
+        log.info(
+            "epoch_done", epoch=m.epoch, epochs=recipe.epochs, train_loss=round(m.train_loss, 4), val_loss=round(m.val_loss, 4),
+            roc_auc=_r(m.roc_auc), accuracy=_r(m.accuracy), frr_at_target=_r(m.false_reject_rate_at_target),
+            best=improved, seconds=m.seconds,
+        )
+        if on_epoch:
+            on_epoch(m)
+        if recipe.early_stop is not None and m.epoch - best_epoch >= recipe.early_stop:
+            stopped_early = True
+            log.info("early_stop", epoch=m.epoch, best_epoch=best_epoch, patience=recipe.early_stop)
+            break
+
+    best = torch.load(out_dir / BEST, map_location="cpu", weights_only=True)
+    model.load_state_dict(best["state_dict"])
+    model = model.to(device).eval()
+    predictions = Predictions(predict(model, x_val, device), y_val)
+    return TrainResult(
+        out_dir=out_dir, best=out_dir / BEST, last=out_dir / LAST, history=history, best_epoch=best_epoch,
+        stopped_early=stopped_early, seconds=time.monotonic() - started, model=model, predictions=predictions, val_idx=val_idx,
+    )
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
+def write_metrics(out_dir: Path, history: list[EpochMetrics], best_epoch: int, recipe: TrainRecipe) -> Path:
+    """metrics.json: every epoch's figures and which epoch was kept."""
+    path = out_dir / "metrics.json"
+    doc = {
+        "best_epoch": best_epoch,
+        "target_recall": recipe.target_recall,
+        "score": f"1 - P({OK_CLASS}); NG is the positive class",
+        "epochs": [asdict(h) for h in history],
+    }
+    tmp = path.with_name(".metrics.json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path

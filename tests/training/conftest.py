@@ -1,0 +1,51 @@
+"""Training fixtures: tiny synthetic datasets and one short real training run shared by the export tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inspector.cli import main
+from inspector.samples import write_labelled_folder
+
+# 32 px gray tiles, one thread, tiny batches: a ResNet18 epoch on 48 samples takes well under a second.
+FAST = ["--size", "32", "--color", "gray", "--clahe", "2", "--threads", "1", "--batch-size", "16"]
+
+
+def train_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run `inspector train ...` in-process; (exit code, stdout, stderr)."""
+    code = main(["train", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def export_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run `inspector export ...` in-process; (exit code, stdout, stderr)."""
+    code = main(["export", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="session")
+def parts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ok/ (40) and ng/crack, ng/blowhole (12 each), 48x48 gray PNG, with masks/ for some NG."""
+    import cv2
+    import numpy as np
+
+    root = write_labelled_folder(tmp_path_factory.mktemp("parts"), n_ok=40, n_ng=24, width=48, height=48, seed=3)
+    for png in sorted((root / "ng").rglob("*.png"))[:6]:
+        img = cv2.imread(str(png), cv2.IMREAD_GRAYSCALE)
+        mask = ((img < 60) * 255).astype(np.uint8)  # the drawn defects are the darkest pixels
+        out = root / "masks" / png.relative_to(root)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(out), mask)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained(parts: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output folder of a finished 2-epoch binary run on `parts`."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    assert main(["train", str(parts), "--out", str(out), "--epochs", "2", *FAST]) == 0
+    return out

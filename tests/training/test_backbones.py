@@ -1,0 +1,74 @@
+"""Backbones: weights from a local file, gray-input adaptation, the new head, freeze policies, offline ImageNet."""
+
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from inspector.errors import InputError
+from inspector.training.backbones import build_model, frozen_names
+from inspector.training.recipe import TrainRecipe
+
+
+def test_a_local_state_dict_is_loaded_and_conv1_summed_for_gray_input(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    source = torchvision.models.resnet18()
+    path = tmp_path / "resnet18.pth"
+    torch.save(source.state_dict(), path)
+    model = build_model(TrainRecipe(weights=str(path), dropout=0.2), num_classes=3, in_channels=1)
+    assert torch.allclose(model.conv1.weight, source.conv1.weight.sum(dim=1, keepdim=True))
+    assert torch.equal(model.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 3)
+    assert isinstance(model.fc[0], torch.nn.Dropout) and model.fc[1].out_features == 3
+
+
+def test_a_state_dict_of_another_architecture_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "r34.pth"
+    torch.save(torchvision.models.resnet34().state_dict(), path)
+    with pytest.raises(InputError, match=r"does not fit the backbone: missing .*unexpected"):
+        build_model(TrainRecipe(weights=str(path)), 2, 1)
+    junk = tmp_path / "junk.pth"
+    junk.write_text("not torch")
+    with pytest.raises(InputError, match="cannot read as a torch state dict"):
+        build_model(TrainRecipe(weights=str(junk)), 2, 1)
+
+
+def test_imagenet_weights_offline_name_the_cache_file_to_fill(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*_a: object, **_k: object) -> None:
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    # The network is the one part that cannot be real here: cut it the way an offline line PC would.
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(InputError) as err:
+        build_model(TrainRecipe(weights="imagenet"), 2, 1)
+    text = str(err.value)
+    assert f"copy https://download.pytorch.org/models/resnet18-f37072fd.pth to {tmp_path}/hub/checkpoints/resnet18-f37072fd.pth" in text
+
+
+@pytest.mark.parametrize("name", ["resnet34", "mobilenet_v3_small"])
+def test_other_torchvision_backbones_by_name(name: str) -> None:
+    model = build_model(TrainRecipe(backbone=name), 4, 1)
+    assert model.eval()(torch.zeros(1, 1, 64, 64)).shape == (1, 4)
+
+
+def test_unknown_backbone_lists_the_resnets() -> None:
+    with pytest.raises(InputError, match=r"unknown backbone 'resnet19'; .* resnet18, resnet34"):
+        build_model(TrainRecipe(backbone="resnet19"), 2, 1)
+
+
+def test_freeze_policies() -> None:
+    model = build_model(TrainRecipe(), 2, 1)
+    assert frozen_names(model, "none") == []
+    backbone = frozen_names(model, "backbone")
+    assert "conv1.weight" in backbone and "layer4.1.bn2.bias" in backbone and "fc.weight" not in backbone
+    upto2 = frozen_names(model, "layer2")
+    assert "layer2.1.conv2.weight" in upto2 and "bn1.weight" in upto2
+    assert not any(n.startswith(("layer3", "layer4", "fc")) for n in upto2)
+    with pytest.raises(InputError, match="freeze=layer2 applies to ResNet-style models"):
+        frozen_names(build_model(TrainRecipe(backbone="mobilenet_v3_small"), 2, 1), "layer2")

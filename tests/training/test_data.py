@@ -1,0 +1,141 @@
+"""Samples from labelled layouts, the stratified split, and augmentation on top of the runtime preprocessing."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inspector.errors import InputError
+from inspector.preprocess import PreprocessSpec, Preprocessor
+from inspector.samples import GRID_ROIS
+from inspector.training.data import ImageCache, augment, collect_samples, kfold_splits, stratified_split
+from inspector.training.recipe import Augment
+
+GRAY32 = PreprocessSpec(color="gray", resize={"width": 32, "height": 32})
+ROI_SPEC = PreprocessSpec(
+    color="gray", resize={"width": 32, "height": 32}, rois=[{"name": n, "box": b, "units": "fraction"} for n, b in GRID_ROIS.items()]
+)
+
+
+def test_layout_gives_binary_or_data_driven_multi_class(parts: Path) -> None:
+    binary = collect_samples(parts, GRAY32)
+    assert binary.classes == ("ok", "ng")
+    assert Counter(s.label for s in binary.samples) == {"ok": 40, "ng": 24}
+    assert all("masks" not in s.key for s in binary.samples)
+    multi = collect_samples(parts, GRAY32, multi=True)
+    assert multi.classes == ("ok", "blowhole", "crack")
+    assert Counter(multi.targets.tolist()) == {0: 40, 1: 12, 2: 12}
+
+
+def test_each_roi_of_a_labelled_frame_is_one_sample(roi_frames: tuple[Path, Path]) -> None:
+    root, csv_path = roi_frames
+    found = collect_samples(root, ROI_SPEC)  # labels.csv found beside the frames
+    assert len(found.samples) == 10 * 4
+    assert {s.roi for s in found.samples} == {0, 1, 2, 3}
+    first = [s for s in found.samples if s.key.startswith("frames/000.png#")]
+    assert [s.key for s in first] == [f"frames/000.png#{n}" for n in GRID_ROIS]
+    cache = ImageCache(ROI_SPEC)
+    cache.load([s.path for s in first])
+    # The crop of ROI roi2 is exactly what the runtime cuts for that ROI.
+    runtime = Preprocessor(ROI_SPEC)(Preprocessor(ROI_SPEC).decode(first[1].path.read_bytes()))
+    assert np.array_equal(cache.tensor(cache.crop(first[1])), runtime[1])
+
+
+def test_roi_labels_without_roi_boxes_are_refused(roi_frames: tuple[Path, Path]) -> None:
+    root, _ = roi_frames
+    with pytest.raises(InputError, match=r"per-ROI labels need ROI boxes; give the station's `preprocess.rois`"):
+        collect_samples(root, GRAY32)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda r: None, "no images found"),
+        (lambda r: (r / "ok").mkdir() or _png(r / "ok" / "a.png"), "every sample is 'ok'; training needs both ok and ng"),
+        (lambda r: (r / "ng" / "x").mkdir(parents=True) or _png(r / "ng" / "x" / "a.png"), "every sample is 'ng'"),
+        (lambda r: _png(r / "loose.png"), "no labels found; expected ok/ and ng/<defect>/ folders"),
+    ],
+)
+def test_unusable_datasets_are_explained(tmp_path: Path, make, message: str) -> None:
+    make(tmp_path)
+    with pytest.raises(InputError, match=message):
+        collect_samples(tmp_path, GRAY32)
+
+
+def _png(path: Path) -> None:
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.full((16, 16), 128, np.uint8))
+
+
+def test_split_is_stratified_by_defect_and_reproducible(parts: Path) -> None:
+    s = collect_samples(parts, GRAY32)
+    train, val = stratified_split(s, 0.25, seed=0)
+    assert sorted([*train, *val]) == list(range(len(s.samples)))
+    strata = Counter(s.samples[i].stratum for i in val)
+    assert strata == {"ok": 10, "ng/crack": 3, "ng/blowhole": 3}
+    again = stratified_split(s, 0.25, seed=0)
+    assert np.array_equal(val, again[1])
+    assert not np.array_equal(val, stratified_split(s, 0.25, seed=1)[1])
+
+
+def test_a_class_too_small_to_split_is_named(tmp_path: Path) -> None:
+    for i in range(4):
+        _png(tmp_path / "ok" / f"{i}.png")
+    _png(tmp_path / "ng" / "chip" / "0.png")
+    s = collect_samples(tmp_path, GRAY32)
+    with pytest.raises(InputError, match="class 'ng/chip' has 1 sample; a train/validation split needs at least 2"):
+        stratified_split(s, 0.2, 0)
+    with pytest.raises(InputError, match="3-fold cross-validation needs at least 3 of each"):
+        kfold_splits(s, 3, 0)
+
+
+def test_k_folds_validate_every_sample_exactly_once(parts: Path) -> None:
+    s = collect_samples(parts, GRAY32)
+    folds = kfold_splits(s, 4, seed=0)
+    validated = np.concatenate([v for _, v in folds])
+    assert sorted(validated.tolist()) == list(range(len(s.samples)))
+    for train, val in folds:
+        assert not set(train) & set(val)
+        assert Counter(s.samples[i].stratum for i in val)["ng/crack"] == 3
+
+
+def test_unreadable_images_are_all_listed(tmp_path: Path) -> None:
+    for i in range(3):
+        _png(tmp_path / "ok" / f"{i}.png")
+    _png(tmp_path / "ng" / "a.png")
+    (tmp_path / "ng" / "notes.png").write_text("not an image")
+    good = (tmp_path / "ok" / "0.png").read_bytes()
+    (tmp_path / "ok" / "cut.png").write_bytes(good[: len(good) // 2])
+    s = collect_samples(tmp_path, GRAY32)
+    with pytest.raises(InputError) as err:
+        ImageCache(GRAY32).load([x.path for x in s.samples])
+    text = str(err.value)
+    assert text.startswith("2 image(s) cannot be used for training")
+    assert "notes.png: not_an_image" in text and "cut.png: truncated" in text
+
+
+def test_roi_jitter_moves_the_box_but_never_out_of_the_frame(roi_frames: tuple[Path, Path]) -> None:
+    root, _ = roi_frames
+    s = collect_samples(root, ROI_SPEC)
+    cache = ImageCache(ROI_SPEC)
+    cache.load([x.path for x in s.samples[:4]])
+    corner = s.samples[0]  # roi1, top-left: a shift up/left must stop at the edge
+    assert np.array_equal(cache.crop(corner, (-0.2, -0.2)), cache.crop(corner))
+    assert not np.array_equal(cache.crop(corner, (0.2, 0.2)), cache.crop(corner))
+
+
+def test_augment_is_deterministic_for_a_seed_and_keeps_dtype_and_shape() -> None:
+    img = np.random.default_rng(0).integers(0, 255, (32, 32), dtype=np.uint8)
+    aug = Augment(rotate_deg=15, brightness=0.3, contrast=0.3)
+    a = augment(img, aug, np.random.default_rng(7))
+    b = augment(img, aug, np.random.default_rng(7))
+    assert np.array_equal(a, b) and a.dtype == np.uint8 and a.shape == img.shape
+    off = Augment(hflip=False, vflip=False, rotate_deg=0, brightness=0, contrast=0, roi_jitter=0)
+    assert np.array_equal(augment(img, off, np.random.default_rng(7)), img)
+    wide = np.zeros((32, 32), np.uint16) + 1000
+    assert augment(wide, aug, np.random.default_rng(1)).dtype == np.uint16

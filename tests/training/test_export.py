@@ -1,0 +1,124 @@
+"""`inspector export`: ONNX with the manifest, and the parity gate passing, and refusing broken or mismatched exports."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from inspector.config import ModelSettings, Provider
+from inspector.model import OnnxClassifier, file_sha256
+from inspector.preprocess import Preprocessor
+from inspector.training.export import export_checkpoint, load_checkpoint, model_from_checkpoint, parity_gate
+from tests.training.conftest import export_cli
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_export_writes_a_model_the_runtime_runs_with_the_trained_preprocessing(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "model.onnx"
+    code, stdout, err = export_cli(capsys, str(trained / "best.pt"), "--out", str(out))
+    assert code == 0, err
+    assert "parity gate passed: 12 images, 12 crops" in stdout and "0 verdict flips at 0.5" in stdout
+    assert _leftovers(tmp_path) == ["model.onnx"]
+    clf = OnnxClassifier(out, ModelSettings(providers=[Provider.CPU]))
+    ckpt = load_checkpoint(trained / "best.pt")
+    assert clf.spec.to_json() == ckpt["spec"] and clf.classes == ("ok", "ng")
+    info = clf.manifest.info
+    assert info["checkpoint_sha256"] == file_sha256(trained / "best.pt")
+    assert info["dataset"]["fingerprint"] == ckpt["dataset"]["fingerprint"]
+    assert set(info["exported_with"]) >= {"torch", "torchvision", "onnx", "inspector"}
+    assert info["training"]["validation"]["roc_auc"] == ckpt["metrics"]["roc_auc"]
+    assert info["parity_gate"]["passed"] is True and info["parity_gate"]["max_abs_diff"] <= 1e-4
+    assert info["created"] and info["precision"] == "fp32"
+    graph = onnx.load(str(out))
+    assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    # Dynamic batch axis: three rows at once.
+    x = np.zeros((3, 1, 32, 32), np.float32)
+    assert ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0].shape == (3, 2)
+
+
+def test_the_exported_model_scores_files_as_the_torch_model_scored_them(trained: Path, parts: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    export_checkpoint(trained / "best.pt", out)
+    model, spec, _, _ = model_from_checkpoint(load_checkpoint(trained / "best.pt"))
+    clf = OnnxClassifier(out, ModelSettings(providers=[Provider.CPU]))
+    pre = Preprocessor(clf.spec)
+    for path in sorted(parts.rglob("ng/*/*.png"))[:5]:
+        batch = pre(pre.decode(path.read_bytes()))
+        with torch.inference_mode():
+            expected = torch.softmax(model(torch.from_numpy(batch)), 1).numpy()
+        assert np.abs(clf.predict(batch) - expected).max() < 1e-4
+
+
+def test_a_perturbed_graph_fails_the_gate(trained: Path, tmp_path: Path) -> None:
+    good = tmp_path / "good.onnx"
+    export_checkpoint(trained / "best.pt", good)
+    m = onnx.load(str(good))
+    fc = next(t for t in m.graph.initializer if t.name.endswith("fc.bias"))
+    bias = onnx.numpy_helper.to_array(fc).copy()
+    bias[1] += 3.0  # a graph that drifts toward NG: what a faulty conversion looks like
+    fc.CopyFrom(onnx.numpy_helper.from_array(bias, fc.name))
+    bad = tmp_path / "bad.onnx"
+    onnx.save(m, str(bad))
+    ckpt = load_checkpoint(trained / "best.pt")
+    model, spec, _, _ = model_from_checkpoint(ckpt)
+    frames = [Path(v["path"]) for v in ckpt["validation"]]
+    gate = parity_gate(model, spec, bad, frames, threshold=0.5, tolerance=1e-4)
+    assert not gate.passed and gate.max_abs_diff > 0.1
+    assert "max |delta probability|" in gate.problem()
+    assert parity_gate(model, spec, good, frames, threshold=0.5, tolerance=1e-4).passed
+
+
+def test_a_station_config_with_other_preprocessing_is_refused_and_nothing_written(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    station = tmp_path / "station.yaml"
+    station.write_text("preprocess:\n  color: gray\n  resize: {width: 32, height: 32}\n  normalize: {mean: [0.2], std: [0.1]}\n")
+    out_dir = tmp_path / "models"
+    out_dir.mkdir()
+    code, stdout, err = export_cli(capsys, str(trained / "best.pt"), "--out", str(out_dir / "m.onnx"), "--config", str(station))
+    assert code == 2
+    assert "export refused by the parity gate" in err
+    assert "the deployed preprocessing differs from training: clahe:" in err and "normalize:" in err
+    assert _leftovers(out_dir) == []
+    assert "Traceback" not in err
+
+
+def test_fp16_passes_its_documented_tolerance_and_says_so_in_the_manifest(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "half.onnx"
+    code, stdout, err = export_cli(capsys, str(trained / "best.pt"), "--out", str(out), "--fp16")
+    assert code == 0, err
+    assert "(tolerance 0.01)" in stdout
+    info = OnnxClassifier(out, ModelSettings(providers=[Provider.CPU])).manifest.info
+    assert info["precision"] == "fp16" and info["parity_gate"]["tolerance"] == 0.01
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in onnx.load(str(out)).graph.initializer)
+
+
+def test_golden_images_come_from_a_folder_when_the_validation_images_are_gone(trained: Path, parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    ckpt["validation"] = [{**v, "path": str(tmp_path / "moved" / Path(v["path"]).name)} for v in ckpt["validation"]]
+    torch.save(ckpt, run / "best.pt")
+    code, _, err = export_cli(capsys, str(run / "best.pt"), "--out", str(tmp_path / "m.onnx"))
+    assert code == 2 and "12 of its 12 validation images are missing" in err and "pass --golden DIR" in err
+    code, stdout, err = export_cli(capsys, str(run / "best.pt"), "--out", str(tmp_path / "m.onnx"), "--golden", str(parts / "ng"))
+    assert code == 0, err
+    assert "parity gate passed: 24 images" in stdout
+
+
+def test_a_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bogus = tmp_path / "model.pt"
+    torch.save({"weights": torch.zeros(2)}, bogus)
+    code, _, err = export_cli(capsys, str(bogus), "--out", str(tmp_path / "m.onnx"))
+    assert code == 2 and "not a checkpoint written by `inspector train`" in err
+    (tmp_path / "text.pt").write_text("hello")
+    code, _, err = export_cli(capsys, str(tmp_path / "text.pt"), "--out", str(tmp_path / "m.onnx"))
+    assert code == 2 and "not a checkpoint written by `inspector train`" in err
+    assert not (tmp_path / "m.onnx").exists()

@@ -1,0 +1,171 @@
+"""`inspector train` end to end on real image files: outputs, multi-class, multi-ROI, resume, folds, LR finder, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inspector.preprocess import PreprocessSpec
+from inspector.samples import GRID_ROIS
+from inspector.training.data import collect_samples, stratified_split
+from inspector.training.recipe import TrainRecipe
+from inspector.training.trainer import train
+from tests.training.conftest import FAST, train_cli
+
+EPOCH_KEYS = {
+    "epoch", "lr", "seconds", "train_loss", "val_loss", "accuracy", "precision", "recall", "f1", "roc_auc",
+    "threshold_at_target", "ng_recall_at_target", "false_reject_rate_at_target",
+}
+
+
+def test_a_run_writes_checkpoints_metrics_plots_and_a_report(trained: Path, parts: Path) -> None:
+    for name in ("best.pt", "last.pt", "metrics.json", "summary.json", "report.html", "train.yaml",
+                 "curves.png", "confusion_matrix.png", "roc.png", "most_confused.jpg", "gradcam.jpg"):
+        assert (trained / name).stat().st_size > 0, name
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+    assert set(metrics["epochs"][0]) == EPOCH_KEYS
+    assert metrics["target_recall"] == 0.99
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["validation_samples"] == 12 and summary["train_samples"] == 52
+    assert set(summary["per_defect_recall_at_target"]) == {"crack", "blowhole"}
+    assert summary["gradcam"]["ng_with_mask"] >= 1  # masks/ beside the data are used to check the heatmaps
+    ckpt = torch.load(trained / "best.pt", weights_only=True)
+    assert ckpt["classes"] == ["ok", "ng"]
+    assert PreprocessSpec.from_json(ckpt["spec"]).input_shape == (1, 32, 32)
+    assert TrainRecipe.model_validate(ckpt["recipe"]).epochs == 2
+    assert len(ckpt["validation"]) == 12 and ckpt["dataset"]["counts"] == {"ok": 40, "ng": 24}
+    assert ckpt["epoch"] == summary["best_epoch"]
+
+
+def test_the_command_prints_the_operating_point_and_the_next_step(parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = train_cli(capsys, str(parts), "--out", str(tmp_path / "r"), "--epochs", "1", "--imbalance", "sampler", "--schedule", "onecycle", *FAST)
+    assert code == 0, err
+    assert "validation ROC-AUC" in out and "at 99.00% NG recall: threshold" in out
+    assert f"next:       inspector export {tmp_path / 'r' / 'best.pt'} --out model.onnx" in out
+    assert '"event": "epoch_done"' in err
+
+
+def test_multi_class_uses_the_defect_folders_as_classes(parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = train_cli(capsys, str(parts), "--out", str(tmp_path / "m"), "--classes", "multi", "--epochs", "1", "--freeze", "layer2", *FAST)
+    assert code == 0, err
+    assert torch.load(tmp_path / "m" / "best.pt", weights_only=True)["classes"] == ["ok", "blowhole", "crack"]
+
+
+def test_rois_from_a_labels_csv_each_train_as_one_sample(roi_frames: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root, _ = roi_frames
+    cfg = tmp_path / "train.yaml"
+    rois = "".join(f"    - {{name: {n}, box: {list(b)}, units: fraction}}\n" for n, b in GRID_ROIS.items())
+    cfg.write_text(f"preprocess:\n  color: gray\n  rois:\n{rois}")
+    code, _, err = train_cli(capsys, str(root), "--config", str(cfg), "--out", str(tmp_path / "r"), "--epochs", "1", "--roi-jitter", "0.05", *FAST)
+    assert code == 0, err
+    ckpt = torch.load(tmp_path / "r" / "best.pt", weights_only=True)
+    assert ckpt["dataset"]["samples"] == 40
+    assert {v["key"].split("#")[1] for v in ckpt["validation"]} <= set(GRID_ROIS)
+
+
+def test_an_interrupted_run_resumes_to_the_same_result(parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = PreprocessSpec(color="gray", clahe={"enabled": True}, resize={"width": 32, "height": 32})
+    recipe = TrainRecipe(epochs=2, threads=1, batch_size=16)
+    samples = collect_samples(parts, spec)
+    tr, va = stratified_split(samples, recipe.val_fraction, recipe.seed)
+    train(samples, spec, recipe, tmp_path / "straight", train_idx=tr, val_idx=va)
+
+    def crash(m: object) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(samples, spec, recipe, tmp_path / "cut", train_idx=tr, val_idx=va, on_epoch=crash)
+    code, _, err = train_cli(capsys, str(parts), "--out", str(tmp_path / "cut"), "--resume", str(tmp_path / "cut" / "last.pt"))
+    assert code == 0, err
+    assert '"event": "training_resumed"' in err
+    straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())["epochs"]
+    resumed = json.loads((tmp_path / "cut" / "metrics.json").read_text())["epochs"]
+    assert [e["epoch"] for e in resumed] == [1, 2]
+    assert resumed[1]["train_loss"] == pytest.approx(straight[1]["train_loss"], rel=1e-5)
+    assert resumed[1]["val_loss"] == pytest.approx(straight[1]["val_loss"], rel=1e-5)
+
+
+def test_resume_keeps_the_recipe_and_may_only_extend_epochs(trained: Path, parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    code, _, err = train_cli(capsys, str(parts), "--out", str(run), "--resume", str(run / "last.pt"), "--lr", "0.1")
+    assert code == 2 and "only --epochs may change it (got train.lr)" in err
+    code, _, err = train_cli(capsys, str(parts), "--out", str(run), "--resume", str(run / "best.pt"))
+    assert code == 2 and "resume from last.pt" in err
+    code, _, err = train_cli(capsys, str(parts), "--out", str(run), "--resume", str(run / "last.pt"), "--epochs", "3")
+    assert code == 0, err
+    assert [e["epoch"] for e in json.loads((run / "metrics.json").read_text())["epochs"]] == [1, 2, 3]
+
+
+def test_k_folds_train_one_model_per_fold(parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = train_cli(capsys, str(parts), "--out", str(tmp_path / "cv"), "--folds", "2", "--epochs", "1", *FAST)
+    assert code == 0, err
+    cv = json.loads((tmp_path / "cv" / "cv.json").read_text())
+    assert cv["folds"] == 2 and len(cv["roc_auc"]["per_fold"]) == 2
+    assert (tmp_path / "cv" / "fold-1" / "best.pt").is_file() and (tmp_path / "cv" / "fold-2" / "best.pt").is_file()
+    assert "2-fold cross-validation: ROC-AUC" in out
+
+
+def test_lr_find_prints_a_suggestion_and_plots_it(parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = train_cli(capsys, str(parts), "--out", str(tmp_path / "lr"), "--lr-find", *FAST)
+    assert code == 0, err
+    found = json.loads((tmp_path / "lr" / "lr_find.json").read_text())
+    assert 1e-6 <= found["suggestion"] <= 1.0
+    assert f"suggested learning rate: {found['suggestion']:.2e}" in out
+    assert (tmp_path / "lr" / "lr_find.png").stat().st_size > 0
+    assert not (tmp_path / "lr" / "best.pt").exists()
+
+
+def test_early_stopping_keeps_the_best_epoch(parts: Path, tmp_path: Path) -> None:
+    spec = PreprocessSpec(color="gray", resize={"width": 32, "height": 32})
+    recipe = TrainRecipe(epochs=6, early_stop=1, threads=1, batch_size=16, lr=0.05)
+    samples = collect_samples(parts, spec)
+    tr, va = stratified_split(samples, recipe.val_fraction, recipe.seed)
+    result = train(samples, spec, recipe, tmp_path / "es", train_idx=tr, val_idx=va)
+    aucs = [h.roc_auc for h in result.history]
+    assert result.best_epoch == 1 + int(np.argmax(aucs))
+    if result.stopped_early:
+        assert len(result.history) == result.best_epoch + 1
+    assert torch.load(result.best, weights_only=True)["epoch"] == result.best_epoch
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        ("empty", [], "no images found"),
+        ("one_class", [], "every sample is 'ok'; training needs both ok and ng examples"),
+        ("missing", [], "no such folder; expected ok/ + ng/<defect>/ folders"),
+        ("parts", ["--device", "cuda"], "device=cuda but torch finds no CUDA GPU"),
+        ("parts", ["--backbone", "resnet19"], "unknown backbone 'resnet19'"),
+        ("parts", ["--weights", "/nonexistent.pth"], "--weights /nonexistent.pth: no such file"),
+    ],
+)
+def test_bad_input_is_a_clear_error_with_exit_2_and_nothing_written(
+    setup: str, args: list[str], message: str, parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if setup == "parts" and torch.cuda.is_available() and "cuda" in args:
+        pytest.skip("a GPU is present")
+    data = {"parts": parts, "missing": tmp_path / "nope"}.get(setup, tmp_path / "data")
+    if setup == "empty":
+        data.mkdir()
+    if setup == "one_class":
+        shutil.copytree(parts / "ok", data / "ok")
+    out = tmp_path / "out"
+    code, stdout, err = train_cli(capsys, str(data), "--out", str(out), "--epochs", "1", *FAST, *args)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+def test_an_existing_run_is_not_overwritten(trained: Path, parts: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = (trained / "best.pt").read_bytes()
+    code, _, err = train_cli(capsys, str(parts), "--out", str(trained), "--epochs", "1", *FAST)
+    assert code == 2 and "already holds a training run" in err
+    assert (trained / "best.pt").read_bytes() == before
