@@ -11,7 +11,13 @@ from typing import Any
 import structlog
 
 from inspector import __version__
-from inspector.config import DEFAULT_CONFIG, InspectorSettings, load_settings, settings_schema, settings_yaml
+from inspector.config import (
+    DEFAULT_CONFIG,
+    InspectorSettings,
+    load_settings,
+    settings_schema,
+    settings_yaml,
+)
 from inspector.errors import ConfigError, InputError, InspectorError
 from inspector.logs import configure_logging
 
@@ -87,7 +93,9 @@ def _clahe(text: str) -> float | str:
 
 
 def _add_train(sub: Any) -> None:
-    from inspector.training.recipe import add_recipe_flags  # pydantic only: no torch for --help
+    from inspector.training.recipe import (
+        add_recipe_flags,  # pydantic only: no torch for --help
+    )
 
     tp = sub.add_parser(
         "train",
@@ -151,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("inspector: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - the promise is a message, never a traceback, unless asked for
+    except Exception as exc:
         if args.debug:
             raise
         print(f"inspector: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
@@ -260,8 +268,8 @@ def _print_summary(s: dict[str, Any]) -> None:
 
 def _training_modules() -> Any:
     try:
-        import inspector.training.export as export_mod  # noqa: PLC0415 - torch only for these commands
-        import inspector.training.run as run_mod  # noqa: PLC0415
+        import inspector.training.export as export_mod
+        import inspector.training.run as run_mod
     except ImportError as exc:
         raise InputError(
             f"this command needs the train extra (torch, torchvision, onnx, matplotlib): pip install 'inspector[train]' ({exc})"

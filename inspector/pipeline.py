@@ -13,7 +13,7 @@ from inspector.decision import PASS, REJECT, Latency, RoiResult, Thresholds, Ver
 from inspector.errors import InputError
 from inspector.frame import Frame, FrameFault, Reason
 from inspector.model import Classifier, OnnxClassifier
-from inspector.preprocess import PreprocessSpec, Preprocessor, Roi, from_array
+from inspector.preprocess import Preprocessor, PreprocessSpec, Roi, from_array
 
 
 class FramePipeline:
@@ -44,7 +44,7 @@ class FramePipeline:
         except FrameFault as fault:
             self.log.warning("frame_fault", frame=frame.frame_id, reason=fault.reason.value, detail=fault.detail)
             return self._verdict(frame, (), fault.reason, fault.detail, t0, stamps)
-        except Exception as exc:  # noqa: BLE001 - fail-safe: a bug must reject the part, not pass it or stop the line
+        except Exception as exc:
             self.log.exception("frame_internal_error", frame=frame.frame_id)
             return self._verdict(frame, (), Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", t0, stamps)
         rejected = any(r.verdict == REJECT for r in rois)
@@ -65,7 +65,7 @@ class FramePipeline:
         stamps[1] = time.perf_counter()
         try:
             probabilities = self.classifier.predict(batch)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types; all mean "no score"
+        except Exception as exc:
             raise FrameFault(Reason.INFERENCE_ERROR, f"{type(exc).__name__}: {exc}") from exc
         stamps[2] = time.perf_counter()
         return self.thresholds.decide(self.roi_names, self.classifier.classes, probabilities)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from inspector.config import DecisionSettings
-from inspector.errors import ConfigError
 from inspector.decision import Thresholds
+from inspector.errors import ConfigError
 
 CLASSES = ("ok", "crack", "blowhole")
 ROIS = ("a", "b")

@@ -10,7 +10,13 @@ import pytest
 from pydantic import ValidationError
 
 from inspector.frame import FrameFault, Reason
-from inspector.preprocess import ColorMode, PreprocessSpec, Preprocessor, check_complete, decode
+from inspector.preprocess import (
+    ColorMode,
+    Preprocessor,
+    PreprocessSpec,
+    check_complete,
+    decode,
+)
 from tests.conftest import gray_png
 
 

@@ -165,7 +165,7 @@ def _roc_svg(fpr: np.ndarray, tpr: np.ndarray, op: tuple[float, float], threshol
 
 def _fit_text(text: str, width: int, scale: float) -> str:
     text = "".join(c if " " <= c <= "~" else "?" for c in text)  # Hershey fonts draw ASCII only
-    fits = lambda s: cv2.getTextSize(s, _FONT, scale, 1)[0][0] <= width  # noqa: E731
+    fits = lambda s: cv2.getTextSize(s, _FONT, scale, 1)[0][0] <= width
     keep = len(text)
     candidate = text
     while not fits(candidate) and keep > 0:
@@ -227,7 +227,7 @@ def _sheet_section(heading: str, blurb: str, rows: Sequence[Outcome], out_dir: P
     if not rows:
         path.unlink(missing_ok=True)  # a sheet left by an earlier run would contradict "none"
         return f"<h2>{_e(heading)}</h2><p>none</p>"
-    caption = lambda o: f"score {o.score:.3f}" if o.score is not None else f"fault: {o.reason or 'unknown'}"  # noqa: E731
+    caption = lambda o: f"score {o.score:.3f}" if o.score is not None else f"fault: {o.reason or 'unknown'}"
     contact_sheet([(_read_bgr(o.source), Path(o.source).name, caption(o)) for o in rows[:_MAX_TILES]], path)
     more = f" The sheet shows the first {_MAX_TILES} of {len(rows)}." if len(rows) > _MAX_TILES else ""
     table = [

@@ -19,7 +19,7 @@ import numpy as np
 from inspector.errors import InputError
 from inspector.frame import FrameFault
 from inspector.manifest import OK_CLASS
-from inspector.preprocess import PreprocessSpec, Preprocessor
+from inspector.preprocess import Preprocessor, PreprocessSpec
 from inspector.replay.dataset import collect
 from inspector.training.recipe import Augment
 
@@ -100,37 +100,46 @@ def collect_samples(root: Path, spec: PreprocessSpec, *, labels_csv: Path | None
 
 
 def stratified_split(samples: SampleSet, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train and validation indices: the same share of every stratum (class, defect type) held out, reproducibly."""
+    """Train and validation indices: the same share of every stratum (class, defect type) held out, reproducibly.
+
+    The ROIs of one frame stay together, so validation frames are frames the model never saw.
+    """
     train, val = [], []
-    for stratum, idx in _strata(samples).items():
-        if len(idx) < 2:
-            raise InputError(f"class {stratum!r} has {len(idx)} sample; a train/validation split needs at least 2 of each")
-        order = np.random.default_rng(seed).permutation(len(idx))
-        n_val = min(len(idx) - 1, max(1, round(len(idx) * val_fraction)))
-        val += [idx[i] for i in order[:n_val]]
-        train += [idx[i] for i in order[n_val:]]
+    for stratum, groups in _strata(samples).items():
+        if len(groups) < 2:
+            raise InputError(f"class {stratum!r} has {len(groups)} sample; a train/validation split needs at least 2 of each")
+        order = np.random.default_rng(seed).permutation(len(groups))
+        n_val = min(len(groups) - 1, max(1, round(len(groups) * val_fraction)))
+        val += [i for g in order[:n_val] for i in groups[g]]
+        train += [i for g in order[n_val:] for i in groups[g]]
     return np.array(sorted(train)), np.array(sorted(val))
 
 
 def kfold_splits(samples: SampleSet, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """k stratified (train, validation) index pairs; each sample is validated exactly once."""
     folds: list[list[int]] = [[] for _ in range(k)]
-    for stratum, idx in _strata(samples).items():
-        if len(idx) < k:
-            raise InputError(f"class {stratum!r} has {len(idx)} samples; {k}-fold cross-validation needs at least {k} of each")
-        order = np.random.default_rng(seed).permutation(len(idx))
-        for j, i in enumerate(order):
-            folds[j % k].append(idx[i])
+    for stratum, groups in _strata(samples).items():
+        if len(groups) < k:
+            raise InputError(f"class {stratum!r} has {len(groups)} samples; {k}-fold cross-validation needs at least {k} of each")
+        order = np.random.default_rng(seed).permutation(len(groups))
+        for j, g in enumerate(order):
+            folds[j % k] += groups[g]
     every = set(range(len(samples.samples)))
     return [(np.array(sorted(every - set(f))), np.array(sorted(f))) for f in folds]
 
 
-def _strata(samples: SampleSet) -> dict[str, list[int]]:
-    by: dict[str, list[int]] = {}
+def _strata(samples: SampleSet) -> dict[str, list[list[int]]]:
+    """Sample indices grouped by frame, the groups by stratum; a frame with several ROIs is 'ng' when any ROI is."""
+    frames: dict[Path, list[int]] = {}
+    for i, s in enumerate(samples.samples):
+        frames.setdefault(s.path, []).append(i)
+    by: dict[str, list[tuple[str, list[int]]]] = {}
+    for idx in frames.values():
+        members = [samples.samples[i] for i in idx]
+        stratum = members[0].stratum if len(members) == 1 else ("ok" if all(m.label == OK_CLASS for m in members) else "ng")
+        by.setdefault(stratum, []).append((min(m.key for m in members), idx))
     # Sorted by key so that the split depends on the data, not on the file system's listing order.
-    for i in sorted(range(len(samples.samples)), key=lambda i: samples.samples[i].key):
-        by.setdefault(samples.samples[i].stratum, []).append(i)
-    return dict(sorted(by.items()))
+    return {k: [idx for _, idx in sorted(v)] for k, v in sorted(by.items())}
 
 
 class ImageCache:

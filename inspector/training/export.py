@@ -25,7 +25,7 @@ from inspector.errors import InputError, ModelError
 from inspector.frame import FrameFault
 from inspector.manifest import ModelManifest, write_manifest
 from inspector.model import OnnxClassifier, file_sha256
-from inspector.preprocess import PreprocessSpec, Preprocessor
+from inspector.preprocess import Preprocessor, PreprocessSpec
 from inspector.replay.dataset import collect
 from inspector.training.backbones import TORCH_LOAD_ERRORS, build_model
 from inspector.training.data import ImageCache

@@ -10,8 +10,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from inspector.training.trainer import Batches, class_weights, epoch_order, make_optimizer
 from inspector.training.recipe import TrainRecipe
+from inspector.training.trainer import (
+    Batches,
+    class_weights,
+    epoch_order,
+    make_optimizer,
+)
 
 
 @dataclass(frozen=True, slots=True)

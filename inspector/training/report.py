@@ -25,10 +25,10 @@ _SHEET_MAX = 32
 
 
 def _pyplot() -> Any:
-    import matplotlib  # noqa: PLC0415 - train extra only
+    import matplotlib
 
     matplotlib.use("Agg")  # no display on a training server
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     return plt
 
@@ -193,7 +193,7 @@ def _mask(sample: Any, samples: SampleSet, cache: ImageCache) -> np.ndarray | No
 
 def write_html(out_dir: Path, summary: dict[str, Any], history: list[EpochMetrics], images: list[str]) -> Path:
     """report.html: the headline figures and every plot, one page."""
-    e = lambda v: html.escape(str(v))  # noqa: E731
+    e = lambda v: html.escape(str(v))
     rows = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in summary.items() if not isinstance(v, (dict, list)))
     epochs = "".join(
         "<tr>" + "".join(f"<td>{e(round(v, 4) if isinstance(v, float) else v)}</td>" for v in asdict(h).values()) + "</tr>" for h in history

@@ -14,13 +14,30 @@ import yaml
 
 from inspector.errors import InputError
 from inspector.training.backbones import build_model
-from inspector.training.data import ImageCache, SampleSet, collect_samples, kfold_splits, stratified_split
+from inspector.training.data import (
+    ImageCache,
+    SampleSet,
+    collect_samples,
+    kfold_splits,
+    stratified_split,
+)
 from inspector.training.export import load_checkpoint
 from inspector.training.lr_find import LrFinding, lr_range_test
 from inspector.training.recipe import TrainConfig, TrainRecipe
 from inspector.training.report import (
-    CONFUSION, CURVES, GRADCAM, LR_FIND, MOST_CONFUSED, ROC,
-    gradcam_sheet, most_confused, plot_confusion, plot_curves, plot_lr_find, plot_roc, write_html,
+    CONFUSION,
+    CURVES,
+    GRADCAM,
+    LR_FIND,
+    MOST_CONFUSED,
+    ROC,
+    gradcam_sheet,
+    most_confused,
+    plot_confusion,
+    plot_curves,
+    plot_lr_find,
+    plot_roc,
+    write_html,
 )
 from inspector.training.trainer import BEST, Batches, TrainResult, pick_device, train
 

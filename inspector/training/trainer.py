@@ -24,7 +24,13 @@ from inspector.manifest import OK_CLASS
 from inspector.preprocess import PreprocessSpec
 from inspector.progress import Progress
 from inspector.replay.metrics import binary_metrics, roc_auc, threshold_at_recall
-from inspector.training.backbones import build_model, frozen_names, head_parameters, keep_frozen_bn_eval, set_frozen
+from inspector.training.backbones import (
+    build_model,
+    frozen_names,
+    head_parameters,
+    keep_frozen_bn_eval,
+    set_frozen,
+)
 from inspector.training.data import ImageCache, SampleSet, augment, erase
 from inspector.training.recipe import TrainRecipe
 
@@ -96,7 +102,7 @@ def pick_device(choice: str) -> torch.device:
 
 def versions() -> dict[str, str]:
     """Library versions that shape a trained model."""
-    import onnx  # noqa: PLC0415 - part of the train extra, like torch
+    import onnx
 
     return {
         "inspector": __version__,
@@ -291,18 +297,18 @@ def train(
     steps = math.ceil(len(train_idx) / recipe.batch_size)
     sched = make_schedule(opt, recipe, steps)
     history: list[EpochMetrics] = []
-    best_auc, best_epoch, start_epoch = -1.0, 0, 0
+    best_key, best_epoch, start_epoch = [-1.0, -math.inf], 0, 0
     if resume is not None:
         model.load_state_dict(resume["state_dict"])
         opt.load_state_dict(resume["optimizer"])
         sched.load_state_dict(resume["scheduler"])
         history = [EpochMetrics(**h) for h in resume["history"]]
-        best_auc, best_epoch, start_epoch = resume["best_auc"], resume["best_epoch"], resume["epoch"]
+        best_key, best_epoch, start_epoch = list(resume["best_key"]), resume["best_epoch"], resume["epoch"]
         torch.set_rng_state(resume["torch_rng"])
         if frozen and recipe.unfreeze_after is not None and start_epoch >= recipe.unfreeze_after:
             set_frozen(model, [])
             frozen = []
-        log.info("training_resumed", epoch=start_epoch, best_epoch=best_epoch, best_roc_auc=best_auc)
+        log.info("training_resumed", epoch=start_epoch, best_epoch=best_epoch, best_roc_auc=best_key[0])
 
     x_val = batches.plain(val_idx)
     y_val = targets[val_idx]
@@ -352,14 +358,16 @@ def train(
             train_loss=total / max(seen, 1), val_loss=val_loss, **evaluate(probs, y_val, recipe.target_recall),
         )
         history.append(m)
-        improved = (m.roc_auc if m.roc_auc is not None else -val_loss) > best_auc
+        # Highest ROC-AUC wins; among equals (small validation sets often reach 1.0 early) the lower loss, which is better calibrated.
+        key = [m.roc_auc if m.roc_auc is not None else -1.0, -val_loss]
+        improved = key > best_key
         if improved:
-            best_auc, best_epoch = (m.roc_auc if m.roc_auc is not None else -val_loss), m.epoch
+            best_key, best_epoch = key, m.epoch
             _save(checkpoint_payload(model, spec, samples, recipe, epoch=m.epoch, metrics=m, val_idx=val_idx, fingerprint=fingerprint), out_dir / BEST)
         last = checkpoint_payload(model, spec, samples, recipe, epoch=m.epoch, metrics=m, val_idx=val_idx, fingerprint=fingerprint)
         last.update(
             optimizer=opt.state_dict(), scheduler=sched.state_dict(), history=[asdict(h) for h in history],
-            best_auc=best_auc, best_epoch=best_epoch, torch_rng=torch.get_rng_state(),
+            best_key=best_key, best_epoch=best_epoch, torch_rng=torch.get_rng_state(),
         )
         _save(last, out_dir / LAST)
         write_metrics(out_dir, history, best_epoch, recipe)

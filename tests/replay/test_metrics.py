@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from inspector.replay.metrics import Outcome, binary_metrics, frame_metrics, roc_auc, roc_curve, what_if
+from inspector.replay.metrics import (
+    Outcome,
+    binary_metrics,
+    frame_metrics,
+    roc_auc,
+    roc_curve,
+    what_if,
+)
 
 
 def _o(score: float | None, label: str | None, defect: str | None = None, threshold: float = 0.5) -> Outcome:

@@ -9,9 +9,15 @@ import numpy as np
 import pytest
 
 from inspector.errors import InputError
-from inspector.preprocess import PreprocessSpec, Preprocessor
+from inspector.preprocess import Preprocessor, PreprocessSpec
 from inspector.samples import GRID_ROIS
-from inspector.training.data import ImageCache, augment, collect_samples, kfold_splits, stratified_split
+from inspector.training.data import (
+    ImageCache,
+    augment,
+    collect_samples,
+    kfold_splits,
+    stratified_split,
+)
 from inspector.training.recipe import Augment
 
 GRAY32 = PreprocessSpec(color="gray", resize={"width": 32, "height": 32})
@@ -31,7 +37,7 @@ def test_layout_gives_binary_or_data_driven_multi_class(parts: Path) -> None:
 
 
 def test_each_roi_of_a_labelled_frame_is_one_sample(roi_frames: tuple[Path, Path]) -> None:
-    root, csv_path = roi_frames
+    root, _csv_path = roi_frames
     found = collect_samples(root, ROI_SPEC)  # labels.csv found beside the frames
     assert len(found.samples) == 10 * 4
     assert {s.roi for s in found.samples} == {0, 1, 2, 3}
@@ -139,3 +145,13 @@ def test_augment_is_deterministic_for_a_seed_and_keeps_dtype_and_shape() -> None
     assert np.array_equal(augment(img, off, np.random.default_rng(7)), img)
     wide = np.zeros((32, 32), np.uint16) + 1000
     assert augment(wide, aug, np.random.default_rng(1)).dtype == np.uint16
+
+
+def test_the_rois_of_a_frame_stay_on_one_side_of_the_split(roi_frames: tuple[Path, Path]) -> None:
+    root, _ = roi_frames
+    s = collect_samples(root, ROI_SPEC)
+    train, val = stratified_split(s, 0.3, seed=0)
+    train_frames = {s.samples[i].path for i in train}
+    val_frames = {s.samples[i].path for i in val}
+    assert val_frames and not train_frames & val_frames
+    assert len(val) == 4 * len(val_frames)

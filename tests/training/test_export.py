@@ -14,7 +14,12 @@ import torch
 from inspector.config import ModelSettings, Provider
 from inspector.model import OnnxClassifier, file_sha256
 from inspector.preprocess import Preprocessor
-from inspector.training.export import export_checkpoint, load_checkpoint, model_from_checkpoint, parity_gate
+from inspector.training.export import (
+    export_checkpoint,
+    load_checkpoint,
+    model_from_checkpoint,
+    parity_gate,
+)
 from tests.training.conftest import export_cli
 
 
@@ -48,7 +53,7 @@ def test_export_writes_a_model_the_runtime_runs_with_the_trained_preprocessing(t
 def test_the_exported_model_scores_files_as_the_torch_model_scored_them(trained: Path, parts: Path, tmp_path: Path) -> None:
     out = tmp_path / "m.onnx"
     export_checkpoint(trained / "best.pt", out)
-    model, spec, _, _ = model_from_checkpoint(load_checkpoint(trained / "best.pt"))
+    model, _spec, _, _ = model_from_checkpoint(load_checkpoint(trained / "best.pt"))
     clf = OnnxClassifier(out, ModelSettings(providers=[Provider.CPU]))
     pre = Preprocessor(clf.spec)
     for path in sorted(parts.rglob("ng/*/*.png"))[:5]:
@@ -82,7 +87,7 @@ def test_a_station_config_with_other_preprocessing_is_refused_and_nothing_writte
     station.write_text("preprocess:\n  color: gray\n  resize: {width: 32, height: 32}\n  normalize: {mean: [0.2], std: [0.1]}\n")
     out_dir = tmp_path / "models"
     out_dir.mkdir()
-    code, stdout, err = export_cli(capsys, str(trained / "best.pt"), "--out", str(out_dir / "m.onnx"), "--config", str(station))
+    code, _stdout, err = export_cli(capsys, str(trained / "best.pt"), "--out", str(out_dir / "m.onnx"), "--config", str(station))
     assert code == 2
     assert "export refused by the parity gate" in err
     assert "the deployed preprocessing differs from training: clahe:" in err and "normalize:" in err

@@ -1,0 +1,185 @@
+"""Accuracy report: train from scratch on the shared datasets, export through the parity gate, replay the validation split.
+
+    .venv/bin/python benchmarks/accuracy.py [--dataset magnetic-tile|screw-block|both] [--out DIR] [--threads 2]
+
+Every figure comes from the product's own commands: `inspector train` (run_training), `inspector export`
+(export_checkpoint) and `inspector replay` (run_replay) on the validation images, which the model never saw.
+Prints one JSON document on stdout and writes it to DIR/accuracy.json. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = REPO / ".." / "shared" / "datasets"
+
+# The recommended recipes. Magnetic tiles: thin, low-contrast defects on tiles of every aspect ratio.
+MAGNETIC_TILE = {
+    "preprocess": {
+        "color": "gray",
+        "clahe": {"enabled": True, "clip_limit": 2.0, "tile_grid": [8, 8]},
+        "resize": {"width": 224, "height": 224},
+    },
+    "train": {
+        "backbone": "resnet18",
+        "epochs": 30,
+        "batch_size": 32,
+        "lr": 2e-3,
+        "weight_decay": 0.05,
+        "schedule": "onecycle",
+        "imbalance": "loss",
+        "augment": {"hflip": True, "vflip": True, "rotate_deg": 10, "brightness": 0.15, "contrast": 0.15, "roi_jitter": 0.0, "erasing": 0.0},
+    },
+}
+# Screw block: four ROIs a frame; the part moves up to 100 px and turns up to 15 degrees between frames.
+SCREW_BLOCK = {
+    "preprocess": {
+        "color": "rgb",
+        "rois": [
+            {"name": "roi1", "box": [5, 69, 261, 326]},
+            {"name": "roi2", "box": [305, 69, 561, 326]},
+            {"name": "roi3", "box": [5, 429, 261, 686]},
+            {"name": "roi4", "box": [325, 429, 581, 686]},
+        ],
+        "resize": {"width": 128, "height": 128},
+    },
+    "train": {
+        "backbone": "resnet18",
+        "epochs": 15,
+        "batch_size": 32,
+        "lr": 2e-3,
+        "schedule": "onecycle",
+        "augment": {"hflip": True, "vflip": True, "rotate_deg": 15, "brightness": 0.15, "contrast": 0.15, "roi_jitter": 0.1},
+    },
+}
+
+
+def _validation_layout(ckpt: dict[str, Any], data: Path, dest: Path) -> Path:
+    """Symlink the checkpoint's validation images into ok/ + ng/<defect>/ so replay labels them as training did."""
+    for v in ckpt["validation"]:
+        src = Path(v["path"])
+        link = dest / src.relative_to(data.resolve())
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            link.symlink_to(src)
+    return dest
+
+
+def _validation_frames(ckpt: dict[str, Any], data: Path, dest: Path) -> Path:
+    """Symlink the validation frames and write their rows of labels.csv beside them; returns the CSV."""
+    frames = {Path(v["path"]) for v in ckpt["validation"]}
+    rows = list(csv.reader((data / "labels.csv").open(newline="")))
+    out = dest / "labels.csv"
+    dest.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([c.strip() for c in rows[0]])
+        for row in rows[1:]:
+            src = (data / row[0].strip()).resolve()
+            if src in frames:
+                link = dest / row[0].strip()
+                link.parent.mkdir(parents=True, exist_ok=True)
+                if not link.exists():
+                    link.symlink_to(src)
+                w.writerow([c.strip() for c in row])
+    return out
+
+
+def run(name: str, data: Path, recipe: dict[str, Any], out: Path, threads: int) -> dict[str, Any]:
+    """Train, export and replay one dataset; the figures that count are replay's, on the exported ONNX model."""
+    import torch
+    import structlog
+
+    from inspector.config import load_settings
+    from inspector.replay.runner import run_replay
+    from inspector.training.export import export_checkpoint
+    from inspector.training.recipe import TrainConfig
+    from inspector.training.run import run_training
+
+    log = structlog.get_logger("bench.accuracy").bind(dataset=name)
+    config = TrainConfig.model_validate({**recipe, "train": {**recipe["train"], "threads": threads}})
+    t0 = time.monotonic()
+    summary = run_training(data, out / "train", config, log=log)
+    train_s = time.monotonic() - t0
+    model = out / "model.onnx"
+    _, gate = export_checkpoint(out / "train" / "best.pt", model, log=log)
+    ckpt = torch.load(out / "train" / "best.pt", weights_only=True, map_location="cpu")
+    settings = load_settings(None, model={"path": str(model), "providers": ["cpu"]})
+    if ckpt["validation"][0]["roi"] is None:
+        val_dir = _validation_layout(ckpt, data, out / "validation")
+        labels = None
+    else:
+        labels = _validation_frames(ckpt, data, out / "validation")
+        val_dir = labels.parent
+    t = summary["threshold_at_target"]
+    at_target = run_replay(val_dir, settings, threshold=t, labels_csv=labels, out_dir=out / "replay-at-target", report=True, log=log)
+    at_default = run_replay(val_dir, settings, threshold=0.5, labels_csv=labels, out_dir=out / "replay-at-0.5", report=False, log=log)
+    fm_t, fm_d = at_target.summary["frame_metrics"], at_default.summary["frame_metrics"]
+    return {
+        "dataset": name,
+        "recipe": config.model_dump(mode="json"),
+        "training_seconds": round(train_s, 1),
+        "epochs_run": summary["epochs_run"],
+        "best_epoch": summary["best_epoch"],
+        "validation_frames": at_target.summary["frames"],
+        "roc_auc": fm_t["roc_auc"],
+        "target_recall": summary["target_recall"],
+        "threshold_at_target": t,
+        "at_target": {k: fm_t.get(k) for k in ("ng_recall", "false_reject_rate", "escapes", "false_rejects", "accuracy", "per_defect")},
+        "at_0.5": {k: fm_d.get(k) for k in ("ng_recall", "false_reject_rate", "escapes", "false_rejects", "accuracy")},
+        "roi_metrics_at_0.5": at_default.summary.get("roi_metrics"),
+        "training_summary": {k: summary[k] for k in ("roc_auc", "ng_recall_at_target", "false_reject_rate_at_target", "gradcam")},
+        "parity_gate": {"max_abs_diff": gate.max_abs_diff, "flips": gate.flips, "images": gate.images},
+        "replay_latency_ms_p50": at_target.summary["latency_ms"]["total"]["p50"],
+    }
+
+
+def main() -> int:
+    """Run the report."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", choices=("magnetic-tile", "screw-block", "both"), default="both")
+    p.add_argument("--data", type=Path, default=DATASETS, help="folder holding magnetic-tile/ and screw-block/")
+    p.add_argument("--out", type=Path, default=Path("bench-out/accuracy"))
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for training (default 2)")
+    p.add_argument("--epochs", type=int, help="override the recipe's epochs (quick checks)")
+    args = p.parse_args()
+    from inspector.logs import configure_logging
+
+    configure_logging("info", "console" if sys.stderr.isatty() else "json")
+    chosen = {"magnetic-tile": MAGNETIC_TILE, "screw-block": SCREW_BLOCK}
+    names = list(chosen) if args.dataset == "both" else [args.dataset]
+    results = []
+    for name in names:
+        data = (args.data / name).resolve()
+        if not data.is_dir():
+            print(f"accuracy: {data} not found; expected the shared datasets (see shared/datasets/README.md)", file=sys.stderr)
+            return 2
+        recipe = chosen[name]
+        if args.epochs:
+            recipe = {**recipe, "train": {**recipe["train"], "epochs": args.epochs}}
+        out = args.out / name
+        if out.exists():
+            print(f"accuracy: {out} exists; remove it or pass another --out", file=sys.stderr)
+            return 2
+        results.append(run(name, data, recipe, out, args.threads))
+    doc = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "results": results,
+    }
+    text = json.dumps(doc, indent=2)
+    (args.out / "accuracy.json").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
