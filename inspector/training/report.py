@@ -140,7 +140,9 @@ def most_confused(pred: Predictions, samples: SampleSet, val_idx: np.ndarray, ca
     for j in order:
         s = samples.samples[int(val_idx[j])]
         rows.append({"key": s.key, "label": s.label, "predicted": samples.classes[int(pred.probabilities[j].argmax())], "p_true": float(p_true[j]), "score": float(pred.scores[j])})
-        tiles.append((cache.crop(s), s.key.rsplit("/", 1)[-1], _caption(pred, int(j), samples.classes)))
+        crop = cache.crop(s)
+        crop = cv2.cvtColor(crop, cv2.COLOR_RGB2BGR) if crop.ndim == 3 else crop  # the sheet is written as BGR
+        tiles.append((crop, s.key.rsplit("/", 1)[-1], _caption(pred, int(j), samples.classes)))
     if tiles:
         contact_sheet(tiles, path)
     return rows
