@@ -38,6 +38,11 @@ def build_model(recipe: TrainRecipe, num_classes: int, in_channels: int, *, load
     if in_channels != 3:
         _adapt_input(model, in_channels, pretrained)
     _replace_head(model, num_classes, recipe.dropout)
+    if recipe.pool == "max":
+        pool = getattr(model, "avgpool", None)
+        if not isinstance(pool, nn.AdaptiveAvgPool2d) or pool.output_size not in (1, (1, 1)):
+            raise InputError(f"pool=max replaces a global average pool (to 1x1) named avgpool; {recipe.backbone} has none")
+        model.avgpool = nn.AdaptiveMaxPool2d(1)
     if not recipe.stem_pool:
         if not isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
             raise InputError(f"stem_pool=false applies to ResNet-style models with a stem max-pool; {recipe.backbone} has none")

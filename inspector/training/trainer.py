@@ -100,6 +100,16 @@ def pick_device(choice: str) -> torch.device:
     return torch.device("cuda")
 
 
+def cpu_has_bf16() -> bool:
+    """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX), where autocast pays off."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def versions() -> dict[str, str]:
     """Library versions that shape a trained model."""
     import onnx
@@ -312,12 +322,12 @@ def train(
 
     x_val = batches.plain(val_idx)
     y_val = targets[val_idx]
-    amp = recipe.amp and device.type == "cuda"
+    amp = recipe.amp and (device.type == "cuda" or cpu_has_bf16())
     stopped_early = False
     log.info(
         "training_started", samples=len(samples.samples), train=len(train_idx), validation=len(val_idx),
         classes=list(samples.classes), backbone=recipe.backbone, weights=recipe.weights, device=str(device),
-        epochs=recipe.epochs, threads=torch.get_num_threads(),
+        epochs=recipe.epochs, threads=torch.get_num_threads(), bf16_autocast=amp,
     )
     for epoch in range(start_epoch, recipe.epochs):
         t0 = time.monotonic()
