@@ -181,11 +181,23 @@ class ImageCache:
             return (0, 0, w, h)
         return self.pre.spec.rois[sample.roi].pixels(w, h)
 
-    def crop(self, sample: Sample, shift: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
-        """The resized crop (uint8/uint16, HxW[xC]); `shift` moves the box by fractions of its size, kept inside the frame."""
+    def crop(
+        self, sample: Sample, shift: tuple[float, float] = (0.0, 0.0), zoom: tuple[float, float, float, float] | None = None
+    ) -> np.ndarray:
+        """The resized crop (uint8/uint16, HxW[xC]).
+
+        `shift` moves the box by fractions of its size, kept inside the frame; `zoom` = (width share,
+        height share, x position, y position), all 0..1, keeps that part of the box.
+        """
         image = self._frames[sample.path]
         h, w = image.shape[:2]
         x0, y0, x1, y1 = self.box(sample)
+        if zoom is not None:
+            sw, sh, px, py = zoom
+            bw, bh = x1 - x0, y1 - y0
+            nw, nh = max(1, round(bw * sw)), max(1, round(bh * sh))
+            x0, y0 = x0 + round((bw - nw) * px), y0 + round((bh - nh) * py)
+            x1, y1 = x0 + nw, y0 + nh
         if shift != (0.0, 0.0):
             bw, bh = x1 - x0, y1 - y0
             dx = int(np.clip(round(shift[0] * bw), -x0, w - x1))

@@ -35,6 +35,9 @@ class Augment(_Strict):
     roi_jitter: float = Field(
         default=0.03, ge=0, le=0.25, description="Random shift of each crop box up to this fraction of its size (part placement); 0 turns it off."
     )
+    zoom: float = Field(
+        default=0.0, ge=0, le=0.5, description="Random crop of (1 - zoom) to 1 of the box's width and height, anywhere inside it, before resize; 0 turns it off."
+    )
     erasing: float = Field(default=0.0, ge=0, le=1, description="Probability of random erasing of one rectangle (2-20% of the area); 0 turns it off.")
 
 

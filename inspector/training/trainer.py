@@ -36,6 +36,8 @@ from inspector.training.recipe import TrainRecipe
 
 CHECKPOINT_FORMAT = "inspector.checkpoint/1"
 BEST, LAST = "best.pt", "last.pt"
+# NHWC lets oneDNN (CPU) and cuDNN pick their fast convolution kernels, bf16 ones above all.
+CHANNELS_LAST = torch.channels_last
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +146,8 @@ class Batches:
         for i in idx:
             sample = self.samples.samples[int(i)]
             shift = tuple(rng.uniform(-aug.roi_jitter, aug.roi_jitter, 2)) if aug.roi_jitter > 0 else (0.0, 0.0)
-            row = self.cache.tensor(augment(self.cache.crop(sample, shift), aug, rng))
+            zoom = (*rng.uniform(1 - aug.zoom, 1, 2), *rng.uniform(0, 1, 2)) if aug.zoom > 0 else None
+            row = self.cache.tensor(augment(self.cache.crop(sample, shift, zoom), aug, rng))
             if aug.erasing > 0 and rng.random() < aug.erasing:
                 erase(row, rng)
             rows.append(row)
@@ -166,15 +169,18 @@ def epoch_order(targets: np.ndarray, train_idx: np.ndarray, recipe: TrainRecipe,
 
 
 def make_optimizer(model: nn.Module, recipe: TrainRecipe) -> torch.optim.Optimizer:
-    """AdamW or SGD over two groups: the head at lr, the backbone at lr x backbone_lr_mult."""
+    """AdamW or SGD: the head at lr, the backbone at lr x backbone_lr_mult; no weight decay on norms and biases."""
     head = head_parameters(model)
-    groups = [
-        {"params": [p for p in model.parameters() if id(p) not in head], "lr": recipe.lr * recipe.backbone_lr_mult},
-        {"params": [p for p in model.parameters() if id(p) in head], "lr": recipe.lr},
-    ]
+    groups = []
+    for in_head, lr in ((False, recipe.lr * recipe.backbone_lr_mult), (True, recipe.lr)):
+        params = [p for p in model.parameters() if (id(p) in head) == in_head]
+        for decay in (True, False):
+            chosen = [p for p in params if (p.ndim > 1) == decay]
+            if chosen:
+                groups.append({"params": chosen, "lr": lr, "weight_decay": recipe.weight_decay if decay else 0.0})
     if recipe.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=True, weight_decay=recipe.weight_decay)
-    return torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=recipe.lr)
 
 
 def make_schedule(opt: torch.optim.Optimizer, recipe: TrainRecipe, steps_per_epoch: int) -> Any:
@@ -199,7 +205,9 @@ def make_schedule(opt: torch.optim.Optimizer, recipe: TrainRecipe, steps_per_epo
 def predict(model: nn.Module, x: torch.Tensor, device: torch.device, batch: int = 64) -> np.ndarray:
     """Softmax probabilities for rows `x`, in eval mode."""
     model.eval()
-    out = [torch.softmax(model(x[i : i + batch].to(device)).float(), dim=1).cpu() for i in range(0, len(x), batch)]
+    out = [
+        torch.softmax(model(x[i : i + batch].to(device, memory_format=CHANNELS_LAST)).float(), dim=1).cpu() for i in range(0, len(x), batch)
+    ]
     return torch.cat(out).numpy().astype(np.float64)
 
 
@@ -296,7 +304,7 @@ def train(
     targets = samples.targets
     n_classes = len(samples.classes)
 
-    model = build_model(recipe, n_classes, spec.channels, load_weights=resume is None).to(device)
+    model = build_model(recipe, n_classes, spec.channels, load_weights=resume is None).to(device, memory_format=CHANNELS_LAST)
     frozen = frozen_names(model, recipe.freeze)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once data, model and recipe are known to work
     set_frozen(model, frozen)
@@ -346,7 +354,7 @@ def train(
             if len(idx) < 2 and len(order) > 2:
                 bar.advance()
                 continue  # BatchNorm cannot train on a batch of one
-            x = batches.augmented(idx, rng).to(device)
+            x = batches.augmented(idx, rng).to(device, memory_format=CHANNELS_LAST)
             y = torch.from_numpy(targets[idx]).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 loss = loss_fn(model(x), y)

@@ -74,7 +74,7 @@ def test_freeze_policies() -> None:
         frozen_names(build_model(TrainRecipe(backbone="mobilenet_v3_small"), 2, 1), "layer2")
 
 
-def test_max_pooling_lets_one_small_spot_decide_and_exports(tmp_path: Path) -> None:
+def test_max_pooling_replaces_the_global_average_pool(tmp_path: Path) -> None:
     model = build_model(TrainRecipe(pool="max"), 2, 1)
     assert isinstance(model.avgpool, torch.nn.AdaptiveMaxPool2d)
     with pytest.raises(InputError, match=r"pool=max replaces a global average pool \(to 1x1\) named avgpool; vit_b_16 has none"):

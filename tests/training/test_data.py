@@ -155,3 +155,15 @@ def test_the_rois_of_a_frame_stay_on_one_side_of_the_split(roi_frames: tuple[Pat
     val_frames = {s.samples[i].path for i in val}
     assert val_frames and not train_frames & val_frames
     assert len(val) == 4 * len(val_frames)
+
+
+def test_zoom_keeps_the_chosen_part_of_the_box(parts: Path) -> None:
+    s = collect_samples(parts, GRAY32)
+    cache = ImageCache(GRAY32)
+    cache.load([s.samples[0].path])
+    frame = cache.frame(s.samples[0].path)
+    h, w = frame.shape
+    top_left = cache.crop(s.samples[0], zoom=(0.5, 0.5, 0.0, 0.0))
+    assert np.array_equal(top_left, cache.pre.resize(frame[: h // 2, : w // 2]))
+    bottom_right = cache.crop(s.samples[0], zoom=(0.5, 0.5, 1.0, 1.0))
+    assert np.array_equal(bottom_right, cache.pre.resize(frame[h - h // 2 :, w - w // 2 :]))

@@ -55,3 +55,9 @@ def test_a_bad_flag_value_names_what_was_expected(capsys: pytest.CaptureFixture[
         build_parser().parse_args(["train", "d", "--out", "o", "--early-stop", "soon"])
     assert exc.value.code == 2
     assert "expected int or none, got 'soon'" in capsys.readouterr().err
+
+
+def test_the_shipped_example_training_config_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "deploy" / "train.example.yaml"
+    config = load_train_config(example, {})
+    assert config.preprocess.color.value == "gray" and config.train.schedule == "onecycle"
