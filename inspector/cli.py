@@ -93,9 +93,8 @@ def _clahe(text: str) -> float | str:
 
 
 def _add_train(sub: Any) -> None:
-    from inspector.training.recipe import (
-        add_recipe_flags,  # pydantic only: no torch for --help
-    )
+    # pydantic only: `inspector --help` and the runtime commands never import torch
+    from inspector.training.recipe import add_recipe_flags
 
     tp = sub.add_parser(
         "train",

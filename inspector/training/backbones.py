@@ -31,9 +31,7 @@ def build_model(recipe: TrainRecipe, num_classes: int, in_channels: int, *, load
     if weights == "imagenet":
         model = _imagenet(recipe.backbone)
     else:
-        # From scratch, ResNets start each residual branch at zero (Goyal et al. 2017): faster, steadier early epochs.
-        extra = {"zero_init_residual": True} if weights == "none" and "resne" in recipe.backbone else {}
-        model = torchvision.models.get_model(recipe.backbone, weights=None, **extra)
+        model = torchvision.models.get_model(recipe.backbone, weights=None)
         if weights != "none":
             _load_state_dict(model, Path(weights))
     pretrained = weights != "none"

@@ -8,6 +8,7 @@ and leaves no file behind.
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 import time
@@ -185,7 +186,7 @@ def export_checkpoint(
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        module = _Fp16(model_from_checkpoint(ckpt)[0]) if fp16 else model
+        module = _Fp16(copy.deepcopy(model)) if fp16 else model  # the gate compares against the fp32 original
         metrics = {k: v for k, v in ckpt.get("metrics", {}).items() if v is not None}
         info = {
             "backbone": recipe.backbone,

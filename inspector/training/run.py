@@ -71,15 +71,21 @@ def run_training(
         raise InputError(f"--weights {recipe.weights}: no such file; expected none, imagenet, or the path of a state dict")
     elif (out_dir / BEST).exists():
         raise InputError(f"{out_dir} already holds a training run; choose another --out, or continue it with --resume {out_dir / 'last.pt'}")
+    if state is not None:
+        multi = tuple(state["classes"]) != ("ok", "ng")
     samples = collect_samples(data, spec, labels_csv=labels_csv, multi=multi)
     if state is not None and tuple(state["classes"]) != samples.classes:
         raise InputError(f"the data's classes {list(samples.classes)} differ from the checkpoint's {state['classes']}")
     log.info("dataset", root=str(data), samples=len(samples.samples), classes={c: int((samples.targets == i).sum()) for i, c in enumerate(samples.classes)})
-    if recipe.folds:
-        if resume is not None:
-            raise InputError("--resume continues one run; resume a fold with --out DIR/fold-K and that fold's last.pt")
+    if recipe.folds and state is None:  # a resumed fold is one run: its checkpoint names its validation samples
         return _cross_validate(samples, spec, recipe, config, out_dir, progress, log)
-    train_idx, val_idx = stratified_split(samples, recipe.val_fraction, recipe.seed)
+    if state is not None:
+        # The checkpoint names its validation samples: a resumed fold keeps its fold, whatever the recipe's split says.
+        keys = {v["key"] for v in state["validation"]}
+        val_idx = np.array([i for i, s in enumerate(samples.samples) if s.key in keys])
+        train_idx = np.array([i for i, s in enumerate(samples.samples) if s.key not in keys])
+    else:
+        train_idx, val_idx = stratified_split(samples, recipe.val_fraction, recipe.seed)
     result = train(samples, spec, recipe, out_dir, train_idx=train_idx, val_idx=val_idx, resume=state, progress=progress, log=log)
     _write_config(out_dir, config.model_copy(update={"preprocess": spec, "train": recipe}))
     return finish(result, samples, spec, recipe, log)
@@ -96,8 +102,7 @@ def finish(result: TrainResult, samples: SampleSet, spec: Any, recipe: TrainReci
     pred, val_idx = result.predictions, result.val_idx
     best = next(h for h in result.history if h.epoch == result.best_epoch)
     t = best.threshold_at_target
-    cache = ImageCache(spec)
-    cache.load([samples.samples[int(i)].path for i in val_idx])
+    cache = result.cache
     plot_curves(result.history, result.best_epoch, out / CURVES)
     plot_confusion(pred, samples.classes, t, out / CONFUSION)
     plot_roc(pred, t, best.roc_auc, out / ROC)

@@ -36,8 +36,6 @@ from inspector.training.recipe import TrainRecipe
 
 CHECKPOINT_FORMAT = "inspector.checkpoint/1"
 BEST, LAST = "best.pt", "last.pt"
-# NHWC lets oneDNN (CPU) and cuDNN pick their fast convolution kernels, bf16 ones above all.
-CHANNELS_LAST = torch.channels_last
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +89,7 @@ class TrainResult:
     model: nn.Module = field(repr=False)
     predictions: Predictions = field(repr=False)
     val_idx: np.ndarray = field(repr=False)
+    cache: ImageCache = field(repr=False)  # the decoded, equalized frames, for the report
 
 
 def pick_device(choice: str) -> torch.device:
@@ -169,18 +168,15 @@ def epoch_order(targets: np.ndarray, train_idx: np.ndarray, recipe: TrainRecipe,
 
 
 def make_optimizer(model: nn.Module, recipe: TrainRecipe) -> torch.optim.Optimizer:
-    """AdamW or SGD: the head at lr, the backbone at lr x backbone_lr_mult; no weight decay on norms and biases."""
+    """AdamW or SGD over two groups: the head at lr, the backbone at lr x backbone_lr_mult."""
     head = head_parameters(model)
-    groups = []
-    for in_head, lr in ((False, recipe.lr * recipe.backbone_lr_mult), (True, recipe.lr)):
-        params = [p for p in model.parameters() if (id(p) in head) == in_head]
-        for decay in (True, False):
-            chosen = [p for p in params if (p.ndim > 1) == decay]
-            if chosen:
-                groups.append({"params": chosen, "lr": lr, "weight_decay": recipe.weight_decay if decay else 0.0})
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) not in head], "lr": recipe.lr * recipe.backbone_lr_mult},
+        {"params": [p for p in model.parameters() if id(p) in head], "lr": recipe.lr},
+    ]
     if recipe.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=recipe.lr)
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=True, weight_decay=recipe.weight_decay)
+    return torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
 
 
 def make_schedule(opt: torch.optim.Optimizer, recipe: TrainRecipe, steps_per_epoch: int) -> Any:
@@ -205,9 +201,7 @@ def make_schedule(opt: torch.optim.Optimizer, recipe: TrainRecipe, steps_per_epo
 def predict(model: nn.Module, x: torch.Tensor, device: torch.device, batch: int = 64) -> np.ndarray:
     """Softmax probabilities for rows `x`, in eval mode."""
     model.eval()
-    out = [
-        torch.softmax(model(x[i : i + batch].to(device, memory_format=CHANNELS_LAST)).float(), dim=1).cpu() for i in range(0, len(x), batch)
-    ]
+    out = [torch.softmax(model(x[i : i + batch].to(device)).float(), dim=1).cpu() for i in range(0, len(x), batch)]
     return torch.cat(out).numpy().astype(np.float64)
 
 
@@ -304,7 +298,7 @@ def train(
     targets = samples.targets
     n_classes = len(samples.classes)
 
-    model = build_model(recipe, n_classes, spec.channels, load_weights=resume is None).to(device, memory_format=CHANNELS_LAST)
+    model = build_model(recipe, n_classes, spec.channels, load_weights=resume is None).to(device)
     frozen = frozen_names(model, recipe.freeze)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once data, model and recipe are known to work
     set_frozen(model, frozen)
@@ -354,7 +348,7 @@ def train(
             if len(idx) < 2 and len(order) > 2:
                 bar.advance()
                 continue  # BatchNorm cannot train on a batch of one
-            x = batches.augmented(idx, rng).to(device, memory_format=CHANNELS_LAST)
+            x = batches.augmented(idx, rng).to(device)
             y = torch.from_numpy(targets[idx]).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 loss = loss_fn(model(x), y)
@@ -379,15 +373,15 @@ def train(
         # Highest ROC-AUC wins; among equals (small validation sets often reach 1.0 early) the lower loss, which is better calibrated.
         key = [m.roc_auc if m.roc_auc is not None else -1.0, -val_loss]
         improved = key > best_key
+        payload = checkpoint_payload(model, spec, samples, recipe, epoch=m.epoch, metrics=m, val_idx=val_idx, fingerprint=fingerprint)
         if improved:
             best_key, best_epoch = key, m.epoch
-            _save(checkpoint_payload(model, spec, samples, recipe, epoch=m.epoch, metrics=m, val_idx=val_idx, fingerprint=fingerprint), out_dir / BEST)
-        last = checkpoint_payload(model, spec, samples, recipe, epoch=m.epoch, metrics=m, val_idx=val_idx, fingerprint=fingerprint)
-        last.update(
-            optimizer=opt.state_dict(), scheduler=sched.state_dict(), history=[asdict(h) for h in history],
-            best_key=best_key, best_epoch=best_epoch, torch_rng=torch.get_rng_state(),
-        )
-        _save(last, out_dir / LAST)
+            _save(payload, out_dir / BEST)
+        resumable = {
+            **payload, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": [asdict(h) for h in history],
+            "best_key": best_key, "best_epoch": best_epoch, "torch_rng": torch.get_rng_state(),
+        }
+        _save(resumable, out_dir / LAST)
         write_metrics(out_dir, history, best_epoch, recipe)
         log.info(
             "epoch_done", epoch=m.epoch, epochs=recipe.epochs, train_loss=round(m.train_loss, 4), val_loss=round(m.val_loss, 4),
@@ -408,6 +402,7 @@ def train(
     return TrainResult(
         out_dir=out_dir, best=out_dir / BEST, last=out_dir / LAST, history=history, best_epoch=best_epoch,
         stopped_early=stopped_early, seconds=time.monotonic() - started, model=model, predictions=predictions, val_idx=val_idx,
+        cache=cache,
     )
 
 

@@ -109,6 +109,13 @@ def test_k_folds_train_one_model_per_fold(parts: Path, tmp_path: Path, capsys: p
     assert cv["folds"] == 2 and len(cv["roc_auc"]["per_fold"]) == 2
     assert (tmp_path / "cv" / "fold-1" / "best.pt").is_file() and (tmp_path / "cv" / "fold-2" / "best.pt").is_file()
     assert "2-fold cross-validation: ROC-AUC" in out
+    # A fold resumes on its own validation samples, not on a fresh split.
+    fold = tmp_path / "cv" / "fold-2"
+    before = [v["key"] for v in torch.load(fold / "last.pt", weights_only=True)["validation"]]
+    code, _, err = train_cli(capsys, str(parts), "--out", str(fold), "--resume", str(fold / "last.pt"), "--epochs", "2")
+    assert code == 0, err
+    assert [v["key"] for v in torch.load(fold / "last.pt", weights_only=True)["validation"]] == before
+    assert [e["epoch"] for e in json.loads((fold / "metrics.json").read_text())["epochs"]] == [1, 2]
 
 
 def test_lr_find_prints_a_suggestion_and_plots_it(parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
