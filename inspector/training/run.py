@@ -88,7 +88,7 @@ def run_training(
         train_idx, val_idx = stratified_split(samples, recipe.val_fraction, recipe.seed)
     result = train(samples, spec, recipe, out_dir, train_idx=train_idx, val_idx=val_idx, resume=state, progress=progress, log=log)
     _write_config(out_dir, config.model_copy(update={"preprocess": spec, "train": recipe}))
-    return finish(result, samples, spec, recipe, log)
+    return finish(result, samples, recipe, log)
 
 
 def _write_config(out_dir: Path, config: TrainConfig) -> None:
@@ -96,7 +96,7 @@ def _write_config(out_dir: Path, config: TrainConfig) -> None:
     (out_dir / "train.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
 
-def finish(result: TrainResult, samples: SampleSet, spec: Any, recipe: TrainRecipe, log: Any) -> dict[str, Any]:
+def finish(result: TrainResult, samples: SampleSet, recipe: TrainRecipe, log: Any) -> dict[str, Any]:
     """Plots, sheets, Grad-CAM, summary.json and report.html for a finished run."""
     out = result.out_dir
     pred, val_idx = result.predictions, result.val_idx
@@ -133,7 +133,7 @@ def finish(result: TrainResult, samples: SampleSet, spec: Any, recipe: TrainReci
         "gradcam": pointing,
         "most_confused": confused[:10],
         "checkpoint": str(result.best),
-        "dataset_fingerprint": samples.fingerprint(),
+        "dataset_fingerprint": result.fingerprint,
         "device": str(device),
         "threads": torch.get_num_threads(),
     }
@@ -150,7 +150,7 @@ def _cross_validate(samples: SampleSet, spec: Any, recipe: TrainRecipe, config: 
         log.info("fold_started", fold=k, folds=len(folds))
         fold_dir = out_dir / f"fold-{k}"
         result = train(samples, spec, recipe, fold_dir, train_idx=train_idx, val_idx=val_idx, progress=progress, log=log.bind(fold=k))
-        per_fold.append(finish(result, samples, spec, recipe, log))
+        per_fold.append(finish(result, samples, recipe, log))
     _write_config(out_dir, config)
     keys = ("roc_auc", "accuracy", "ng_recall_at_target", "false_reject_rate_at_target")
     summary: dict[str, Any] = {"folds": len(folds)}

@@ -90,6 +90,7 @@ class TrainResult:
     predictions: Predictions = field(repr=False)
     val_idx: np.ndarray = field(repr=False)
     cache: ImageCache = field(repr=False)  # the decoded, equalized frames, for the report
+    fingerprint: str = ""  # SampleSet.fingerprint() of the data trained on
 
 
 def pick_device(choice: str) -> torch.device:
@@ -402,7 +403,7 @@ def train(
     return TrainResult(
         out_dir=out_dir, best=out_dir / BEST, last=out_dir / LAST, history=history, best_epoch=best_epoch,
         stopped_early=stopped_early, seconds=time.monotonic() - started, model=model, predictions=predictions, val_idx=val_idx,
-        cache=cache,
+        cache=cache, fingerprint=fingerprint,
     )
 
 
