@@ -13,8 +13,8 @@ from torch import nn
 from inspector.training.recipe import TrainRecipe
 from inspector.training.trainer import (
     Batches,
-    class_weights,
     epoch_order,
+    make_loss,
     make_optimizer,
 )
 
@@ -44,8 +44,7 @@ def lr_range_test(
     """Train a throwaway copy for up to `steps` batches from `start` to `end`; stop when the loss explodes."""
     model = copy.deepcopy(model).to(device).train()
     opt = make_optimizer(model, recipe.model_copy(update={"lr": start, "backbone_lr_mult": 1.0}))
-    weight = torch.tensor(class_weights(targets[train_idx], int(targets.max()) + 1), dtype=torch.float32)
-    loss_fn = nn.CrossEntropyLoss(weight=weight.to(device) if recipe.imbalance in ("loss", "both") else None)
+    loss_fn = make_loss(targets[train_idx], int(targets.max()) + 1, recipe, device)
     rng = np.random.default_rng(recipe.seed)
     gamma = (end / start) ** (1 / max(1, steps - 1))
     lrs, losses = [], []

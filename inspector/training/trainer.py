@@ -160,6 +160,13 @@ def class_weights(targets: np.ndarray, n_classes: int) -> np.ndarray:
     return len(targets) / (n_classes * np.maximum(counts, 1))
 
 
+def make_loss(train_targets: np.ndarray, n_classes: int, recipe: TrainRecipe, device: torch.device) -> nn.CrossEntropyLoss:
+    """Cross-entropy, class-weighted when the recipe handles imbalance in the loss."""
+    weighted = recipe.imbalance in ("loss", "both")
+    weight = torch.tensor(class_weights(train_targets, n_classes), dtype=torch.float32, device=device) if weighted else None
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=recipe.label_smoothing)
+
+
 def epoch_order(targets: np.ndarray, train_idx: np.ndarray, recipe: TrainRecipe, rng: np.random.Generator) -> np.ndarray:
     """This epoch's sample order: a permutation, or a class-balanced draw with replacement for the weighted sampler."""
     if recipe.imbalance in ("sampler", "both"):
@@ -303,8 +310,7 @@ def train(
     frozen = frozen_names(model, recipe.freeze)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once data, model and recipe are known to work
     set_frozen(model, frozen)
-    weight = torch.tensor(class_weights(targets[train_idx], n_classes), dtype=torch.float32) if recipe.imbalance in ("loss", "both") else None
-    loss_fn = nn.CrossEntropyLoss(weight=weight.to(device) if weight is not None else None, label_smoothing=recipe.label_smoothing)
+    loss_fn = make_loss(targets[train_idx], n_classes, recipe, device)
     val_loss_fn = nn.CrossEntropyLoss(weight=loss_fn.weight)
     opt = make_optimizer(model, recipe)
     steps = math.ceil(len(train_idx) / recipe.batch_size)
