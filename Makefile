@@ -1,5 +1,5 @@
 # `make test` and `make demo` work on a fresh Debian machine with Python 3.11: they create .venv,
-# install the project with its extras, and install mosquitto with apt when it is missing.
+# install the project with its extras, and install mosquitto (and, for tests, systemd-analyze, openssl) with apt when missing.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: install mosquitto test demo bench clean
+.PHONY: install system-packages test demo bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "inspector needs Python >= 3.11, found " + sys.version.split()[0])'
@@ -18,13 +18,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-mosquitto:
-	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; else \
-		echo "installing mosquitto with apt"; \
-		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mosquitto >/dev/null; \
+# What the tests run besides Python: mosquitto (a real broker), systemd-analyze (unit checks), openssl (test certificates).
+system-packages:
+	@missing=""; \
+	{ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; } || missing="$$missing mosquitto"; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing with apt:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-test: install mosquitto
+test: install system-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Until the daemon lands: generate sample parts and a small model, then replay the held-out parts.

@@ -15,6 +15,7 @@ from inspector.config import (
     DEFAULT_CONFIG,
     InspectorSettings,
     load_settings,
+    run_errors,
     settings_schema,
     settings_yaml,
 )
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     check = cfg_sub.add_parser("check", help="validate a config file; prints `dotted.path: message` per error, exit 2 on any")
     check.add_argument("file", type=Path)
+    check.add_argument("--run", action="store_true", help="also check what `inspector run` needs: source, certificates, journal folder")
     cfg_sub.add_parser("schema", help="print the configuration's JSON schema")
     show = cfg_sub.add_parser("show", help="print the effective settings (file + environment), secrets masked")
     show.add_argument("--config", type=Path, default=None, help=f"config file (default {DEFAULT_CONFIG} when present)")
@@ -70,9 +72,48 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", type=Path, help="output folder (default ./replay-YYYYmmdd-HHMMSS)")
     rp.add_argument("--what-if", type=_thresholds, metavar="T1,T2,...", help="also print NG recall and false-reject rate at these thresholds")
     rp.add_argument("--no-report", action="store_true", help="skip the HTML report and contact sheets")
+    rn = sub.add_parser(
+        "run",
+        help="the daemon: judge every frame from a camera or watched folder and publish decisions over MQTT",
+        description="Run until SIGTERM/SIGINT: acquisition -> inference -> journal -> MQTT. Under systemd (Type=notify) it reports "
+        "READY when the model is warm and the broker connected, and pings the watchdog while every stage makes progress.",
+    )
+    rn.add_argument("--config", type=Path, default=None, help=f"config file (default {DEFAULT_CONFIG} when present)")
+    _add_journal(sub)
     _add_train(sub)
     _add_export(sub)
     return p
+
+
+def _add_journal(sub: Any) -> None:
+    jp = sub.add_parser("journal", help="list or export decisions from the daemon's journal")
+    jsub = jp.add_subparsers(dest="journal_command", required=True, metavar="ACTION")
+    for name, text in (("list", "print the latest decisions as a table"), ("export", "write decisions as JSON lines or CSV")):
+        a = jsub.add_parser(name, help=text)
+        a.add_argument("--config", type=Path, default=None, help=f"config file whose journal.path to read (default {DEFAULT_CONFIG})")
+        a.add_argument("--journal", type=Path, help="journal file (overrides the config)")
+        a.add_argument("--since", type=_when, help="from this time: ISO 8601 (2026-11-23T08:00) or an age (30m, 12h, 7d)")
+        a.add_argument("--until", type=_when, help="up to this time (same forms as --since)")
+        if name == "list":
+            a.add_argument("--limit", type=int, default=50, help="newest N decisions (default 50)")
+        else:
+            a.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="jsonl (full records) or csv (one row per decision)")
+            a.add_argument("--out", type=Path, help="file to write (default stdout)")
+
+
+def _when(text: str) -> float:
+    import re
+    import time
+    from datetime import UTC, datetime
+
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if m:
+        return time.time() - float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    try:
+        dt = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ISO 8601 (2026-11-23T08:00:00Z) or an age like 30m, 12h, 7d; got {text!r}") from None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -146,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "run":
+            return _run(args)
+        if args.command == "journal":
+            return _journal(args)
         parser.error(f"unknown command {args.command}")
     except ConfigError as exc:
         print(f"inspector: {exc}", file=sys.stderr)
@@ -179,7 +224,7 @@ def _config(args: argparse.Namespace) -> int:
     if args.config_command == "show":
         print(settings_yaml(_load(args.config)), end="")
         return 0
-    errors = check_config(args.file)
+    errors = check_config(args.file, run=args.run)
     if errors:
         for line in errors:
             print(line)
@@ -189,13 +234,15 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_config(path: Path) -> list[str]:
+def check_config(path: Path, *, run: bool = False) -> list[str]:
     """Every problem with a config file, as `dotted.path: message` lines; empty when it is usable."""
     try:
         settings = load_settings(path)
     except ConfigError as exc:
         return exc.errors or [str(exc)]
-    errors = []
+    errors = run_errors(settings) if run else []
+    if run and settings.model.path is None:
+        errors.append("model.path: required by `inspector run`")
     if settings.model.path is not None and not settings.model.path.is_file():
         errors.append(f"model.path: file not found: {settings.model.path}")
     if settings.rois is not None:
@@ -205,6 +252,66 @@ def check_config(path: Path) -> list[str]:
             for n in sorted(set(settings.decision.roi_thresholds) - names)
         ]
     return errors
+
+
+def _run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from inspector.daemon import Daemon  # onnxruntime, OpenCV, paho: never torch
+
+    settings = _load(args.config)
+    stop = threading.Event()
+    log = structlog.get_logger("inspector.run")
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            log.warning("forced_exit", signal=signal.Signals(signum).name)
+            raise SystemExit(130)
+        log.info("signal_received", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    return Daemon(settings, stop=stop, log=log).run()
+
+
+def _journal(args: argparse.Namespace) -> int:
+    import csv
+
+    from inspector.journal import Journal
+
+    path = args.journal or _load(args.config).journal.path
+    journal = Journal(path, readonly=True)
+    try:
+        rows = journal.rows(args.since, args.until)
+        if args.journal_command == "list":
+            latest = list(rows)[-args.limit :]
+            print(f"{'seq':>8}  {'decided_at':24}  {'verdict':7}  {'reason':14}  {'score':>8}  {'part':16}  delivery")
+            for r in latest:
+                d = r["delivery"]
+                delivery = "acked" if d["acknowledged_at"] else "published" if d["record_sent_at"] else "UNSENT"
+                score = "" if r["score"] is None else f"{r['score']:.4f}"
+                print(f"{r['seq']:>8}  {r['decided_at']:24}  {r['verdict']:7}  {r['reason'] or '':14}  {score:>8}  {str(r['part_id'])[:16]:16}  {delivery}")
+            return 0
+        out = args.out.open("w", newline="", encoding="utf-8") if args.out else sys.stdout
+        try:
+            if args.format == "jsonl":
+                for r in rows:
+                    out.write(json.dumps(r) + "\n")
+            else:
+                fields = ["seq", "session", "frame_id", "part_id", "verdict", "reason", "score", "threshold", "captured_at",
+                          "decided_at", "deadline_at", "source", "record_sent_at", "acknowledged_at"]
+                w = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
+                w.writeheader()
+                for r in rows:
+                    w.writerow({**r, "record_sent_at": r["delivery"]["record_sent_at"], "acknowledged_at": r["delivery"]["acknowledged_at"]})
+        finally:
+            if args.out:
+                out.close()
+    finally:
+        journal.close()
+    return 0
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -100,6 +108,190 @@ class DecisionSettings(_Section):
     roi_thresholds: dict[str, Probability] = Field(
         default_factory=dict, description="Per-ROI thresholds (0..1) by ROI name; ROIs not listed use `threshold`."
     )
+    deadline_ms: int = Field(
+        default=1000,
+        ge=1,
+        le=600_000,
+        description="Milliseconds from capture by which a verdict must be ready (1..600000). A pass decided later becomes "
+        "a reject with reason `deadline` (its score is still recorded); the PLC checks `deadline_at` in each decision.",
+    )
+
+
+TOPIC_LEVEL = r"^[A-Za-z0-9_.-]+$"
+
+
+class StationSettings(_Section):
+    """Which line and station this daemon serves; both name its MQTT topics."""
+
+    line: str = Field(default="line1", min_length=1, max_length=64, pattern=TOPIC_LEVEL, description="Line name (letters, digits, _ . -).")
+    name: str = Field(
+        default="station1", min_length=1, max_length=64, pattern=TOPIC_LEVEL, description="Station name (letters, digits, _ . -)."
+    )
+
+
+class SourceKind(StrEnum):
+    """Where frames come from."""
+
+    FOLDER = "folder"
+    CAMERA = "camera"
+
+
+class SourceSettings(_Section):
+    """Where frames come from: a watched folder that an acquisition program writes into, or an OpenCV camera/stream."""
+
+    kind: SourceKind = Field(default=SourceKind.FOLDER, description="folder (watched folder) or camera (OpenCV VideoCapture).")
+    path: Path | None = Field(default=None, description="folder: the watched folder. Required for kind=folder.")
+    uri: str | None = Field(
+        default=None,
+        description="camera: device index (0), V4L2 path (/dev/video0), RTSP/HTTP URL, GStreamer pipeline (contains `!`) "
+        "or a video file. Required for kind=camera.",
+    )
+    watch: Literal["auto", "inotify", "poll"] = Field(
+        default="auto", description="folder: inotify events, polling, or auto (inotify, falling back to polling when it cannot start)."
+    )
+    poll_interval_ms: int = Field(default=100, ge=10, le=10_000, description="folder: polling period when polling (ms, 10..10000).")
+    settle_ms: int = Field(
+        default=300,
+        ge=0,
+        le=60_000,
+        description="folder: a file written in place counts once its size has not changed for this long (ms); "
+        "a file renamed into the folder counts at once.",
+    )
+    rescan_s: float = Field(
+        default=5.0, ge=0.5, le=3600, description="folder: full rescan period (s) that catches files whose events were lost."
+    )
+    process_existing: bool = Field(default=True, description="folder: judge the files already in the folder at start.")
+    after_decision: Literal["move", "delete"] = Field(
+        default="move", description="folder: move each judged file to processed/pass|reject/, or delete it."
+    )
+    ignore: list[str] = Field(
+        default=[".*", "*.tmp", "*.part", "*.partial", "*.swp", "*.reason"],
+        description="folder: glob patterns of file names never judged (temporary names an acquisition program renames later).",
+    )
+    part_id: Literal["auto", "filename", "counter"] = Field(
+        default="auto",
+        description="Part id in each decision: the file name's stem, a counter per daemon session, or auto (filename for folder, counter for camera).",
+    )
+    fps: float = Field(
+        default=0.0, ge=0.0, le=1000.0, description="camera: read at most this many frames per second (0: as the stream delivers)."
+    )
+    backend: Literal["auto", "ffmpeg", "gstreamer", "v4l2"] = Field(
+        default="auto", description="camera: OpenCV capture backend; auto picks gstreamer for pipelines with `!`."
+    )
+    reconnect_min_s: float = Field(default=0.5, gt=0, le=60, description="camera: first reconnect delay (s); doubles per failure.")
+    reconnect_max_s: float = Field(default=30.0, gt=0, le=3600, description="camera: longest reconnect delay (s).")
+    stall_timeout_s: float = Field(
+        default=10.0, ge=0, le=3600, description="camera: a stream that delivers no frame for this long is reopened (s; 0 = never)."
+    )
+
+    @model_validator(mode="after")
+    def _backoff(self) -> SourceSettings:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError(f"reconnect_max_s ({self.reconnect_max_s}) must be >= reconnect_min_s ({self.reconnect_min_s})")
+        return self
+
+
+class PipelineSettings(_Section):
+    """Queues between acquisition, inference and publishing, and what happens when inference falls behind."""
+
+    queue_size: int = Field(
+        default=8, ge=1, le=10_000, description="Frames waiting for inference (count). A frame that finds the queue full is an overload."
+    )
+    overload: Literal["reject", "skip"] = Field(
+        default="reject",
+        description="Overflow frames: reject (a decision with reason `overload`) or skip (counted, no decision; only for "
+        "free-running cameras, where a frame is not a part).",
+    )
+    output_queue_size: int = Field(
+        default=4096, ge=16, le=1_000_000, description="Verdicts waiting for the journal (count); when full, acquisition waits."
+    )
+    stall_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="A stage (acquisition, inference, outbox) that makes no progress for this long withholds systemd watchdog pings (s).",
+    )
+    shutdown_timeout_s: float = Field(
+        default=10.0, gt=0, le=600, description="On SIGTERM: time allowed to finish in-flight frames and flush to the broker (s)."
+    )
+
+
+class TlsSettings(_Section):
+    """TLS to the broker."""
+
+    enabled: bool = Field(default=False, description="Connect with TLS.")
+    ca_file: Path | None = Field(default=None, description="CA certificate (PEM) that signed the broker's certificate; system CAs when unset.")
+    cert_file: Path | None = Field(default=None, description="Client certificate (PEM), for brokers that require one.")
+    key_file: Path | None = Field(default=None, description="Client private key (PEM).")
+    insecure: bool = Field(default=False, description="Skip the broker hostname check (test benches only).")
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both or neither")
+        return self
+
+
+class MqttSettings(_Section):
+    """The broker that carries decisions to PLCs and line controllers."""
+
+    host: str = Field(default="127.0.0.1", min_length=1, description="Broker host name or address.")
+    port: int = Field(default=1883, ge=1, le=65535, description="Broker TCP port (1883 plain, 8883 TLS).")
+    protocol: Literal["5", "3.1.1"] = Field(default="5", description="MQTT protocol version: 5 (properties, reason codes) or 3.1.1.")
+    client_id: str | None = Field(
+        default=None, max_length=128, description="Client id; default inspector-<line>-<station>. Must be unique on the broker."
+    )
+    username: str | None = Field(default=None, description="Username, when the broker requires one.")
+    password: SecretStr | None = Field(default=None, description="Password (never logged). Prefer password_file or a systemd credential.")
+    password_file: Path | None = Field(
+        default=None,
+        description="File holding the password. Unset: $CREDENTIALS_DIRECTORY/mqtt-password when systemd passes that credential.",
+    )
+    topic_prefix: str | None = Field(
+        default=None,
+        pattern=r"^[^#+]+[^/#+]$",
+        description="Topic prefix; default inspector/v1/<line>/<station>. No wildcards, no trailing slash.",
+    )
+    keepalive_s: int = Field(default=5, ge=1, le=3600, description="Keepalive (s): the broker publishes the offline Last Will after 1.5x this.")
+    reconnect_min_s: float = Field(default=0.5, gt=0, le=60, description="First reconnect delay (s); doubles per failure.")
+    reconnect_max_s: float = Field(default=30.0, gt=0, le=3600, description="Longest reconnect delay (s).")
+    connect_timeout_s: float = Field(
+        default=5.0, ge=0, le=600, description="At start: wait this long for the broker before reporting ready anyway (the journal keeps every decision) (s)."
+    )
+    max_queued_messages: int = Field(
+        default=1000, ge=10, le=1_000_000, description="Messages paho may hold for one connection (count); the journal holds the rest."
+    )
+    inflight_window: int = Field(
+        default=100, ge=1, le=65535, description="Record messages awaiting the broker's acknowledgement at once (count)."
+    )
+    tls: TlsSettings = Field(default_factory=TlsSettings, description="TLS.")
+
+    @model_validator(mode="after")
+    def _check(self) -> MqttSettings:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set password or password_file, not both")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError(f"reconnect_max_s ({self.reconnect_max_s}) must be >= reconnect_min_s ({self.reconnect_min_s})")
+        return self
+
+
+class JournalSettings(_Section):
+    """The local SQLite journal: every decision is written here before it is published."""
+
+    path: Path = Field(default=Path("/var/lib/inspector/journal.sqlite3"), description="Journal database file (SQLite, WAL).")
+    max_age_days: float = Field(default=90.0, gt=0, le=36_500, description="Delete published records older than this (days).")
+    max_size_mb: float = Field(
+        default=2048.0, gt=1, le=1_000_000, description="Delete the oldest published records while the journal is larger than this (MiB)."
+    )
+
+
+class MetricsSettings(_Section):
+    """Counters and latencies: on the MQTT `metrics` topic and, optionally, a Prometheus endpoint."""
+
+    interval_s: float = Field(default=10.0, ge=0, le=3600, description="Publish metrics every this many seconds (0: never).")
+    window: int = Field(default=200, ge=1, le=100_000, description="Decisions in the rolling reject-rate and latency window (count).")
+    prometheus_port: int | None = Field(default=None, ge=1, le=65535, description="Serve Prometheus text metrics on this port (off when unset).")
+    prometheus_addr: str = Field(default="127.0.0.1", description="Address the Prometheus endpoint binds to.")
 
 
 class LogSettings(_Section):
@@ -130,7 +322,13 @@ class InspectorSettings(BaseSettings):
         default=None, description="This station's ROI layout, replacing the ROIs in the model's preprocessing (same names expected)."
     )
     model: ModelSettings = Field(default_factory=ModelSettings, description="The ONNX classifier.")
-    decision: DecisionSettings = Field(default_factory=DecisionSettings, description="Thresholds.")
+    decision: DecisionSettings = Field(default_factory=DecisionSettings, description="Thresholds and the decision deadline.")
+    station: StationSettings = Field(default_factory=StationSettings, description="Line and station names.")
+    source: SourceSettings = Field(default_factory=SourceSettings, description="Where frames come from (`inspector run`).")
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings, description="Queues and overload policy (`inspector run`).")
+    mqtt: MqttSettings = Field(default_factory=MqttSettings, description="The MQTT broker (`inspector run`).")
+    journal: JournalSettings = Field(default_factory=JournalSettings, description="The local decision journal (`inspector run`).")
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Metrics (`inspector run`).")
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
 
     @classmethod
@@ -229,3 +427,27 @@ def settings_schema() -> dict[str, Any]:
 def settings_yaml(settings: InspectorSettings) -> str:
     """The effective settings as YAML, secrets masked."""
     return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)
+
+
+def run_errors(settings: InspectorSettings) -> list[str]:
+    """What `inspector run` needs beyond a valid file, as `dotted.path: message` lines."""
+    errors = []
+    src = settings.source
+    if src.kind is SourceKind.FOLDER:
+        if src.path is None:
+            errors.append("source.path: required when source.kind is folder")
+        elif not src.path.is_dir():
+            errors.append(f"source.path: not a folder: {src.path}")
+    elif src.uri is None:
+        errors.append("source.uri: required when source.kind is camera")
+    if src.kind is SourceKind.FOLDER and settings.pipeline.overload == "skip":
+        errors.append("pipeline.overload: skip is for free-running cameras; a file in the folder is a part and gets a decision (use reject)")
+    for name in ("ca_file", "cert_file", "key_file"):
+        path = getattr(settings.mqtt.tls, name)
+        if path is not None and not path.is_file():
+            errors.append(f"mqtt.tls.{name}: file not found: {path}")
+    if settings.mqtt.password_file is not None and not settings.mqtt.password_file.is_file():
+        errors.append(f"mqtt.password_file: file not found: {settings.mqtt.password_file}")
+    if not settings.journal.path.parent.is_dir():
+        errors.append(f"journal.path: folder does not exist: {settings.journal.path.parent}")
+    return errors

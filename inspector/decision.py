@@ -86,8 +86,8 @@ class Verdict:
                 for r in self.rois
             ],
             "model": {"sha256": self.model_sha256, "provider": self.provider},
-            "captured_at": _iso(self.captured_at),
-            "decided_at": _iso(self.decided_at),
+            "captured_at": iso_time(self.captured_at),
+            "decided_at": iso_time(self.decided_at),
             "latency_ms": {k: round(getattr(self.latency_ms, k), 3) for k in ("decode", "preprocess", "inference", "total")},
         }
 
@@ -96,7 +96,8 @@ def _round(x: float | None) -> float | None:
     return None if x is None or math.isnan(x) else round(float(x), 6)
 
 
-def _iso(ts: float) -> str:
+def iso_time(ts: float) -> str:
+    """Unix seconds as ISO 8601 UTC with milliseconds, like 2026-11-23T08:15:02.123Z."""
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

@@ -19,8 +19,26 @@ class Reason(StrEnum):
     DECODE_FAILED = "decode_failed"
     UNSUPPORTED_IMAGE = "unsupported_image"  # decodes, but not 8/16-bit gray or colour
     ROI_OUT_OF_BOUNDS = "roi_out_of_bounds"  # the frame is too small for a configured ROI
+    REFUSED = "refused"  # a symlink, or a path leading out of the watched folder
     INFERENCE_ERROR = "inference_error"
     INTERNAL_ERROR = "internal_error"
+    OVERLOAD = "overload"  # inference was behind: the frame found the queue full and was not judged
+    DEADLINE = "deadline"  # judged a pass, but after its deadline: the PLC must not wait for it
+
+
+# The file itself is the problem: the folder source moves it to quarantine/ with a .reason file.
+QUARANTINE_REASONS = frozenset(
+    {
+        Reason.EMPTY_FILE,
+        Reason.NOT_AN_IMAGE,
+        Reason.TRUNCATED,
+        Reason.UNREADABLE,
+        Reason.DECODE_FAILED,
+        Reason.UNSUPPORTED_IMAGE,
+        Reason.ROI_OUT_OF_BOUNDS,
+        Reason.REFUSED,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +51,8 @@ class Frame:
     data: bytes | None = None
     image: np.ndarray | None = field(default=None, repr=False)
     read_error: str | None = None  # set by a source that could not read the file; the frame is rejected
+    fault: Reason | None = None  # why read_error was set, when it is not a plain read failure (e.g. REFUSED)
+    part_id: str | None = None  # from the file name or a counter; MQTT correlation data
 
 
 class FrameFault(Exception):

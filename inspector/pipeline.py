@@ -50,9 +50,14 @@ class FramePipeline:
         rejected = any(r.verdict == REJECT for r in rois)
         return self._verdict(frame, rois, Reason.SCORE if rejected else None, None, t0, stamps)
 
+    def reject(self, frame: Frame, reason: Reason, detail: str) -> Verdict:
+        """A reject for a frame that was not judged (overload, shutdown): no scores, the reason says why."""
+        t0 = time.perf_counter()
+        return self._verdict(frame, (), reason, detail, t0, [t0, t0, t0])
+
     def _judge(self, frame: Frame, stamps: list[float]) -> tuple[RoiResult, ...]:
         if frame.read_error is not None:
-            raise FrameFault(Reason.UNREADABLE, frame.read_error)
+            raise FrameFault(frame.fault or Reason.UNREADABLE, frame.read_error)
         spec = self.preprocessor.spec
         if frame.data is not None:
             image = self.preprocessor.decode(frame.data)

@@ -118,3 +118,82 @@ def gray_png(path: Path, array: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     assert cv2.imwrite(str(path), array)
     return path
+
+
+@pytest.fixture
+def broker(tmp_path: Path):
+    """A real mosquitto on a free loopback port, anonymous access; stopped after the test."""
+    from tests.mqtt_helpers import Broker
+
+    b = Broker(tmp_path / "broker").start()
+    yield b
+    b.stop()
+
+
+def write_parts(folder: Path, n: int, *, defect_every: int = 0, seed: int = 0, prefix: str = "part", size: int = 64) -> list[str]:
+    """Write n gray PNG tiles into `folder` by rename (complete at once); every `defect_every`-th has a crack. Returns names."""
+    import cv2
+
+    from inspector.samples import tile
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(n):
+        defect = "crack" if defect_every and i % defect_every == defect_every - 1 else None
+        name = f"{prefix}{i:04d}.png"
+        tmp = folder / f".{name}.tmp"
+        tmp.write_bytes(cv2.imencode(".png", tile(rng, size, size, defect), [cv2.IMWRITE_PNG_COMPRESSION, 1])[1].tobytes())
+        tmp.rename(folder / name)
+        names.append(name)
+    return names
+
+
+def loop_model(path: Path, trips_per_unit: float) -> Path:
+    """A real ONNX model whose run time grows with the brightest input value: a Loop of `trips_per_unit` x max(x) steps
+    (about 1 us each). Blank warm-up batches cost nothing; a huge factor freezes inference on a bright frame.
+    Always answers P(ok) ~ 1."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from inspector.manifest import MANIFEST_KEY, ModelManifest
+
+    f = TensorProto.FLOAT
+    body = helper.make_graph(
+        [helper.make_node("Add", ["a_in", "one"], ["a_out"]), helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("a_in", f, [])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("a_out", f, [])],
+        initializer=[helper.make_tensor("one", f, [], [1.0])],
+    )
+    nodes = [
+        helper.make_node("ReduceMax", ["input"], ["mx"], keepdims=0),
+        helper.make_node("Relu", ["mx"], ["mx0"]),
+        helper.make_node("Mul", ["mx0", "k"], ["scaled"]),
+        helper.make_node("Cast", ["scaled"], ["trips"], to=TensorProto.INT64),
+        helper.make_node("Loop", ["trips", "", "zero"], ["acc"], body=body),
+        helper.make_node("Mul", ["acc", "zero"], ["nil"]),
+        helper.make_node("ReduceMean", ["input"], ["m"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("Mul", ["m", "zero"], ["m0"]),
+        helper.make_node("Add", ["m0", "nil"], ["m1"]),
+        helper.make_node("Unsqueeze", ["m1", "axis"], ["col"]),
+        helper.make_node("Concat", ["col", "col"], ["logits0"], axis=1),
+        helper.make_node("Add", ["logits0", "bias"], ["logits"]),
+    ]
+    inits = [
+        helper.make_tensor("k", f, [], [trips_per_unit]),
+        helper.make_tensor("zero", f, [], [0.0]),
+        helper.make_tensor("axis", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("bias", f, [1, 2], [6.0, -6.0]),
+    ]
+    graph = helper.make_graph(
+        nodes, "loop", [helper.make_tensor_value_info("input", f, ["batch", 1, 64, 64])],
+        [helper.make_tensor_value_info("logits", f, ["batch", 2])], initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    model.metadata_props.add(key=MANIFEST_KEY, value=ModelManifest(classes=("ok", "ng"), preprocess=GRAY64).to_json())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path

@@ -44,7 +44,7 @@ def test_every_error_is_reported_with_its_dotted_path(tmp_path: Path) -> None:
 def test_an_unknown_section_names_the_allowed_ones(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(_write(tmp_path, "modle:\n  path: m.onnx\n"))
-    assert info.value.errors == ["modle: unknown key; allowed: preprocess, rois, model, decision, log"]
+    assert info.value.errors == ["modle: unknown key; allowed: preprocess, rois, model, decision, station, source, pipeline, mqtt, journal, metrics, log"]
 
 
 def test_a_typo_in_an_environment_variable_is_an_error_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -107,3 +107,61 @@ def test_config_show_prints_the_effective_settings(tmp_path: Path, monkeypatch: 
     assert main(["config", "show", "--config", str(_write(tmp_path, "decision:\n  threshold: 0.4\n"))]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["decision"]["threshold"] == 0.4 and shown["model"]["warmup_runs"] == 5
+
+
+def test_daemon_contract_keys_are_settable_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {
+        "INSPECTOR_SOURCE__KIND": "camera", "INSPECTOR_SOURCE__URI": "rtsp://cam/1", "INSPECTOR_MODEL__PATH": "/m.onnx",
+        "INSPECTOR_DECISION__THRESHOLD": "0.2", "INSPECTOR_DECISION__DEADLINE_MS": "250", "INSPECTOR_MQTT__HOST": "broker",
+        "INSPECTOR_MQTT__PORT": "1884", "INSPECTOR_MQTT__TOPIC_PREFIX": "plant/a", "INSPECTOR_MQTT__USERNAME": "st1",
+        "INSPECTOR_MQTT__PASSWORD": "pw", "INSPECTOR_JOURNAL__PATH": "/var/j.db",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s = load_settings(None)
+    assert (s.source.kind, s.source.uri, str(s.model.path)) == ("camera", "rtsp://cam/1", "/m.onnx")
+    assert (s.decision.threshold, s.decision.deadline_ms) == (0.2, 250)
+    assert (s.mqtt.host, s.mqtt.port, s.mqtt.topic_prefix, s.mqtt.username) == ("broker", 1884, "plant/a", "st1")
+    assert s.mqtt.password is not None and s.mqtt.password.get_secret_value() == "pw"
+    assert str(s.journal.path) == "/var/j.db"
+
+
+def test_config_show_masks_the_mqtt_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("INSPECTOR_MQTT__PASSWORD", "hunter2")
+    assert main(["config", "show", "--config", str(_write(tmp_path, "mqtt:\n  username: st1\n"))]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out and yaml.safe_load(out)["mqtt"]["password"] == "**********"
+
+
+def test_config_check_for_run_names_what_the_daemon_needs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write(tmp_path, "source:\n  kind: folder\npipeline:\n  overload: skip\nmqtt:\n  tls:\n    ca_file: /nope/ca.pem\n")
+    assert main(["config", "check", str(path)]) == 0, "without --run only the file itself is checked"
+    capsys.readouterr()
+    assert main(["config", "check", "--run", str(path)]) == 2
+    out = capsys.readouterr().out
+    assert "source.path: required when source.kind is folder" in out
+    assert "pipeline.overload: skip is for free-running cameras" in out
+    assert "mqtt.tls.ca_file: file not found: /nope/ca.pem" in out
+    assert "model.path: required by `inspector run`" in out
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("mqtt:\n  topic_prefix: plant/#\n", "mqtt.topic_prefix: String should match pattern"),
+        ("mqtt:\n  port: 70000\n", "mqtt.port: Input should be less than or equal to 65535"),
+        ("mqtt:\n  password: a\n  password_file: /p\n", "mqtt: Value error, set password or password_file, not both"),
+        ("mqtt:\n  tls:\n    cert_file: /c.pem\n", "mqtt.tls: Value error, cert_file and key_file go together"),
+        ("station:\n  name: a/b\n", "station.name: String should match pattern"),
+        ("source:\n  kind: usb\n", "source.kind: Input should be 'folder' or 'camera'"),
+    ],
+)
+def test_daemon_sections_are_strict(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, text))
+    assert any(e.startswith(expected) for e in info.value.errors), info.value.errors
+
+
+def test_the_shipped_example_config_is_valid() -> None:
+    s = load_settings(Path(__file__).parents[1] / "deploy" / "inspector.example.yaml")
+    assert s.source.kind == "folder" and s.mqtt.username == "station-line1-station1"

@@ -1,0 +1,258 @@
+"""`inspector run`: acquisition -> inference -> journal/publish, three threads joined by bounded queues and one stop event.
+
+Every acquired frame gets exactly one decision: a frame that finds the inference queue full is rejected with reason
+`overload` (or counted and skipped, for free-running cameras); a pass decided after its deadline becomes a reject
+with reason `deadline`. systemd hears READY once the model is warm and the broker connected (or the journal is
+accepting), and WATCHDOG pings only while every stage makes progress.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from dataclasses import replace
+from typing import Any
+
+import structlog
+
+from inspector import __version__
+from inspector.config import InspectorSettings, SourceKind, run_errors
+from inspector.decision import PASS, REJECT
+from inspector.errors import ConfigError
+from inspector.frame import Frame, Reason
+from inspector.health import Health
+from inspector.journal import Journal
+from inspector.metrics import Metrics, serve_prometheus
+from inspector.mqtt import MqttLink, Topics
+from inspector.notify import Notifier
+from inspector.pipeline import build_pipeline
+from inspector.publish import Decided, Outbox
+from inspector.sources import build_source
+
+STAGES = ("acquisition", "inference", "outbox")
+_TICK_S = 0.2
+
+
+class Daemon:
+    """Wires the stages from settings; `run()` blocks until `stop` is set and returns the exit code."""
+
+    def __init__(
+        self,
+        settings: InspectorSettings,
+        *,
+        stop: threading.Event,
+        notifier: Notifier | None = None,
+        log: structlog.typing.FilteringBoundLogger | None = None,
+    ) -> None:
+        errors = run_errors(settings)
+        if errors:
+            raise ConfigError(f"{len(errors)} configuration error(s) for `inspector run`", errors)
+        self.settings = settings
+        self.stop = stop
+        self.notifier = notifier or Notifier()
+        self.log = log or structlog.get_logger("inspector.run")
+        self.session = uuid.uuid4().hex
+        self.health = Health()
+        self.metrics = Metrics(settings.metrics.window)
+        self.failed: str | None = None
+        self._deadline_s = settings.decision.deadline_ms / 1000
+
+    # --- setup --------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Load, connect, report ready, judge frames until stopped, drain, report offline. Returns the exit code."""
+        s = self.settings
+        self.notifier.status("loading the model")
+        self.pipeline = build_pipeline(s, log=self.log)
+        self.journal = Journal(s.journal.path)
+        self.source = build_source(s.source, health=self.health, log=self.log)
+        if s.source.kind is SourceKind.FOLDER and hasattr(self.source, "recover"):
+            self.source.recover(self.journal.decided)
+        self.topics = Topics.from_settings(s)
+        client_id = s.mqtt.client_id or f"inspector-{s.station.line}-{s.station.name}"
+        self.infer_q: queue.Queue[Frame | None] = queue.Queue(maxsize=s.pipeline.queue_size)
+        self.out_q: queue.Queue[Decided | None] = queue.Queue(maxsize=s.pipeline.output_queue_size)
+        self.link = MqttLink(s.mqtt, self.topics, client_id, will=b"", log=self.log)
+        self.outbox = Outbox(
+            s,
+            journal=self.journal,
+            link=self.link,
+            topics=self.topics,
+            source=self.source,
+            session=self.session,
+            health=self.health,
+            metrics=self.metrics,
+            describe=self.describe,
+            gauges=self.gauges,
+            log=self.log,
+        )
+        self.link.will = self.outbox.status_payload("offline", "lwt")
+        prometheus = None
+        if s.metrics.prometheus_port:
+            prometheus = serve_prometheus(s.metrics.prometheus_addr, s.metrics.prometheus_port, self.outbox.metrics_snapshot)
+        threads = {
+            "outbox": threading.Thread(target=self._guard, args=("outbox", self.outbox.run, self.out_q), name="outbox", daemon=True),
+            "inference": threading.Thread(target=self._guard, args=("inference", self._infer), name="inference", daemon=True),
+            "acquisition": threading.Thread(target=self._guard, args=("acquisition", self._acquire), name="acquisition", daemon=True),
+        }
+        threads["outbox"].start()
+        connected = self.outbox.connected_once.wait(s.mqtt.connect_timeout_s)
+        if not connected:
+            self.log.warning("mqtt_not_connected_yet", host=s.mqtt.host, port=s.mqtt.port,
+                             detail="ready anyway: every decision is journaled and published once the broker is reachable")
+        for stage in STAGES:
+            self.health.beat(stage)
+        threads["inference"].start()
+        threads["acquisition"].start()
+        self.notifier.ready(self._status_line())
+        self.log.info("daemon_ready", session=self.session, topics=self.topics.prefix, source=self.source.describe(),
+                      broker_connected=connected, watchdog_s=self.notifier.watchdog_s)
+        try:
+            self._supervise(threads)
+        finally:
+            self.stop.set()
+            self.notifier.stopping()
+            code = self._shutdown(threads)
+            if prometheus is not None:
+                prometheus.shutdown()
+            self.journal.close()
+        return code
+
+    def describe(self) -> dict[str, Any]:
+        """The `state` topic's body: what this daemon runs and how."""
+        c = self.pipeline.classifier
+        path = getattr(c, "path", None)
+        return {
+            "version": __version__,
+            "model": {"name": path.name if path else None, "sha256": c.sha256, "provider": c.provider, "classes": list(c.classes)},
+            "threshold": self.pipeline.thresholds.default,
+            "roi_thresholds": self.pipeline.thresholds.by_roi,
+            "deadline_ms": self.settings.decision.deadline_ms,
+            "overload": self.settings.pipeline.overload,
+            "source": self.source.describe(),
+        }
+
+    def gauges(self) -> dict[str, Any]:
+        """Live values for the metrics message."""
+        return {"queue_depth": self.infer_q.qsize(), "provider": self.pipeline.classifier.provider}
+
+    # --- stages -------------------------------------------------------------------------------
+
+    def _guard(self, stage: str, target: Any, *args: Any) -> None:
+        """Run a stage; if it dies, say so and stop the daemon (systemd restarts it) rather than limp on."""
+        try:
+            target(*args)
+        except Exception as exc:
+            self.failed = stage
+            self.log.exception("stage_failed", stage=stage, error=f"{type(exc).__name__}: {exc}")
+            self.stop.set()
+            if stage == "acquisition":
+                self._put(self.infer_q, None)
+            elif stage == "inference":
+                self._put(self.out_q, None)
+
+    def _acquire(self) -> None:
+        overload = self.settings.pipeline.overload
+        try:
+            for frame in self.source.frames(self.stop):
+                self.health.beat("acquisition")
+                if frame is None:
+                    continue
+                try:
+                    self.infer_q.put_nowait(frame)
+                except queue.Full:
+                    if overload == "skip":
+                        self.metrics.skip()
+                        continue
+                    verdict = self.pipeline.reject(frame, Reason.OVERLOAD, f"inference queue full ({self.infer_q.maxsize} frames waiting)")
+                    self._put(self.out_q, Decided(frame, verdict, frame.captured_at + self._deadline_s))
+                if self.stop.is_set():
+                    break
+        finally:
+            self.source.close()
+            self._put(self.infer_q, None)
+
+    def _infer(self) -> None:
+        deadline_ms = self.settings.decision.deadline_ms
+        while True:
+            self.health.beat("inference")
+            try:
+                frame = self.infer_q.get(timeout=_TICK_S)
+            except queue.Empty:
+                continue
+            if frame is None:
+                break
+            deadline_at = frame.captured_at + self._deadline_s
+            verdict = self.pipeline.process(frame)
+            if verdict.decided_at > deadline_at and verdict.verdict == PASS:
+                late_ms = (verdict.decided_at - frame.captured_at) * 1000
+                verdict = replace(verdict, verdict=REJECT, reason=Reason.DEADLINE,
+                                  detail=f"judged a pass {late_ms:.0f} ms after capture; the deadline is {deadline_ms} ms")
+            self._put(self.out_q, Decided(frame, verdict, deadline_at))
+        self._put(self.out_q, None)
+
+    def _put(self, q: queue.Queue[Any], item: Any) -> None:
+        """Blocking put that keeps the caller's thread visible as waiting, not dead (back-pressure, never a drop)."""
+        while True:
+            try:
+                q.put(item, timeout=_TICK_S)
+                return
+            except queue.Full:
+                stage = threading.current_thread().name
+                if stage in STAGES:
+                    self.health.beat(stage)
+
+    # --- supervision --------------------------------------------------------------------------
+
+    def _supervise(self, threads: dict[str, threading.Thread]) -> None:
+        interval = self.notifier.watchdog_s / 2 if self.notifier.watchdog_s else None
+        next_ping = time.monotonic()
+        next_status = time.monotonic() + 5
+        withheld = False
+        while not self.stop.wait(min(_TICK_S, interval or _TICK_S)):
+            dead = [name for name, t in threads.items() if not t.is_alive()]
+            if dead:
+                self.log.error("stage_stopped", stages=dead)
+                self.failed = self.failed or dead[0]
+                break
+            stalled = self.health.stalled(self.settings.pipeline.stall_s)
+            if stalled:
+                if not withheld:
+                    self.log.error("watchdog_withheld", stalled=stalled, stall_s=self.settings.pipeline.stall_s,
+                                   detail="a stage makes no progress; systemd will restart the service")
+                    self.notifier.status(f"stalled: {', '.join(stalled)}")
+                withheld = True
+                continue
+            if withheld:
+                self.log.info("watchdog_resumed")
+                withheld = False
+            now = time.monotonic()
+            if interval and now >= next_ping:
+                self.notifier.watchdog()
+                next_ping = now + interval
+            if now >= next_status:
+                self.notifier.status(self._status_line())
+                next_status = now + 5
+
+    def _status_line(self) -> str:
+        m = self.metrics
+        broker = "connected" if self.link.connected else "disconnected"
+        return f"frames={m.frames} pass={m.passed} reject={sum(m.rejected.values())} broker={broker}"
+
+    def _shutdown(self, threads: dict[str, threading.Thread]) -> int:
+        budget = time.monotonic() + self.settings.pipeline.shutdown_timeout_s
+        self.log.info("daemon_stopping", queued=self.infer_q.qsize())
+        for name in ("acquisition", "inference", "outbox"):
+            t = threads[name]
+            if t.ident is not None:
+                t.join(timeout=max(0.0, budget - time.monotonic()))
+        alive = [name for name, t in threads.items() if t.is_alive()]
+        if alive:
+            self.log.error("shutdown_timeout", stuck=alive, timeout_s=self.settings.pipeline.shutdown_timeout_s,
+                           detail="exiting anyway; undelivered decisions stay in the journal")
+            return 1
+        snap = self.metrics.snapshot()
+        self.log.info("daemon_stopped", frames=snap["frames"], passed=snap["pass"], rejected=snap["reject"], failed_stage=self.failed)
+        return 1 if self.failed else 0

@@ -1,0 +1,265 @@
+"""The decision journal: SQLite (WAL, synchronous=FULL). Every decision is committed here before it is published,
+and the `record` stream is fed from it in `seq` order, so outages and restarts lose nothing."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from inspector.decision import Verdict, iso_time
+from inspector.errors import InputError
+
+DECISION_SCHEMA = "inspector.decision/1"
+_USER_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, even after pruning
+    session TEXT NOT NULL,
+    frame_id TEXT NOT NULL,
+    part_id TEXT,
+    source TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    reason TEXT,
+    score REAL,
+    captured_at REAL NOT NULL,
+    decided_at REAL NOT NULL,
+    deadline_at REAL NOT NULL,
+    payload TEXT NOT NULL,
+    decision_sent_at REAL,  -- the broker acknowledged the `decision` message
+    record_sent_at REAL,    -- the broker acknowledged the `record` message
+    plc_acked_at REAL       -- a subscriber acknowledged on decision/ack
+);
+CREATE INDEX IF NOT EXISTS records_record_unsent ON records(seq) WHERE record_sent_at IS NULL;
+CREATE INDEX IF NOT EXISTS records_decision_unsent ON records(seq) WHERE decision_sent_at IS NULL;
+CREATE INDEX IF NOT EXISTS records_decided_at ON records(decided_at);
+CREATE INDEX IF NOT EXISTS records_source ON records(source);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A verdict on its way into the journal, with what the daemon adds to it."""
+
+    verdict: Verdict
+    session: str
+    part_id: str | None
+    deadline_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A journaled decision: its `seq` and the payload every topic is built from."""
+
+    seq: int
+    pending: Pending
+    payload: dict[str, Any]
+    text: str  # the payload as stored: compact JSON without `late`
+
+    @property
+    def verdict(self) -> Verdict:
+        """The verdict this record holds."""
+        return self.pending.verdict
+
+
+def with_late(text: str, late: bool) -> bytes:
+    """A stored payload with `late` appended, without parsing it again."""
+    return f"{text[:-1]},\"late\":{'true' if late else 'false'}}}".encode()
+
+
+def decision_payload(seq: int, p: Pending) -> dict[str, Any]:
+    """The decision's JSON form (without `late`, which depends on when it is sent)."""
+    v = p.verdict.to_dict()
+    return {
+        "schema": DECISION_SCHEMA,
+        "seq": seq,
+        "session": p.session,
+        "frame_id": v["frame_id"],
+        "part_id": p.part_id,
+        "verdict": v["verdict"],
+        "reason": v["reason"],
+        "detail": v["detail"],
+        "score": v["score"],
+        "threshold": v["threshold"],
+        "rois": v["rois"],
+        "model": v["model"],
+        "source": v["source"],
+        "captured_at": v["captured_at"],
+        "decided_at": v["decided_at"],
+        "deadline_at": iso_time(p.deadline_at),
+        "latency_ms": {**v["latency_ms"], "since_capture": round((p.verdict.decided_at - p.verdict.captured_at) * 1000, 3)},
+    }
+
+
+class Journal:
+    """One connection; the daemon's output thread owns its writer, readers open their own."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        if readonly:
+            if not self.path.is_file():
+                raise InputError(f"no journal at {self.path}; set journal.path or pass --journal")
+            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        else:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                # FULL: a commit is on disk before the decision goes out, so a power cut cannot un-decide a published part.
+                self._db.execute("PRAGMA synchronous=FULL")
+                version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                if version > _USER_VERSION:
+                    raise InputError(
+                        f"journal {self.path} has format {version}, newer than this inspector reads ({_USER_VERSION}); upgrade inspector"
+                    )
+                self._db.executescript(_SCHEMA)
+                self._db.execute(f"PRAGMA user_version={_USER_VERSION}")
+            except (OSError, sqlite3.Error) as exc:
+                raise InputError(f"cannot open the journal {self.path}: {exc} (journal.path must be a writable file)") from exc
+        self._db.execute("PRAGMA busy_timeout=5000")
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._db.close()
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def append(self, items: Sequence[Pending]) -> list[Record]:
+        """Commit decisions in one transaction (one fsync) and return them with their seq."""
+        records = []
+        with self._transaction():
+            # One writer: the next seq is known, so each row is one INSERT with its final payload.
+            seq = self.last_seq()
+            for p in items:
+                seq += 1
+                v = p.verdict
+                payload = decision_payload(seq, p)
+                text = json.dumps(payload, separators=(",", ":"))
+                self._db.execute(
+                    "INSERT INTO records (seq, session, frame_id, part_id, source, verdict, reason, score, captured_at, decided_at, "
+                    "deadline_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (seq, p.session, v.frame_id, p.part_id, v.source, v.verdict, v.reason.value if v.reason else None, v.score,
+                     v.captured_at, v.decided_at, p.deadline_at, text),
+                )
+                records.append(Record(seq, p, payload, text))
+        return records
+
+    def mark_sent(self, acked: dict[str, Sequence[int]], at: float) -> None:
+        """Note, in one transaction, which seqs' `decision` / `record` messages the broker acknowledged (column -> seqs)."""
+        unknown = set(acked) - {"decision_sent_at", "record_sent_at"}
+        if unknown:
+            raise ValueError(f"columns must be decision_sent_at or record_sent_at, got {sorted(unknown)}")
+        if not any(acked.values()):
+            return
+        with self._transaction():
+            for column, seqs in acked.items():
+                self._db.executemany(f"UPDATE records SET {column} = ? WHERE seq = ? AND {column} IS NULL", [(at, s) for s in seqs])
+
+    def mark_acknowledged(self, seq: int, part_id: str | None, at: float) -> bool:
+        """Mark a record acknowledged by a subscriber; False when no record has that seq and part id."""
+        with self._transaction():
+            cur = self._db.execute(
+                "UPDATE records SET plc_acked_at = COALESCE(plc_acked_at, ?) WHERE seq = ? AND part_id IS ?", (at, seq, part_id)
+            )
+        return cur.rowcount > 0
+
+    def prune(self, max_age_days: float, max_size_mb: float, *, now: float | None = None, chunk: int = 2000) -> tuple[int, bool, int]:
+        """Delete up to `chunk` published records: older than the age limit, else the oldest while over the size limit.
+
+        Small chunks keep the writer free for decisions; call again while `more` is True. Freed pages are reused, so
+        the file stops growing at the limit without a VACUUM (which would stall the writer for seconds).
+        Returns (deleted, more, unsent_over_limit): records never published are kept whatever their age or size."""
+        now = time.time() if now is None else now
+        with self._transaction():
+            deleted = self._db.execute(
+                "DELETE FROM records WHERE seq IN (SELECT seq FROM records WHERE decided_at < ? AND record_sent_at IS NOT NULL "
+                "ORDER BY seq LIMIT ?)",
+                (now - max_age_days * 86400, chunk),
+            ).rowcount
+        if deleted == chunk:
+            return deleted, True, 0
+        limit = int(max_size_mb * 1024 * 1024)
+        if self.size_bytes() <= limit:
+            return deleted, False, 0
+        with self._transaction():
+            n = self._db.execute(
+                "DELETE FROM records WHERE seq IN (SELECT seq FROM records WHERE record_sent_at IS NOT NULL ORDER BY seq LIMIT ?)",
+                (chunk - deleted,),
+            ).rowcount
+        deleted += n
+        if n and self.size_bytes() > limit:
+            return deleted, True, 0
+        return deleted, False, (self.outbox_depth() if self.size_bytes() > limit else 0)
+
+    def _transaction(self) -> _Tx:
+        return _Tx(self._db)
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def unsent(self, column: str, after_seq: int, limit: int) -> list[tuple[int, str, float, str | None]]:
+        """(seq, payload JSON, deadline_at, part_id) of records whose `decision` or `record` message the broker has not
+        acknowledged, in seq order."""
+        if column not in ("decision_sent_at", "record_sent_at"):
+            raise ValueError(f"column must be decision_sent_at or record_sent_at, got {column!r}")
+        rows = self._db.execute(
+            f"SELECT seq, payload, deadline_at, part_id FROM records WHERE {column} IS NULL AND seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        ).fetchall()
+        return [(int(s), str(p), float(d), part) for s, p, d, part in rows]
+
+    def outbox_depth(self) -> int:
+        """Records the broker has not yet acknowledged on the `record` topic."""
+        return int(self._db.execute("SELECT COUNT(*) FROM records WHERE record_sent_at IS NULL").fetchone()[0])
+
+    def last_seq(self) -> int:
+        """The highest seq ever assigned (0 for a new journal)."""
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
+        return int(row[0]) if row else 0
+
+    def decided(self, source: str, since: float) -> tuple[int, str, str | None] | None:
+        """(seq, verdict, reason) of the latest decision on `source` made at or after `since`, if any."""
+        row = self._db.execute(
+            "SELECT seq, verdict, reason FROM records WHERE source = ? AND decided_at >= ? ORDER BY seq DESC LIMIT 1", (source, since)
+        ).fetchone()
+        return (int(row[0]), str(row[1]), row[2]) if row else None
+
+    def size_bytes(self) -> int:
+        """Bytes of pages in use (free pages, which new records reuse, and the WAL excluded)."""
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        return (int(pages) - int(free)) * int(size)
+
+    def rows(self, since: float | None = None, until: float | None = None) -> Iterator[dict[str, Any]]:
+        """Every record decided in [since, until), in seq order, with its delivery state."""
+        rows = self._db.execute(
+            "SELECT payload, decision_sent_at, record_sent_at, plc_acked_at FROM records "
+            "WHERE decided_at >= ? AND decided_at < ? ORDER BY seq",
+            (since if since is not None else float("-inf"), until if until is not None else float("inf")),
+        )
+        for payload, decision_sent, record_sent, acked in rows:
+            out = json.loads(payload)
+            out["delivery"] = {
+                "decision_sent_at": iso_time(decision_sent) if decision_sent else None,
+                "record_sent_at": iso_time(record_sent) if record_sent else None,
+                "acknowledged_at": iso_time(acked) if acked else None,
+            }
+            yield out
+
+
+class _Tx:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -1,0 +1,401 @@
+"""The output stage: journal first, then `decision` (and `reject`) at once, and the `record` stream from the journal.
+
+One thread owns the journal's writer and the broker link. Order per batch of verdicts: one journal commit (fsync),
+the decisions out, then the source hears each decision (the folder moves the file). The `record` topic is fed
+from the journal in seq order with a bounded in-flight window, so after an outage or a restart it resumes at the
+first record the broker has not acknowledged: no gaps, and `seq` lets a subscriber prove it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from inspector import __version__
+from inspector.config import InspectorSettings
+from inspector.decision import REJECT, Verdict, iso_time
+from inspector.frame import Frame
+from inspector.health import Health
+from inspector.journal import DECISION_SCHEMA, Journal, Pending, Record, with_late
+from inspector.metrics import Metrics
+from inspector.mqtt import LinkEvent, MqttLink, Topics
+from inspector.sources import FrameSource
+
+REJECT_SCHEMA = "inspector.reject/1"
+_BATCH = 256
+_PRUNE_EVERY_S = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """A verdict on its way to the journal, with the frame it judged."""
+
+    frame: Frame
+    verdict: Verdict
+    deadline_at: float
+
+
+class Outbox:
+    """Runs in its own thread: `run(inbox)` until it reads None, then flushes what the broker accepts and says offline."""
+
+    def __init__(
+        self,
+        settings: InspectorSettings,
+        *,
+        journal: Journal,
+        link: MqttLink,
+        topics: Topics,
+        source: FrameSource,
+        session: str,
+        health: Health,
+        metrics: Metrics,
+        describe: Callable[[], dict[str, Any]],
+        gauges: Callable[[], dict[str, Any]],
+        log: structlog.typing.FilteringBoundLogger,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.journal = journal
+        self.link = link
+        self.topics = topics
+        self.source = source
+        self.session = session
+        self.health = health
+        self.metrics = metrics
+        self.describe = describe
+        self.gauges = gauges
+        self.log = log
+        self._clock = clock
+        self.connected_once = threading.Event()
+        self.started_at = clock()
+        self._inflight: dict[int, tuple[str, int, str]] = {}  # mid -> (kind, seq, topic)
+        self._dec_inflight: set[int] = set()
+        self._rec_inflight = 0
+        self._rec_cursor = 0
+        self._dec_cursor = 0
+        self._dec_backlog = False
+        self._rec_backlog = True
+        self._next_ack_flush = 0.0
+        self._acked: dict[str, list[int]] = {"decision_sent_at": [], "record_sent_at": []}
+        self._health_version = -1
+        self._next_metrics = time.monotonic() + settings.metrics.interval_s
+        self._next_prune = time.monotonic()
+        self._outbox_depth = journal.outbox_depth()
+
+    # --- payloads -----------------------------------------------------------------------------
+
+    def status_payload(self, state: str, reason: str | None = None) -> bytes:
+        """The retained `status` message."""
+        body: dict[str, Any] = {
+            "state": state,
+            "reason": reason,
+            "session": self.session,
+            "line": self.settings.station.line,
+            "station": self.settings.station.name,
+            "version": __version__,
+            "pid": os.getpid(),
+            "since": iso_time(self.started_at),
+        }
+        if state == "online":
+            body["degraded"] = self.health.flags()
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    def _props(
+        self, schema: str, part_id: str | None, expiry_s: int | None = None, content: str = "application/json", *, respond: bool = True
+    ) -> Properties | None:
+        if not self.link.v5:
+            return None
+        props = Properties(PacketTypes.PUBLISH)
+        props.ContentType = content
+        props.UserProperty = [("schema", schema)]
+        if part_id:
+            props.CorrelationData = part_id.encode()
+        if respond:
+            props.ResponseTopic = self.topics.ack
+        if expiry_s is not None:
+            props.MessageExpiryInterval = expiry_s
+        return props
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def run(self, inbox: queue.Queue[Decided | None]) -> None:
+        """Journal and publish until the inbox yields None, then flush and go offline."""
+        self.health.set_flag("mqtt_disconnected", "connecting")
+        self.link.start()
+        upstream_done = False
+        while not upstream_done:
+            self.health.beat("outbox")
+            batch, upstream_done = _take(inbox, timeout=0.02)
+            if batch:
+                self._write(batch)
+            self._service()
+        self._drain()
+
+    def _write(self, batch: list[Decided]) -> None:
+        pending = [Pending(d.verdict, self.session, d.frame.part_id, d.deadline_at) for d in batch]
+        while True:
+            try:
+                records = self.journal.append(pending)
+                break
+            except sqlite3.Error as exc:
+                # Nothing may be published before it is journaled: hold the batch (upstream waits) and retry.
+                self.log.error("journal_write_failed", path=str(self.journal.path), error=str(exc), frames=len(batch))
+                self.health.set_flag("journal_error", str(exc))
+                time.sleep(1.0)
+                self.health.beat("outbox")
+        self.health.clear_flag("journal_error")
+        self._outbox_depth += len(records)
+        self._rec_backlog = True
+        for rec in records:
+            if self.link.connected:
+                self._send_decision(rec.seq, rec.text, rec.pending.part_id, rec.verdict.verdict, rec.pending.deadline_at)
+        for d, rec in zip(batch, records, strict=True):
+            self.metrics.decided(d.verdict, d.deadline_at)
+            self.source.done(d.frame, rec)
+            self._log_decision(rec)
+
+    def _log_decision(self, rec: Record) -> None:
+        v = rec.verdict
+        fields = {"seq": rec.seq, "frame": v.frame_id, "part_id": rec.pending.part_id, "score": _round(v.score)}
+        if v.verdict == REJECT:
+            self.log.info("frame_rejected", reason=v.reason.value if v.reason else None, detail=v.detail, **fields)
+        else:
+            self.log.debug("frame_passed", **fields)
+
+    def _service(self) -> None:
+        """Everything besides writing: broker events, acknowledgements, the record stream, periodic messages."""
+        self._handle_events()
+        self._flush_acks()
+        if self.link.connected:
+            self._pump()
+            if self.health.version != self._health_version:
+                self._publish_presence()
+            now = time.monotonic()
+            if self.settings.metrics.interval_s and now >= self._next_metrics:
+                self._next_metrics = now + self.settings.metrics.interval_s
+                body = json.dumps(self.metrics_snapshot()).encode()
+                self.link.publish(self.topics.metrics, body, qos=0, properties=self._props("inspector.metrics/1", None, respond=False))
+        self.link.poll()
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + _PRUNE_EVERY_S
+            self._prune()
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """The metrics message: counters, latencies, queue and outbox depth, provider."""
+        return self.metrics.snapshot(outbox_depth=self._outbox_depth, **self.gauges())
+
+    # --- sending ------------------------------------------------------------------------------
+
+    def _send_decision(self, seq: int, text: str, part_id: str | None, verdict: str, deadline_at: float) -> bool:
+        now = self._clock()
+        late = now > deadline_at
+        expiry = None if late else max(1, math.ceil(deadline_at - now))
+        mid = self.link.publish(self.topics.decision, with_late(text, late), properties=self._props(DECISION_SCHEMA, part_id, expiry))
+        if mid is None:
+            self._dec_backlog = True  # paho's queue was full: the backlog pass sends it from the journal
+            return False
+        self._inflight[mid] = ("decision", seq, self.topics.decision)
+        self._dec_inflight.add(seq)
+        if late:
+            self.metrics.late()
+        elif verdict == REJECT:
+            # A gateway reading only `reject` cannot see `late`: stale rejects are not sent there at all.
+            body = (part_id or json.loads(text)["frame_id"]).encode()
+            rmid = self.link.publish(self.topics.reject, body, properties=self._props(REJECT_SCHEMA, part_id, expiry, "text/plain"))
+            if rmid is not None:
+                self._inflight[rmid] = ("reject", seq, self.topics.reject)
+        return True
+
+    def _pump(self) -> None:
+        """Hand the broker the next records in seq order (and decisions an outage held back), within the window."""
+        # Stay below the broker's Receive Maximum, keeping a few slots for live decisions and status.
+        window = max(1, min(self.settings.mqtt.inflight_window, self.link.receive_max - 4))
+        room = window - self._rec_inflight
+        if self._rec_backlog and room > 0:
+            rows = self.journal.unsent("record_sent_at", self._rec_cursor, room)
+            self._rec_backlog = len(rows) == room  # fewer than asked: caught up until the next write
+            for seq, text, deadline, part_id in rows:
+                mid = self.link.publish(self.topics.record, with_late(text, self._clock() > deadline), properties=self._props(DECISION_SCHEMA, part_id))
+                if mid is None:
+                    self._rec_backlog = True
+                    break
+                self._inflight[mid] = ("record", seq, self.topics.record)
+                self._rec_inflight += 1
+                self._rec_cursor = seq
+        room = window - len(self._dec_inflight)
+        if self._dec_backlog and room > 0:
+            rows = self.journal.unsent("decision_sent_at", self._dec_cursor, room)
+            if len(rows) < room:
+                self._dec_backlog = False
+            for seq, text, deadline, part_id in rows:
+                self._dec_cursor = seq
+                if seq not in self._dec_inflight and not self._send_decision(seq, text, part_id, json.loads(text)["verdict"], deadline):
+                    break
+
+    def _publish_presence(self) -> None:
+        self._health_version = self.health.version
+        self._publish_tracked("status", self.topics.status, self.status_payload("online"), retain=True)
+        state = {"schema": "inspector.state/1", "session": self.session, **self.describe(), "degraded": self.health.flags()}
+        self._publish_tracked("state", self.topics.state, json.dumps(state).encode(), retain=True)
+
+    def _publish_tracked(self, kind: str, topic: str, body: bytes, *, retain: bool = False) -> None:
+        mid = self.link.publish(topic, body, retain=retain, properties=self._props(f"inspector.{kind}/1", None, respond=False))
+        if mid is not None:
+            self._inflight[mid] = (kind, 0, topic)
+
+    # --- broker events ------------------------------------------------------------------------
+
+    def _handle_events(self) -> None:
+        while True:
+            try:
+                raw = self.link.events.get_nowait()
+            except queue.Empty:
+                return
+            event = self.link.handle(raw)
+            if event is None:
+                continue
+            if event.kind == "connected":
+                self._on_connected()
+            elif event.kind == "refused":
+                self.log.error("mqtt_connect_refused", host=self.settings.mqtt.host, port=self.settings.mqtt.port, reason=event.reason)
+                self.health.set_flag("mqtt_refused", event.reason)
+            elif event.kind == "disconnected":
+                self._on_disconnected(event)
+            elif event.kind == "puback":
+                self._on_puback(event)
+            elif event.kind == "message":
+                self._on_ack(event)
+
+    def _on_connected(self) -> None:
+        self.log.info("mqtt_connected", host=self.settings.mqtt.host, port=self.settings.mqtt.port, outbox=self._outbox_depth)
+        self.health.clear_flag("mqtt_refused")
+        self.health.clear_flag("mqtt_disconnected")
+        self._inflight.clear()
+        self._dec_inflight.clear()
+        self._rec_inflight = 0
+        self._rec_cursor = 0
+        self._dec_cursor = 0
+        self._dec_backlog = True
+        self._rec_backlog = True
+        self._outbox_depth = self.journal.outbox_depth()
+        self._publish_presence()
+        self.connected_once.set()
+
+    def _on_disconnected(self, event: LinkEvent) -> None:
+        self.log.warning("mqtt_disconnected", reason=event.reason, outbox=self._outbox_depth, unacknowledged=len(self._inflight))
+        self.health.set_flag("mqtt_disconnected", event.reason)
+        # What the dead session held is not resent by paho (a fresh client per session): the journal has it all.
+        self._inflight.clear()
+        self._dec_inflight.clear()
+        self._rec_inflight = 0
+
+    def _on_puback(self, event: LinkEvent) -> None:
+        kind, seq, topic = self._inflight.pop(event.mid, ("", 0, ""))
+        if kind == "record":
+            self._rec_inflight -= 1
+        elif kind == "decision":
+            self._dec_inflight.discard(seq)
+        if not event.ok:
+            # MQTT 5 reason code 135 (Not authorized): the broker's ACL refuses this topic.
+            self.log.error("mqtt_publish_refused", topic=topic, seq=seq or None, reason=event.reason)
+            self.health.set_flag("mqtt_publish_refused", f"{topic}: {event.reason}")
+            return
+        if kind == "record":
+            self._acked["record_sent_at"].append(seq)
+        elif kind == "decision":
+            self._acked["decision_sent_at"].append(seq)
+
+    def _on_ack(self, event: LinkEvent) -> None:
+        try:
+            body = json.loads(event.payload)
+            seq, part_id = int(body["seq"]), body.get("part_id")
+        except (ValueError, KeyError, TypeError):
+            self.log.warning("ack_malformed", topic=event.topic, payload=event.payload[:200].decode(errors="replace"),
+                             expected='{"seq": <int>, "part_id": <string>}')
+            return
+        if not self.journal.mark_acknowledged(seq, None if part_id is None else str(part_id), self._clock()):
+            self.log.warning("ack_unknown", seq=seq, part_id=part_id)
+
+    def _flush_acks(self, *, force: bool = False) -> None:
+        """Persist broker acknowledgements, batched: at most every 100 ms (a crash in between only means a resend)."""
+        now = time.monotonic()
+        if not force and now < self._next_ack_flush:
+            return
+        self._next_ack_flush = now + 0.1
+        if not any(self._acked.values()):
+            return
+        self.journal.mark_sent(self._acked, self._clock())
+        self._outbox_depth = max(0, self._outbox_depth - len(self._acked["record_sent_at"]))
+        for seqs in self._acked.values():
+            seqs.clear()
+
+    def _prune(self) -> None:
+        j = self.settings.journal
+        try:
+            deleted, more, unsent = self.journal.prune(j.max_age_days, j.max_size_mb)
+        except sqlite3.Error as exc:
+            self.log.error("journal_prune_failed", error=str(exc))
+            return
+        if more:
+            self._next_prune = time.monotonic() + 0.5  # the rest in later slices, between decisions
+        self._outbox_depth = self.journal.outbox_depth()
+        if deleted:
+            self.log.info("journal_pruned", deleted=deleted, more=more)
+        if unsent:
+            self.log.error("journal_over_size_unsent", unsent=unsent, max_size_mb=j.max_size_mb,
+                           detail="records never published are kept; check the broker")
+
+    # --- stopping -----------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        """Give the broker up to the shutdown budget to take what is unsent, then publish offline and disconnect."""
+        deadline = time.monotonic() + self.settings.pipeline.shutdown_timeout_s * 0.8
+        while time.monotonic() < deadline:
+            self.health.beat("outbox")
+            self._service()
+            if not self.link.connected:
+                break
+            if self._outbox_depth == 0 and not self._inflight:
+                break
+            time.sleep(0.01)
+        self._flush_acks(force=True)
+        left = max(0.5, deadline - time.monotonic() + self.settings.pipeline.shutdown_timeout_s * 0.1)
+        delivered = self.link.close(self.status_payload("offline", "stopped"), timeout=min(3.0, left))
+        self.log.info("outbox_closed", unsent_records=self.journal.outbox_depth(), offline_published=delivered)
+
+
+def _take(inbox: queue.Queue[Decided | None], timeout: float) -> tuple[list[Decided], bool]:
+    """Up to a batch of verdicts (waiting up to `timeout` for the first); True once the end marker was read."""
+    items: list[Decided] = []
+    try:
+        first = inbox.get(timeout=timeout)
+    except queue.Empty:
+        return items, False
+    if first is None:
+        return items, True
+    items.append(first)
+    while len(items) < _BATCH:
+        try:
+            item = inbox.get_nowait()
+        except queue.Empty:
+            break
+        if item is None:
+            return items, True
+        items.append(item)
+    return items, False
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 6)

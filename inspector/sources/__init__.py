@@ -1,0 +1,48 @@
+"""Frame sources: one small interface, chosen in config by `source.kind`."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import structlog
+
+from inspector.config import SourceKind, SourceSettings
+from inspector.frame import Frame
+from inspector.health import Health
+from inspector.journal import Record
+
+
+class FrameSource(Protocol):
+    """Delivers frames in arrival order, and hears each frame's journaled decision."""
+
+    def describe(self) -> dict[str, Any]:
+        """What this source reads, for the `state` topic."""
+        ...
+
+    def frames(self, stop: threading.Event) -> Iterator[Frame | None]:
+        """Frames as they arrive; None now and then while idle, so the caller can beat and check `stop`."""
+        ...
+
+    def done(self, frame: Frame, record: Record) -> None:
+        """The frame's decision is in the journal: move, delete or quarantine what it came from."""
+        ...
+
+    def close(self) -> None:
+        """Release the folder watch or the capture device."""
+        ...
+
+
+Lookup = Callable[[str, float], "tuple[int, str, str | None] | None"]
+
+
+def build_source(settings: SourceSettings, *, health: Health, log: structlog.typing.FilteringBoundLogger) -> FrameSource:
+    """The source `settings.kind` names."""
+    if settings.kind is SourceKind.FOLDER:
+        from inspector.sources.folder import FolderSource
+
+        return FolderSource(settings, health=health, log=log)
+    from inspector.sources.camera import CameraSource
+
+    return CameraSource(settings, health=health, log=log)

@@ -1,0 +1,156 @@
+"""The camera source: OpenCV VideoCapture on a device index, V4L2 path, RTSP/HTTP URL, GStreamer pipeline or video file.
+
+A lost stream is reopened with capped exponential backoff; a stream that delivers nothing for `stall_timeout_s` is
+reported and reopened. The capture timestamp is taken at grab, before the (slower) retrieve/decode.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import cv2
+import numpy as np
+import structlog
+
+from inspector.config import SourceSettings
+from inspector.errors import InputError
+from inspector.frame import Frame
+from inspector.health import Health
+from inspector.journal import Record
+
+_BACKENDS = {"ffmpeg": cv2.CAP_FFMPEG, "gstreamer": cv2.CAP_GSTREAMER, "v4l2": cv2.CAP_V4L2}
+_IDLE_TICK_S = 0.2
+
+
+def redact(uri: str) -> str:
+    """The URI with any password replaced, for logs and the `state` topic."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", uri)
+
+
+class CameraSource:
+    """Frames from a VideoCapture, reopened when the stream is lost or stalls."""
+
+    def __init__(
+        self,
+        settings: SourceSettings,
+        *,
+        health: Health,
+        log: structlog.typing.FilteringBoundLogger,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if settings.uri is None:
+            raise InputError("source.uri: required when source.kind is camera")
+        self.settings = settings
+        self.uri = settings.uri
+        self.health = health
+        self.log = log.bind(camera=redact(self.uri))
+        self._clock = clock
+        self._count = 0
+        self._last_frame = time.monotonic()
+        self._stalled = False
+        self.reconnects = 0
+
+    def describe(self) -> dict[str, Any]:
+        """The stream and its backend."""
+        return {"kind": "camera", "uri": redact(self.uri), "backend": self.settings.backend}
+
+    def _open(self) -> cv2.VideoCapture:
+        s = self.settings
+        target: int | str = int(self.uri) if self.uri.isdigit() else self.uri
+        api = _BACKENDS.get(s.backend, cv2.CAP_GSTREAMER if "!" in self.uri else cv2.CAP_ANY)
+        params: list[int] = []
+        if s.stall_timeout_s > 0 and api in (cv2.CAP_ANY, cv2.CAP_FFMPEG):
+            # FFmpeg otherwise blocks in read() for as long as a dead RTSP peer keeps the socket open.
+            ms = int(s.stall_timeout_s * 1000)
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+        return cv2.VideoCapture(target, api, params)
+
+    def frames(self, stop: threading.Event) -> Iterator[Frame | None]:
+        """Frames as the stream delivers them (paced to `fps` when set); None while waiting to reconnect."""
+        s = self.settings
+        watchdog = threading.Thread(target=self._watch, args=(stop,), name="camera-watchdog", daemon=True)
+        watchdog.start()
+        backoff = s.reconnect_min_s
+        first = True
+        while not stop.is_set():
+            cap = self._open()
+            if not cap.isOpened():
+                cap.release()
+                self.health.set_flag("camera_disconnected", "cannot open the stream")
+                self.log.warning("camera_open_failed", retry_in_s=round(backoff, 2))
+                yield from _wait(stop, backoff)
+                backoff = min(backoff * 2, s.reconnect_max_s)
+                continue
+            if not first:
+                self.reconnects += 1
+            first = False
+            self.health.clear_flag("camera_disconnected")
+            self.log.info("camera_connected", reconnects=self.reconnects, backend=cap.getBackendName())
+            self._last_frame = time.monotonic()
+            before = self._count
+            try:
+                yield from self._read(cap, stop)
+            finally:
+                cap.release()
+            if stop.is_set():
+                break
+            self.health.set_flag("camera_disconnected", "stream ended or was lost")
+            delivered = self._count - before
+            # A stream that delivered frames was healthy: start the backoff over; one that never did keeps growing it.
+            backoff = s.reconnect_min_s if delivered else min(backoff * 2, s.reconnect_max_s)
+            self.log.warning("camera_stream_lost", frames=delivered, retry_in_s=round(backoff, 2))
+            yield from _wait(stop, backoff)
+
+    def _read(self, cap: cv2.VideoCapture, stop: threading.Event) -> Iterator[Frame | None]:
+        period = 1.0 / self.settings.fps if self.settings.fps > 0 else 0.0
+        next_at = time.monotonic()
+        while not stop.is_set():
+            if period:
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    if delay > _IDLE_TICK_S:
+                        yield None
+                    time.sleep(min(delay, _IDLE_TICK_S))
+                    continue
+                next_at = max(next_at + period, time.monotonic() - period)
+            if not cap.grab():
+                return
+            captured = self._clock()
+            ok, image = cap.retrieve()
+            if not ok or not isinstance(image, np.ndarray):
+                self.log.warning("camera_retrieve_failed")
+                return
+            self._last_frame = time.monotonic()
+            if self._stalled:
+                self._stalled = False
+                self.health.clear_flag("camera_stalled")
+            self._count += 1
+            yield Frame(frame_id=f"frame-{self._count}", source=redact(self.uri), captured_at=captured, image=image, part_id=str(self._count))
+
+    def _watch(self, stop: threading.Event) -> None:
+        """Notice a stream that delivers nothing (the capture may block inside grab)."""
+        limit = self.settings.stall_timeout_s
+        while limit > 0 and not stop.wait(min(1.0, limit / 4)):
+            silent = time.monotonic() - self._last_frame
+            if silent > limit and not self._stalled:
+                self._stalled = True
+                self.health.set_flag("camera_stalled", f"no frame for {silent:.0f} s")
+                self.log.error("camera_stalled", silent_s=round(silent, 1), limit_s=limit)
+
+    def done(self, frame: Frame, record: Record) -> None:
+        """Nothing to move for a camera frame."""
+
+    def close(self) -> None:
+        """The capture is released by frames() when it ends."""
+
+
+def _wait(stop: threading.Event, seconds: float) -> Iterator[None]:
+    """Sleep up to `seconds`, yielding idle ticks so the caller keeps beating."""
+    end = time.monotonic() + seconds
+    while not stop.is_set() and (left := end - time.monotonic()) > 0:
+        stop.wait(min(left, _IDLE_TICK_S))
+        yield None

@@ -1,0 +1,379 @@
+"""The watched-folder source: inotify through watchdog (polling as the fallback), complete files only, arrival order.
+
+A file counts once it is renamed into the folder, or once its size has not changed for `settle_ms`. After its
+decision is journaled it moves to processed/pass|reject/ (or is deleted); a file that cannot be judged moves to
+quarantine/ with a `.reason` file beside it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import os
+import queue
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from inspector.config import SourceSettings
+from inspector.decision import REJECT, iso_time
+from inspector.errors import InputError
+from inspector.frame import QUARANTINE_REASONS, Frame, Reason
+from inspector.health import Health
+from inspector.journal import Record
+
+PROCESSED = "processed"
+QUARANTINE = "quarantine"
+# Reads that fail for these reasons say the filesystem, not the file, is at fault: retried at the next rescan.
+_TRANSIENT = {errno.EAGAIN, errno.EINTR, errno.EBUSY}
+
+Lookup = Callable[[str, float], "tuple[int, str, str | None] | None"]
+
+
+class FolderSource:
+    """Frames from image files that an acquisition program writes into one folder (not its subfolders)."""
+
+    def __init__(
+        self,
+        settings: SourceSettings,
+        *,
+        health: Health,
+        log: structlog.typing.FilteringBoundLogger,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if settings.path is None:
+            raise InputError("source.path: required when source.kind is folder")
+        if not settings.path.is_dir():
+            raise InputError(f"source.path: not a folder: {settings.path}")
+        self.settings = settings
+        self.root = settings.path.resolve()
+        self.health = health
+        self.log = log
+        self._clock = clock
+        self._settle_s = settings.settle_ms / 1000
+        self._ready: queue.Queue[tuple[str, float]] = queue.Queue()
+        self._lock = threading.Lock()
+        self._pending: dict[str, tuple[float, int, float]] = {}  # name -> (first seen, size, when the size last changed)
+        self._tracked: set[str] = set()  # pending, ready, or judged but not yet moved
+        self._stuck: set[str] = set()  # judged, but could not be moved away: never judged again
+        self._counter = 0
+        self._observer: BaseObserver | None = None
+        self._watcher: _RawInotify | None = None
+        self._rescan_now = False
+        self.mode = settings.watch
+
+    def describe(self) -> dict[str, Any]:
+        """The folder and how it is watched."""
+        return {"kind": "folder", "path": str(self.root), "watch": self.mode}
+
+    # --- events -------------------------------------------------------------------------------
+
+    def _start_observer(self) -> None:
+        wanted = self.settings.watch
+        if wanted in ("auto", "inotify"):
+            try:
+                self._watcher = _RawInotify(self)
+                self.mode = "inotify"
+                return
+            except (OSError, ImportError) as exc:
+                if wanted == "inotify":
+                    raise InputError(f"source.watch: inotify cannot watch {self.root}: {exc}; use watch: poll") from exc
+                self.log.warning("inotify_unavailable", folder=str(self.root), error=str(exc), falling_back_to="poll")
+        observer = PollingObserver(timeout=self.settings.poll_interval_ms / 1000)
+        observer.schedule(_Handler(self), str(self.root), recursive=False)
+        observer.start()
+        self._observer, self.mode = observer, "poll"
+
+    def overflowed(self) -> None:
+        """The kernel dropped events: rescan now rather than at the next period."""
+        self.log.warning("inotify_overflow", folder=str(self.root), detail="rescanning the folder")
+        self._rescan_now = True
+
+    def _candidate(self, path: str) -> str | None:
+        p = Path(path)
+        if p.parent != self.root:
+            return None
+        name = p.name
+        if any(fnmatch.fnmatchcase(name, pat) for pat in self.settings.ignore):
+            return None
+        return name
+
+    def arrived(self, path: str, *, complete: bool, when: float | None = None) -> None:
+        """A file appeared or changed (`complete`: it was renamed in, so it is whole)."""
+        name = self._candidate(path)
+        if name is None:
+            return
+        now = self._clock() if when is None else when
+        with self._lock:
+            if name in self._stuck:
+                return
+            if complete:
+                if name in self._pending:
+                    first = self._pending.pop(name)[0]
+                elif name in self._tracked:
+                    return  # already ready or judged
+                else:
+                    first = now
+                self._tracked.add(name)
+                self._ready.put((name, first))
+                return
+            if name in self._tracked and name not in self._pending:
+                return
+            self._tracked.add(name)
+            size = _size(self.root / name)
+            first, old, changed = self._pending.get(name, (now, -1, now))
+            self._pending[name] = (first, size, now if size != old else changed)
+
+    def _settle(self) -> None:
+        """Move files whose size held still for settle_ms to the ready queue, oldest arrival first."""
+        now = self._clock()
+        done = []
+        with self._lock:
+            for name, (first, size, changed) in list(self._pending.items()):
+                current = _size(self.root / name)
+                if current < 0 and not os.path.lexists(self.root / name):
+                    del self._pending[name]  # removed before it was complete: it never was a frame
+                    self._tracked.discard(name)
+                    continue
+                if current != size:
+                    self._pending[name] = (first, current, now)
+                elif now - changed >= self._settle_s:
+                    done.append((first, name))
+                    del self._pending[name]
+        # Arrival order is when each file was last written, not the order in which events or polls reported them.
+        for _, name, first in sorted((_mtime(self.root / name), name, first) for first, name in done):
+            self._ready.put((name, first))
+
+    def _rescan(self, *, existing: bool = False) -> None:
+        """Catch files that no event announced (lost inotify events, or those present at start)."""
+        try:
+            entries = sorted(os.scandir(self.root), key=_mtime_name)
+        except OSError as exc:
+            self.log.error("folder_unreadable", folder=str(self.root), error=str(exc))
+            self.health.set_flag("source_unreadable", str(exc))
+            return
+        self.health.clear_flag("source_unreadable")
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                continue
+            with self._lock:
+                known = entry.name in self._tracked or entry.name in self._stuck
+            if not known:
+                if not existing:
+                    self.log.info("file_found_by_rescan", file=entry.name)
+                self.arrived(entry.path, complete=False)
+
+    def recover(self, lookup: Lookup) -> int:
+        """Finish files judged before a crash but not yet moved: no second decision. Returns how many."""
+        n = 0
+        for entry in sorted(os.scandir(self.root), key=_mtime_name):
+            if entry.is_dir(follow_symlinks=False) or self._candidate(entry.path) is None:
+                continue
+            found = lookup(str(self.root / entry.name), entry.stat(follow_symlinks=False).st_mtime)
+            if found is not None:
+                seq, verdict, reason = found
+                self.log.info("file_already_decided", file=entry.name, seq=seq, verdict=verdict)
+                self._finish(entry.name, seq, verdict, Reason(reason) if reason else None, None)
+                n += 1
+        return n
+
+    # --- frames -------------------------------------------------------------------------------
+
+    def frames(self, stop: threading.Event) -> Iterator[Frame | None]:
+        """Complete files in arrival order; None while idle."""
+        self._start_observer()
+        self.log.info("folder_watching", folder=str(self.root), watch=self.mode, settle_ms=self.settings.settle_ms)
+        if self.settings.process_existing:
+            self._rescan(existing=True)
+        else:
+            with self._lock:
+                self._stuck.update(e.name for e in os.scandir(self.root) if not e.is_dir(follow_symlinks=False))
+        tick = min(0.05, max(0.005, self._settle_s / 4))
+        next_settle = next_rescan = time.monotonic()
+        while not stop.is_set():
+            now = time.monotonic()
+            if now >= next_settle:
+                self._settle()
+                next_settle = now + tick
+            if now >= next_rescan or self._rescan_now:
+                self._rescan_now = False
+                self._rescan()
+                next_rescan = now + self.settings.rescan_s
+            try:
+                name, first = self._ready.get(timeout=max(0.0, next_settle - time.monotonic()))
+            except queue.Empty:
+                yield None
+                continue
+            frame = self._read(name, first)
+            if frame is not None:
+                yield frame
+
+    def _read(self, name: str, arrived: float) -> Frame | None:
+        path = self.root / name
+        self._counter += 1
+        part_id = str(self._counter) if self.settings.part_id == "counter" else Path(name).stem
+        common = {"frame_id": name, "source": str(path), "captured_at": arrived, "part_id": part_id}
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return Frame(**common, read_error=f"vanished before it could be read: {path}")
+        if stat.S_ISLNK(st.st_mode):
+            return Frame(**common, fault=Reason.REFUSED, read_error=f"symlink refused (links may lead out of the folder): {path}")
+        if not stat.S_ISREG(st.st_mode):
+            with self._lock:
+                self._tracked.discard(name)
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return Frame(**common, fault=Reason.REFUSED, read_error=f"symlink refused: {path}")
+            return Frame(**common, read_error=f"{exc.strerror}: {path}")
+        try:
+            with os.fdopen(fd, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            return Frame(**common, read_error=f"{exc.strerror}: {path}")
+        return Frame(**common, data=data)
+
+    # --- after the decision -------------------------------------------------------------------
+
+    def done(self, frame: Frame, record: Record) -> None:
+        """Move the file to processed/ or quarantine/ (or delete it), per its journaled verdict."""
+        v = record.verdict
+        self._finish(frame.frame_id, record.seq, v.verdict, v.reason, v.detail)
+
+    def _finish(self, name: str, seq: int, verdict: str, reason: Reason | None, detail: str | None) -> None:
+        src = self.root / name
+        try:
+            if reason in QUARANTINE_REASONS:
+                dest = _unique(self.root / QUARANTINE / name, seq)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(src, dest)
+                dest.with_name(dest.name + ".reason").write_text(
+                    f"reason: {reason.value if reason else None}\ndetail: {detail}\nseq: {seq}\nat: {iso_time(self._clock())}\n",
+                    encoding="utf-8",
+                )
+            elif self.settings.after_decision == "delete":
+                os.unlink(src)
+            else:
+                dest = _unique(self.root / PROCESSED / ("reject" if verdict == REJECT else "pass") / name, seq)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(src, dest)
+        except FileNotFoundError:
+            pass  # it vanished; its decision (a reject) is in the journal
+        except OSError as exc:
+            self.log.error("file_not_moved", file=name, seq=seq, error=str(exc), detail="it will not be judged again")
+            with self._lock:
+                self._stuck.add(name)
+        with self._lock:
+            self._tracked.discard(name)
+
+    def close(self) -> None:
+        """Stop watching."""
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
+
+
+class _RawInotify:
+    """watchdog's inotify reader without its move-pairing queue, which holds every event behind an unpaired
+    IN_MOVED_FROM for 0.5 s (each judged file moving to processed/ makes one): events arrive as the kernel sends them."""
+
+    def __init__(self, source: FolderSource) -> None:
+        from watchdog.observers.inotify_c import InotifyConstants as C
+        from watchdog.observers.inotify_c import InotifyFD
+
+        self.source = source
+        self._root = os.fsencode(source.root)
+        self._fd = InotifyFD()
+        mask = C.IN_MOVED_TO | C.IN_CLOSE_WRITE | C.IN_CREATE | C.IN_MODIFY | C.IN_DELETE_SELF | C.IN_MOVE_SELF | C.IN_ONLYDIR
+        try:
+            self._fd.add_callback(self._root, mask, self, "inspector")
+        except OSError:
+            self._fd.close()
+            raise
+        self._closing = False
+        self._fd.start()
+
+    def on_event(self, event: Any) -> None:
+        """Called on watchdog's inotify thread: hand the name over, nothing else."""
+        if event.is_directory or not event.name:
+            if event.is_delete_self or event.is_move_self:
+                self.on_watch_deleted(event.wd)
+            return
+        path = os.fsdecode(os.path.join(self._root, event.name))
+        self.source.arrived(path, complete=bool(event.is_moved_to))
+
+    def on_watch_deleted(self, wd: Any) -> None:
+        """The watched folder itself went away."""
+        if self._closing:
+            return
+        self.source.log.error("folder_gone", folder=str(self.source.root))
+        self.source.health.set_flag("source_unreadable", "the watched folder was removed or moved")
+
+    def on_queue_overflow(self) -> None:
+        """The kernel's event queue overflowed."""
+        self.source.overflowed()
+
+    def close(self) -> None:
+        """Stop the reader thread and close the inotify descriptor."""
+        self._closing = True
+        self._fd.stop()
+        self._fd.join(timeout=5)
+
+
+class _Handler(FileSystemEventHandler):
+    """watchdog (polling) callbacks: run on watchdog's thread, only hand names over."""
+
+    def __init__(self, source: FolderSource) -> None:
+        self.source = source
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        if not event.is_directory and event.dest_path:
+            self.source.arrived(os.fsdecode(event.dest_path), complete=True)
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        if not event.is_directory:
+            self.source.arrived(os.fsdecode(event.src_path), complete=False)
+
+    on_modified = on_created
+    on_closed = on_created
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return -1
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return os.lstat(path).st_mtime_ns
+    except OSError:
+        return 0
+
+
+def _mtime_name(entry: os.DirEntry[str]) -> tuple[float, str]:
+    try:
+        return entry.stat(follow_symlinks=False).st_mtime, entry.name
+    except OSError:
+        return 0.0, entry.name
+
+
+def _unique(dest: Path, seq: int) -> Path:
+    """`dest`, or `stem.<seq>.suffix` beside it when a file of that name was judged before."""
+    return dest if not os.path.lexists(dest) else dest.with_name(f"{dest.stem}.{seq}{dest.suffix}")

@@ -1,0 +1,200 @@
+"""The watched folder on real files: complete files only, arrival order, refusals, and what happens after the decision."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import structlog
+
+from inspector.config import SourceSettings
+from inspector.decision import Latency, Verdict
+from inspector.frame import Frame, Reason
+from inspector.health import Health
+from inspector.journal import Journal, Pending, Record
+from inspector.sources.folder import FolderSource
+from tests.mqtt_helpers import wait_until
+
+
+class Running:
+    """A FolderSource whose frames() runs on a thread, collecting what it yields."""
+
+    def __init__(self, folder: Path, **settings: object) -> None:
+        self.source = FolderSource(
+            SourceSettings(kind="folder", path=folder, **settings), health=Health(), log=structlog.get_logger("test")
+        )
+        self.frames: list[tuple[float, Frame]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+        assert wait_until(lambda: self.source.mode in ("inotify", "poll"), 5)
+        time.sleep(0.05)
+
+    def _run(self) -> None:
+        for frame in self.source.frames(self.stop):
+            if frame is not None:
+                self.frames.append((time.monotonic(), frame))
+
+    def names(self) -> list[str]:
+        return [f.frame_id for _, f in self.frames]
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.source.close()
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    (tmp_path / "in").mkdir()
+    return tmp_path / "in"
+
+
+def _drop(folder: Path, name: str, data: bytes = b"\x89PNG....") -> float:
+    """Write beside the folder, then rename in: complete at once. Returns the monotonic time of the rename."""
+    tmp = folder.parent / f"staging-{name}"
+    tmp.write_bytes(data)
+    t = time.monotonic()
+    tmp.rename(folder / name)
+    return t
+
+
+def _record(frame: Frame, seq: int, verdict: str = "pass", reason: Reason | None = None) -> Record:
+    v = Verdict(frame.frame_id, frame.source, frame.captured_at, frame.captured_at, verdict, reason, 0.5, (), "0" * 64, "cpu",
+                Latency(), detail="why" if reason else None)
+    return Record(seq, Pending(v, "s", frame.part_id, frame.captured_at + 1), {}, "{}")
+
+
+@pytest.mark.parametrize(("watch", "settle_ms"), [("inotify", 5000), ("poll", 200)])
+def test_a_renamed_file_counts_at_once_and_order_is_arrival(folder: Path, watch: str, settle_ms: int) -> None:
+    run = Running(folder, watch=watch, settle_ms=settle_ms, poll_interval_ms=20)
+    try:
+        t0 = _drop(folder, "b.png")
+        _drop(folder, "a.png")
+        if watch == "inotify":
+            assert wait_until(lambda: len(run.frames) == 2, 1.0), "a rename is complete: no settle wait"
+            assert run.frames[0][0] - t0 < 0.2
+            assert run.names() == ["b.png", "a.png"], "arrival order, not name order"
+        else:
+            # Polling sees a rename from another folder as a new file: it waits for the size to settle.
+            assert wait_until(lambda: len(run.frames) == 2, 5), run.names()
+        f = run.frames[0][1]
+        assert f.data == b"\x89PNG...." and f.part_id == "b" and f.source == str(folder.resolve() / "b.png")
+    finally:
+        run.close()
+
+
+def test_a_file_written_in_place_counts_only_once_its_size_holds(folder: Path) -> None:
+    run = Running(folder, settle_ms=400)
+    try:
+        with (folder / "slow.png").open("wb") as f:
+            for i in range(4):
+                if i:
+                    time.sleep(0.15)
+                f.write(b"x" * 100)
+                f.flush()
+            written = time.monotonic()
+        assert wait_until(lambda: run.frames, 3)
+        at, frame = run.frames[0]
+        assert at - written >= 0.35, "not before the size held still for settle_ms"
+        assert frame.data == b"x" * 400, "the whole file, not a partial one"
+    finally:
+        run.close()
+
+
+def test_temporary_names_subfolders_and_processed_files_are_not_frames(folder: Path) -> None:
+    run = Running(folder, settle_ms=50)
+    try:
+        _drop(folder, ".hidden.png")
+        _drop(folder, "x.png.tmp")
+        _drop(folder, "y.part")
+        (folder / "sub").mkdir()
+        (folder / "sub" / "deep.png").write_bytes(b"1")
+        _drop(folder, "real.png")
+        assert wait_until(lambda: run.frames, 3)
+        time.sleep(0.3)
+        assert run.names() == ["real.png"]
+    finally:
+        run.close()
+
+
+def test_a_symlink_is_refused_with_a_reason(folder: Path, tmp_path: Path) -> None:
+    (tmp_path / "secret.png").write_bytes(b"outside")
+    run = Running(folder, settle_ms=50)
+    try:
+        os.symlink(tmp_path / "secret.png", folder / "link.png")
+        assert wait_until(lambda: run.frames, 3)
+        frame = run.frames[0][1]
+        assert frame.fault is Reason.REFUSED and frame.data is None and "symlink refused" in (frame.read_error or "")
+    finally:
+        run.close()
+
+
+def test_files_present_at_start_are_judged_oldest_first_unless_configured_not_to(folder: Path) -> None:
+    for i, name in enumerate(["new.png", "old.png"]):
+        (folder / name).write_bytes(b"1")
+        os.utime(folder / name, (1000 - i * 100, 1000 - i * 100))
+    run = Running(folder, settle_ms=50)
+    try:
+        assert wait_until(lambda: len(run.frames) == 2, 3)
+        assert run.names() == ["old.png", "new.png"]
+    finally:
+        run.close()
+    skipping = Running(folder, settle_ms=50, process_existing=False)
+    try:
+        _drop(folder, "fresh.png")
+        assert wait_until(lambda: skipping.frames, 3)
+        time.sleep(0.3)
+        assert skipping.names() == ["fresh.png"]
+    finally:
+        skipping.close()
+
+
+def test_after_the_decision_files_move_by_verdict_quarantine_gets_a_reason_and_names_never_clash(folder: Path) -> None:
+    run = Running(folder, settle_ms=50)
+    try:
+        for name in ("p.png", "r.png", "q.png"):
+            _drop(folder, name)
+        assert wait_until(lambda: len(run.frames) == 3, 3)
+        frames = {f.frame_id: f for _, f in run.frames}
+        run.source.done(frames["p.png"], _record(frames["p.png"], 1))
+        run.source.done(frames["r.png"], _record(frames["r.png"], 2, "reject", Reason.SCORE))
+        run.source.done(frames["q.png"], _record(frames["q.png"], 3, "reject", Reason.TRUNCATED))
+        _drop(folder, "p.png")  # the acquisition program reuses a name
+        assert wait_until(lambda: len(run.frames) == 4, 3)
+        run.source.done(run.frames[3][1], _record(run.frames[3][1], 4))
+    finally:
+        run.close()
+    assert sorted(p.name for p in (folder / "processed" / "pass").iterdir()) == ["p.4.png", "p.png"]
+    assert [p.name for p in (folder / "processed" / "reject").iterdir()] == ["r.png"]
+    assert "reason: truncated\ndetail: why\nseq: 3" in (folder / "quarantine" / "q.png.reason").read_text()
+    assert [p.name for p in folder.iterdir() if p.is_file()] == []
+
+
+def test_delete_mode_deletes_judged_files_but_still_quarantines_bad_ones(folder: Path) -> None:
+    run = Running(folder, settle_ms=50, after_decision="delete")
+    try:
+        _drop(folder, "a.png")
+        _drop(folder, "b.png")
+        assert wait_until(lambda: len(run.frames) == 2, 3)
+        run.source.done(run.frames[0][1], _record(run.frames[0][1], 1))
+        run.source.done(run.frames[1][1], _record(run.frames[1][1], 2, "reject", Reason.EMPTY_FILE))
+    finally:
+        run.close()
+    assert not (folder / "processed").exists() and not (folder / "a.png").exists()
+    assert (folder / "quarantine" / "b.png").exists()
+
+
+def test_recovery_moves_files_decided_before_a_crash_without_judging_them_again(folder: Path, tmp_path: Path) -> None:
+    (folder / "decided.png").write_bytes(b"1")
+    (folder / "waiting.png").write_bytes(b"2")
+    journal = Journal(tmp_path / "j.sqlite3")
+    frame = Frame("decided.png", str(folder.resolve() / "decided.png"), time.time() + 1)
+    journal.append([_record(frame, 0, "reject", Reason.SCORE).pending])
+    source = FolderSource(SourceSettings(kind="folder", path=folder), health=Health(), log=structlog.get_logger("test"))
+    assert source.recover(journal.decided) == 1
+    assert (folder / "processed" / "reject" / "decided.png").exists()
+    assert (folder / "waiting.png").exists()

@@ -1,0 +1,459 @@
+"""`inspector run` end to end: a real mosquitto, real ONNX models, real files, the daemon as a process."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import loop_model, write_parts
+from tests.mqtt_helpers import (
+    Broker,
+    DaemonProcess,
+    Subscriber,
+    station_config,
+    wait_until,
+)
+
+PREFIX = "inspector/v1/l1/s1"
+pytestmark = pytest.mark.slow
+
+
+def _ts(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def _journal(tmp_path: Path, *args: str) -> list[dict]:
+    out = subprocess.run(
+        [sys.executable, "-m", "inspector", "journal", "export", "--journal", str(tmp_path / "journal.sqlite3"), *args],
+        capture_output=True, text=True, check=True,
+    )
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+@pytest.fixture
+def daemons():
+    """Started daemons, killed at teardown if a test left them running."""
+    started: list[DaemonProcess] = []
+    yield started
+    for d in started:
+        d.stop()
+
+
+def test_folder_to_mqtt_decisions_payloads_properties_ack_and_clean_stop(
+    tmp_path: Path, broker: Broker, models: dict[str, Path], daemons: list
+) -> None:
+    sub = Subscriber(broker)
+    daemon = DaemonProcess(station_config(tmp_path, broker, models["dark"]))
+    daemons.append(daemon)
+    daemon.wait_event("daemon_ready")
+    names = write_parts(tmp_path / "in", 6, defect_every=3)  # part0002 and part0005 have cracks
+
+    decisions = sub.wait_for("decision", 6, 15)
+    assert len(decisions) == 6
+    by_part = {m.json()["part_id"]: m for m in decisions}
+    assert set(by_part) == {Path(n).stem for n in names}
+    seqs = sorted(m.json()["seq"] for m in decisions)
+    assert seqs == list(range(1, 7))
+    for part, m in by_part.items():
+        d = m.json()
+        assert d["schema"] == "inspector.decision/1" and not m.retain
+        assert d["verdict"] == ("reject" if part in ("part0002", "part0005") else "pass")
+        assert d["reason"] == ("score" if d["verdict"] == "reject" else None)
+        assert d["late"] is False and d["threshold"] == 0.5
+        assert _ts(d["captured_at"]) <= _ts(d["decided_at"]) < _ts(d["deadline_at"]) == pytest.approx(_ts(d["captured_at"]) + 1.0, abs=0.002)
+        assert d["rois"][0]["name"] == "frame" and d["model"]["provider"] == "cpu"
+        assert set(d["latency_ms"]) >= {"decode", "preprocess", "inference", "total", "since_capture"}
+        p = m.properties
+        assert p["ContentType"] == "application/json"
+        assert ("schema", "inspector.decision/1") in p["UserProperty"]
+        assert p["CorrelationData"] == part.encode()
+        assert p["ResponseTopic"] == f"{PREFIX}/decision/ack"
+        assert 1 <= p["MessageExpiryInterval"] <= 1
+    rejects = sub.wait_for("reject", 2, 5)
+    assert sorted(m.payload for m in rejects) == [b"part0002", b"part0005"]
+    records = sub.wait_for("record", 6, 10)
+    assert sorted(m.json()["seq"] for m in records) == seqs
+
+    status = [m.json() for m in sub.on("status")]
+    assert status and status[-1]["state"] == "online" and status[-1]["session"] == decisions[0].json()["session"]
+    state = sub.on("state")[-1].json()
+    assert state["model"]["sha256"] == decisions[0].json()["model"]["sha256"] and state["model"]["provider"] == "cpu"
+    assert state["threshold"] == 0.5 and state["source"]["kind"] == "folder" and state["degraded"] == {}
+    assert wait_until(lambda: any(m.json()["frames"] == 6 for m in sub.on("metrics")), 5)
+    last = [m.json() for m in sub.on("metrics") if m.json()["frames"] == 6][-1]
+    assert last["pass"] == 4 and last["reject_by_reason"] == {"score": 2} and last["latency_ms"]["p50"] > 0
+
+    # A PLC acknowledges seq 1; a malformed ack is logged, not fatal.
+    first = next(m.json() for m in decisions if m.json()["seq"] == 1)
+    sub.client.publish(f"{PREFIX}/decision/ack", json.dumps({"seq": 1, "part_id": first["part_id"]}), qos=1)
+    sub.client.publish(f"{PREFIX}/decision/ack", b"not json", qos=1)
+    daemon.wait_event("ack_malformed", 5)
+
+    # The files moved by verdict.
+    assert sorted(p.name for p in (tmp_path / "in" / "processed" / "reject").iterdir()) == ["part0002.png", "part0005.png"]
+    assert len(list((tmp_path / "in" / "processed" / "pass").iterdir())) == 4
+
+    # Retained topics, as a PLC that connects later sees them.
+    late_sub = Subscriber(broker, (f"{PREFIX}/status", f"{PREFIX}/state"))
+    assert wait_until(lambda: len(late_sub.messages) >= 2, 5)
+    assert all(m.retain for m in late_sub.messages)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(15) == 0
+    assert wait_until(lambda: late_sub.on("status") and late_sub.on("status")[-1].json()["state"] == "offline", 5)
+    assert late_sub.on("status")[-1].json()["reason"] == "stopped"
+    rows = _journal(tmp_path)
+    assert [r["seq"] for r in rows] == list(range(1, 7))
+    acked = {r["seq"]: r["delivery"]["acknowledged_at"] for r in rows}
+    assert acked[1] is not None and all(acked[s] is None for s in range(2, 7))
+    assert all(r["delivery"]["record_sent_at"] for r in rows)
+    sub.close()
+    late_sub.close()
+
+
+def test_broker_killed_mid_stream_record_stream_has_no_gaps_and_stale_decisions_are_late(
+    tmp_path: Path, models: dict[str, Path], daemons: list
+) -> None:
+    broker = Broker(tmp_path / "broker", persistence=True).start()
+    try:
+        sub = Subscriber(broker, (f"{PREFIX}/record", f"{PREFIX}/decision"), client_id="line-historian", persistent=True)
+        daemon = DaemonProcess(station_config(tmp_path, broker, models["dark"]))
+        daemons.append(daemon)
+        daemon.wait_event("daemon_ready")
+        written: list[str] = []
+
+        def feed() -> None:
+            for i in range(60):
+                written.extend(write_parts(tmp_path / "in", 1, prefix=f"p{i:03d}-", seed=i))
+                time.sleep(0.05)
+
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        assert wait_until(lambda: len(sub.on("record")) >= 10, 10)
+        broker.kill()
+        time.sleep(3)
+        broker.start()
+        feeder.join()
+        assert wait_until(lambda: len({m.json()["seq"] for m in sub.on("record")}) >= 60, 30), len(sub.on("record"))
+        records = {}
+        for m in sub.on("record"):
+            d = m.json()
+            assert records.setdefault(d["seq"], d["frame_id"]) == d["frame_id"], "one seq, one frame"
+        assert sorted(records) == list(range(1, 61)), "no gaps in seq"
+        assert sorted(records.values()) == sorted(written), "every frame exactly once"
+        decisions = [(m, m.json()) for m in sub.on("decision")]
+        assert all(d["late"] or m.received_at <= _ts(d["deadline_at"]) + 0.05 for m, d in decisions), "no actionable stale decision"
+        assert any(d["late"] for _, d in decisions), "the outage's decisions went out marked late"
+        assert daemon.saw("mqtt_disconnected") and len(daemon.saw("mqtt_connected")) >= 2
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(15) == 0
+        sub.close()
+    finally:
+        broker.stop()
+
+
+def test_daemon_sigkilled_mid_stream_restarts_and_flushes_without_duplicates(
+    tmp_path: Path, broker: Broker, models: dict[str, Path], daemons: list
+) -> None:
+    sub = Subscriber(broker, (f"{PREFIX}/record",))
+    config = station_config(tmp_path, broker, models["dark"])
+    first = DaemonProcess(config, log_name="first.log")
+    daemons.append(first)
+    first.wait_event("daemon_ready")
+    names = write_parts(tmp_path / "in", 40, seed=3)
+    assert wait_until(lambda: len(sub.on("record")) >= 5, 10)
+    first.signal(signal.SIGKILL)
+    first.wait(10)
+    second = DaemonProcess(config, log_name="second.log")
+    daemons.append(second)
+    second.wait_event("daemon_ready")
+    assert wait_until(lambda: len({m.json()["seq"] for m in sub.on("record")}) >= 40, 20)
+    time.sleep(0.5)
+    seqs: dict[int, str] = {}
+    for m in sub.on("record"):
+        d = m.json()
+        assert seqs.setdefault(d["seq"], d["frame_id"]) == d["frame_id"]
+    assert sorted(seqs) == list(range(1, 41)), "contiguous seq across the restart"
+    assert sorted(seqs.values()) == sorted(names), "each file decided exactly once"
+    assert [p.name for p in (tmp_path / "in").iterdir() if p.is_file()] == []
+    second.signal(signal.SIGTERM)
+    assert second.wait(15) == 0
+    sub.close()
+
+
+def test_overload_at_twice_capacity_every_frame_gets_one_decision(
+    tmp_path: Path, broker: Broker, daemons: list
+) -> None:
+    model = loop_model(tmp_path / "slow.onnx", 20_000)  # >= 20 ms a tile: at most ~50 frames/s
+    staged = write_parts(tmp_path / "staging", 80)
+    sub = Subscriber(broker, (f"{PREFIX}/decision",))
+    daemon = DaemonProcess(station_config(tmp_path, broker, model, pipeline={"queue_size": 2}))
+    daemons.append(daemon)
+    daemon.wait_event("daemon_ready")
+    names: list[str] = []
+    for name in staged:  # 100 frames/s: at least twice what inference can take
+        (tmp_path / "staging" / name).rename(tmp_path / "in" / name)
+        names.append(name)
+        time.sleep(0.01)
+    assert wait_until(lambda: len(sub.on("decision")) >= 80, 20)
+    time.sleep(0.5)
+    decisions = [m.json() for m in sub.on("decision")]
+    assert sorted(d["frame_id"] for d in decisions) == sorted(names), "decisions == frames, none twice"
+    reasons = [d["reason"] for d in decisions]
+    assert reasons.count("overload") > 0 and reasons.count(None) > 0
+    assert all(d["verdict"] == "reject" for d in decisions if d["reason"] == "overload")
+    assert all(d["rois"] == [] for d in decisions if d["reason"] == "overload")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(15) == 0
+    sub.close()
+
+
+def test_deadline_missed_pass_becomes_reject_with_its_score_recorded(tmp_path: Path, broker: Broker, daemons: list) -> None:
+    model = loop_model(tmp_path / "slow.onnx", 40_000)  # ~60 ms on a typical tile
+    sub = Subscriber(broker, (f"{PREFIX}/decision",))
+    daemon = DaemonProcess(station_config(tmp_path, broker, model, decision={"deadline_ms": 20}))
+    daemons.append(daemon)
+    daemon.wait_event("daemon_ready")
+    write_parts(tmp_path / "in", 2)
+    d = sub.wait_for("decision", 2, 10)[0].json()
+    assert d["verdict"] == "reject" and d["reason"] == "deadline"
+    assert d["score"] is not None and d["score"] < 0.01 and "deadline is 20 ms" in d["detail"]
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(15) == 0
+    sub.close()
+
+
+def test_corrupt_partial_empty_and_symlinked_files_are_quarantined_and_the_daemon_goes_on(
+    tmp_path: Path, broker: Broker, models: dict[str, Path], daemons: list
+) -> None:
+    sub = Subscriber(broker, (f"{PREFIX}/decision",))
+    daemon = DaemonProcess(station_config(tmp_path, broker, models["dark"]))
+    daemons.append(daemon)
+    daemon.wait_event("daemon_ready")
+    folder = tmp_path / "in"
+    good = cv2.imencode(".png", np.full((64, 64), 150, np.uint8))[1].tobytes()
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(good)
+    for name, data in (("empty.png", b""), ("garbage.png", b"\x00not an image"), ("half.png", good[: len(good) // 2])):
+        (tmp_path / name).write_bytes(data)
+        (tmp_path / name).rename(folder / name)
+    (folder / "link.png").symlink_to(outside)
+    write_parts(folder, 2, prefix="after")
+    decisions = {m.json()["frame_id"]: m.json() for m in sub.wait_for("decision", 6, 15)}
+    assert {k: v["reason"] for k, v in decisions.items()} == {
+        "empty.png": "empty_file", "garbage.png": "not_an_image", "half.png": "truncated", "link.png": "refused",
+        "after0000.png": None, "after0001.png": None,
+    }
+    q = folder / "quarantine"
+    assert sorted(p.name for p in q.iterdir()) == sorted(
+        f"{n}{ext}" for n in ("empty.png", "garbage.png", "half.png", "link.png") for ext in ("", ".reason")
+    )
+    assert "reason: truncated" in (q / "half.png.reason").read_text()
+    assert (q / "link.png").is_symlink() and outside.read_bytes() == good, "the link moved, its target untouched"
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(15) == 0
+    sub.close()
+
+
+def test_video_file_as_camera_that_goes_away_and_comes_back(tmp_path: Path, broker: Broker, models: dict[str, Path], daemons: list) -> None:
+    video = tmp_path / "line.avi"
+    sub = Subscriber(broker, (f"{PREFIX}/decision", f"{PREFIX}/state"))
+    config = station_config(
+        tmp_path, broker, models["dark"],
+        source={"kind": "camera", "uri": str(video), "path": None, "fps": 50, "reconnect_min_s": 0.2, "reconnect_max_s": 0.4},
+    )
+    daemon = DaemonProcess(config)
+    daemons.append(daemon)
+    daemon.wait_event("camera_open_failed")  # not there yet: retried with backoff, not fatal
+    assert wait_until(lambda: any("camera_disconnected" in m.json()["degraded"] for m in sub.on("state")), 10)
+    writer = cv2.VideoWriter(str(tmp_path / "tmp.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 64))
+    for i in range(5):
+        writer.write(np.full((64, 64, 3), 120 + i, np.uint8))
+    writer.release()
+    (tmp_path / "tmp.avi").rename(video)
+    assert wait_until(lambda: len(sub.on("decision")) >= 12, 20), "the stream ends, is reopened, and delivers again"
+    assert len(daemon.saw("camera_connected")) >= 2 and daemon.saw("camera_stream_lost")
+    decisions = [m.json() for m in sub.on("decision")]
+    assert [int(d["part_id"]) for d in decisions[:12]] == list(range(1, 13)), "part ids count on across reconnects"
+    assert all(d["verdict"] == "pass" for d in decisions)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(15) == 0
+    sub.close()
+
+
+def test_sigterm_finishes_in_flight_frames_and_sigkill_leaves_the_last_will(
+    tmp_path: Path, broker: Broker, models: dict[str, Path], daemons: list
+) -> None:
+    sub = Subscriber(broker, (f"{PREFIX}/status", f"{PREFIX}/decision"))
+    config = station_config(tmp_path, broker, loop_model(tmp_path / "slow.onnx", 6_000), pipeline={"queue_size": 50})
+    daemon = DaemonProcess(config)
+    daemons.append(daemon)
+    daemon.wait_event("daemon_ready")
+    write_parts(tmp_path / "in", 30)
+    assert wait_until(lambda: len(sub.on("decision")) >= 3, 10)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(15) == 0
+    rows = _journal(tmp_path)
+    left = [p.name for p in (tmp_path / "in").iterdir() if p.is_file()]
+    assert len(rows) + len(left) == 30, "every file is either decided or still waiting in the folder"
+    assert wait_until(lambda: len(sub.on("decision")) == len(rows), 5), "every journaled decision was published before exit"
+    assert sub.on("status")[-1].json()["state"] == "offline"
+
+    again = DaemonProcess(config, log_name="again.log")
+    daemons.append(again)
+    again.wait_event("daemon_ready")
+    assert wait_until(lambda: sub.on("status")[-1].json()["state"] == "online", 5)
+    again.signal(signal.SIGKILL)
+    again.wait(10)
+    assert wait_until(lambda: sub.on("status")[-1].json()["state"] == "offline", 10)
+    assert sub.on("status")[-1].json()["reason"] == "lwt"
+    sub.close()
+
+
+def test_broker_refuses_a_daemon_without_credentials_and_accepts_one_with_them(
+    tmp_path: Path, models: dict[str, Path], daemons: list
+) -> None:
+    broker = Broker(tmp_path / "broker", users={"station": "s3cret"}).start()
+    try:
+        config = station_config(tmp_path, broker, models["dark"], mqtt={"connect_timeout_s": 1})
+        anonymous = DaemonProcess(config, log_name="anonymous.log")
+        daemons.append(anonymous)
+        refused = anonymous.wait_event("mqtt_connect_refused")
+        assert refused["level"] == "error" and "authori" in refused["reason"].lower()
+        anonymous.wait_event("daemon_ready")  # the journal accepts decisions meanwhile
+        write_parts(tmp_path / "in", 1)
+        anonymous.wait_event("frame_passed", 10)
+        anonymous.signal(signal.SIGTERM)
+        assert anonymous.wait(15) == 0
+
+        (tmp_path / "pw").write_text("s3cret\n")
+        config = station_config(tmp_path, broker, models["dark"], mqtt={"username": "station", "password_file": str(tmp_path / "pw")})
+        sub = Subscriber(broker, (f"{PREFIX}/record",), username="station", password="s3cret")
+        good = DaemonProcess(config, log_name="good.log")
+        daemons.append(good)
+        good.wait_event("mqtt_connected")
+        assert wait_until(lambda: len(sub.on("record")) >= 1, 10), "the decision made while refused is published from the journal"
+        assert "s3cret" not in good.log_path.read_text() + anonymous.log_path.read_text()
+        good.signal(signal.SIGTERM)
+        assert good.wait(15) == 0
+        sub.close()
+    finally:
+        broker.stop()
+
+
+def test_acl_denied_publish_is_an_error_and_shows_in_status(tmp_path: Path, models: dict[str, Path], daemons: list) -> None:
+    acl = f"user station\ntopic write {PREFIX}/status\ntopic write {PREFIX}/state\ntopic write {PREFIX}/decision\ntopic read {PREFIX}/decision/ack\n"
+    acl += f"user watcher\ntopic read {PREFIX}/#\n"
+    broker = Broker(tmp_path / "broker", users={"station": "pw1", "watcher": "pw2"}, acl=acl).start()
+    try:
+        sub = Subscriber(broker, (f"{PREFIX}/status", f"{PREFIX}/state"), username="watcher", password="pw2")
+        config = station_config(tmp_path, broker, models["dark"], mqtt={"username": "station", "password": "pw1"})
+        daemon = DaemonProcess(config)
+        daemons.append(daemon)
+        daemon.wait_event("daemon_ready")
+        write_parts(tmp_path / "in", 1)
+        refused = daemon.wait_event("mqtt_publish_refused", 10)
+        assert refused["level"] == "error" and refused["topic"] in (f"{PREFIX}/record", f"{PREFIX}/metrics")
+        assert "authori" in refused["reason"].lower()
+        assert wait_until(lambda: any("mqtt_publish_refused" in m.json().get("degraded", {}) for m in sub.on("status")), 10)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(15) == 0
+        sub.close()
+    finally:
+        broker.stop()
+
+
+def test_systemd_ready_and_watchdog_pings_stop_when_inference_freezes(tmp_path: Path, broker: Broker, daemons: list) -> None:
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(0.1)
+    received: list[tuple[float, str]] = []
+    done = threading.Event()
+
+    def listen() -> None:
+        while not done.is_set():
+            try:
+                received.extend((time.monotonic(), line) for line in sock.recv(4096).decode().splitlines())
+            except TimeoutError:
+                continue
+
+    listener = threading.Thread(target=listen)
+    listener.start()
+    try:
+        model = loop_model(tmp_path / "freeze.onnx", 1e9)  # a bright frame runs for about an hour
+        config = station_config(tmp_path, broker, model, pipeline={"stall_s": 1.0})
+        daemon = DaemonProcess(config, env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"})
+        daemons.append(daemon)
+        assert wait_until(lambda: any(m == "READY=1" for _, m in received), 20), daemon.log_path.read_text()[-3000:]
+        assert wait_until(lambda: sum(m == "WATCHDOG=1" for _, m in received) >= 4, 5), "pings while every stage progresses"
+        folder = tmp_path / "in"
+        (tmp_path / "white.png").write_bytes(cv2.imencode(".png", np.full((64, 64), 255, np.uint8))[1].tobytes())
+        (tmp_path / "white.png").rename(folder / "white.png")
+        daemon.wait_event("watchdog_withheld", 10)
+        stopped_at = time.monotonic()
+        time.sleep(1.5)
+        assert not [t for t, m in received if m == "WATCHDOG=1" and t > stopped_at + 0.1], "no pings while inference is frozen"
+        assert "inference" in daemon.saw("watchdog_withheld")[0]["stalled"]
+        daemon.signal(signal.SIGKILL)
+        daemon.wait(10)
+    finally:
+        done.set()
+        listener.join()
+        sock.close()
+
+
+def test_the_daemon_never_imports_torch(tmp_path: Path, broker: Broker, models: dict[str, Path]) -> None:
+    config = station_config(tmp_path, broker, models["resnet"])
+    write_parts(tmp_path / "in", 2)
+    script = (
+        "import os, signal, sys, threading\n"
+        "from inspector.cli import main\n"
+        "threading.Timer(4, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()\n"
+        f"code = main(['run', '--config', {str(config)!r}])\n"
+        "heavy = sorted(m for m in ('torch', 'torchvision', 'matplotlib') if m in sys.modules)\n"
+        "print('EXIT', code, 'HEAVY', heavy)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert "EXIT 0 HEAVY []" in done.stdout, done.stderr[-3000:]
+    assert len(_journal(tmp_path)) == 2
+
+
+def test_mqtt_3_1_1_and_tls_with_a_client_certificate(tmp_path: Path, broker: Broker, models: dict[str, Path], daemons: list) -> None:
+    from tests.deploy.test_certs import make_certs, tls_broker
+
+    sub = Subscriber(broker, (f"{PREFIX}/decision",))
+    v311 = DaemonProcess(station_config(tmp_path, broker, models["dark"], mqtt={"protocol": "3.1.1"}), log_name="v311.log")
+    daemons.append(v311)
+    v311.wait_event("mqtt_connected")
+    write_parts(tmp_path / "in", 2)
+    decisions = sub.wait_for("decision", 2, 10)
+    assert [m.json()["seq"] for m in decisions] == [1, 2] and decisions[0].properties == {}, "3.1.1 carries no properties"
+    v311.signal(signal.SIGTERM)
+    assert v311.wait(15) == 0
+    sub.close()
+
+    certs = make_certs(tmp_path / "certs")
+    (tmp_path / "tls").mkdir()
+    with tls_broker(certs, tmp_path / "tls") as port:
+        tls = {"enabled": True, "ca_file": str(certs / "ca.crt"), "cert_file": str(certs / "client.crt"), "key_file": str(certs / "client.key")}
+        config = station_config(tmp_path, broker, models["dark"], mqtt={"host": "localhost", "port": port, "tls": tls})
+        secure = DaemonProcess(config, log_name="tls.log")
+        daemons.append(secure)
+        secure.wait_event("mqtt_connected")
+        write_parts(tmp_path / "in", 1, prefix="tls")
+        secure.wait_event("frame_passed")
+        secure.signal(signal.SIGTERM)
+        assert secure.wait(15) == 0
+    rows = _journal(tmp_path)
+    assert len(rows) == 3 and all(r["delivery"]["record_sent_at"] for r in rows), "the TLS broker acknowledged the record"
