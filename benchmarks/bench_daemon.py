@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from common import find_images, log  # benchmarks/ is on sys.path when run as a script
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "datasets" / "magnetic-tile"
 DEFAULT_OUT = REPO / "bench-out" / "bench_daemon.json"
@@ -53,25 +55,6 @@ TARGET_SUSTAINED_S = 300.0
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-# --- data -------------------------------------------------------------------------------------
-
-
-def find_images(data: Path) -> list[Path]:
-    """All JPEG tiles under ok/ and ng/<defect>/ (masks excluded), sorted; exits with a clear message when absent."""
-    if not data.is_dir():
-        sys.exit(
-            f"error: dataset folder not found: {data}\n"
-            "The benchmark reads the magnetic-tile images (ok/ and ng/<defect>/ JPEGs, see /work/shared/datasets/README.md).\n"
-            "Pass --data /path/to/magnetic-tile, or place the dataset at ../shared/datasets/magnetic-tile relative to the repo root."
-        )
-    images = sorted(p for sub in ("ok", "ng") for p in (data / sub).rglob("*.jpg") if p.is_file())
-    if not images:
-        sys.exit(f"error: no JPEG images under {data}/ok or {data}/ng; is --data the magnetic-tile folder?")
-    return images
 
 
 # --- statistics -------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+from common import find_images, log  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "datasets" / "magnetic-tile"
 INPUT_SIZE = 224
@@ -38,25 +40,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-# --- data -------------------------------------------------------------------------------------
-
-
-def find_images(data: Path) -> list[Path]:
-    """All JPEG tiles under ok/ and ng/<defect>/ (masks excluded), sorted; exits with a clear message when absent."""
-    if not data.is_dir():
-        sys.exit(
-            f"error: dataset folder not found: {data}\n"
-            "The benchmark reads the magnetic-tile images (ok/ and ng/<defect>/ JPEGs, see /work/shared/datasets/README.md).\n"
-            "Pass --data /path/to/magnetic-tile, or place the dataset at ../shared/datasets/magnetic-tile relative to the repo root."
-        )
-    images = sorted(p for sub in ("ok", "ng") for p in (data / sub).rglob("*.jpg") if p.is_file())
-    if not images:
-        sys.exit(f"error: no JPEG images under {data}/ok or {data}/ng; is --data the magnetic-tile folder?")
-    return images
 
 
 def pick(images: list[Path], n: int, seed: int) -> list[Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,7 +12,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,11 +80,7 @@ class Broker:
         return self
 
     def _accepts(self) -> bool:
-        try:
-            with socket.create_connection((self.host, self.port), timeout=0.2):
-                return True
-        except OSError:
-            return False
+        return accepts(self.port, self.host)
 
     def kill(self) -> None:
         """SIGKILL: no clean shutdown, no final save."""
@@ -252,3 +250,32 @@ class DaemonProcess:
             self.proc.kill()
             self.proc.wait(10)
         self._log.close()
+
+
+@contextlib.contextmanager
+def mosquitto(conf: Path, port: int) -> Iterator[Any]:
+    """Run mosquitto with a config file of our own; yields an object with host and port, like Broker."""
+    log = (conf.parent / "mosquitto.out").open("ab")
+    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    endpoint = types.SimpleNamespace(host="127.0.0.1", port=port)
+    try:
+        if not wait_until(lambda: accepts(port) or proc.poll() is not None, 10) or proc.poll() is not None:
+            logs = "".join(p.read_text() for p in conf.parent.glob("mosquitto.*") if p.suffix in (".out", ".log"))
+            raise AssertionError(f"mosquitto did not start (exit {proc.poll()}):\n{logs[-3000:]}")
+        yield endpoint
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def accepts(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False

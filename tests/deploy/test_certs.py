@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import ssl
 import stat
 import subprocess
@@ -17,7 +16,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.mqtt_helpers import MOSQUITTO, free_port, wait_until
+from tests.mqtt_helpers import MOSQUITTO, free_port, mosquitto
 
 # How a refused TLS client ends: during the handshake (TLS 1.2), or dropped right after it (TLS 1.3).
 REFUSED = ("handshake failed", "disconnected", "refused")
@@ -51,28 +50,8 @@ def tls_broker(certs: Path, workdir: Path) -> Iterator[int]:
         "require_certificate true\nallow_anonymous true\nuser root\n"
         f"log_dest file {workdir / 'mosquitto.log'}\n"
     )
-    out = (workdir / "mosquitto.out").open("ab")
-    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        if not wait_until(lambda: _accepts(port) or proc.poll() is not None, 10) or proc.poll() is not None:
-            log = workdir / "mosquitto.log"
-            raise AssertionError(f"mosquitto did not start (exit {proc.poll()}): {log.read_text() if log.exists() else ''}")
+    with mosquitto(conf, port):
         yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        out.close()
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 def connect(host: str, port: int, **tls: Any) -> str:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import socket
 import subprocess
 import threading
-import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ from tests.mqtt_helpers import (
     MOSQUITTO_PASSWD,
     Broker,
     free_port,
+    mosquitto,
     wait_until,
 )
 
@@ -263,31 +261,3 @@ def test_shipped_mosquitto_conf_starts_and_enforces_the_acl(tmp_path: Path) -> N
             plc.close()
             anon.close()
     assert (tmp_path / "mosquitto.db").is_file(), "persistence true: mosquitto saves its database on exit"
-
-
-@contextlib.contextmanager
-def mosquitto(conf: Path, port: int) -> Iterator[Any]:
-    """Run mosquitto with a config file of our own; yields an object with host and port, like Broker."""
-    log = (conf.parent / "mosquitto.out").open("ab")
-    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
-    endpoint = types.SimpleNamespace(host="127.0.0.1", port=port)
-    try:
-        if not wait_until(lambda: _accepts(port) or proc.poll() is not None, 10) or proc.poll() is not None:
-            logs = "".join(p.read_text() for p in conf.parent.glob("mosquitto.*") if p.suffix in (".out", ".log"))
-            raise AssertionError(f"mosquitto did not start (exit {proc.poll()}):\n{logs[-3000:]}")
-        yield endpoint
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
