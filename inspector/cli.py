@@ -284,9 +284,8 @@ def _journal(args: argparse.Namespace) -> int:
     path = args.journal or _load(args.config).journal.path
     journal = Journal(path, readonly=True)
     try:
-        rows = journal.rows(args.since, args.until)
         if args.journal_command == "list":
-            latest = list(rows)[-args.limit :]
+            latest = journal.rows(args.since, args.until, newest=args.limit)
             print(f"{'seq':>8}  {'decided_at':24}  {'verdict':7}  {'reason':14}  {'score':>8}  {'part':16}  delivery")
             for r in latest:
                 d = r["delivery"]
@@ -294,6 +293,7 @@ def _journal(args: argparse.Namespace) -> int:
                 score = "" if r["score"] is None else f"{r['score']:.4f}"
                 print(f"{r['seq']:>8}  {r['decided_at']:24}  {r['verdict']:7}  {r['reason'] or '':14}  {score:>8}  {str(r['part_id'])[:16]:16}  {delivery}")
             return 0
+        rows = journal.rows(args.since, args.until)
         out = args.out.open("w", newline="", encoding="utf-8") if args.out else sys.stdout
         try:
             if args.format == "jsonl":

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from inspector import __version__
-from inspector.config import InspectorSettings, SourceKind, run_errors
+from inspector.config import InspectorSettings, run_errors
 from inspector.decision import PASS, REJECT
 from inspector.errors import ConfigError
 from inspector.frame import Frame, Reason
@@ -68,7 +68,7 @@ class Daemon:
         self.pipeline = build_pipeline(s, log=self.log)
         self.journal = Journal(s.journal.path)
         self.source = build_source(s.source, health=self.health, log=self.log)
-        if s.source.kind is SourceKind.FOLDER and hasattr(self.source, "recover"):
+        if hasattr(self.source, "recover"):  # a folder: finish files decided before a crash
             self.source.recover(self.journal.decided)
         self.topics = Topics.from_settings(s)
         client_id = s.mqtt.client_id or f"inspector-{s.station.line}-{s.station.name}"
@@ -148,9 +148,7 @@ class Daemon:
             self.failed = stage
             self.log.exception("stage_failed", stage=stage, error=f"{type(exc).__name__}: {exc}")
             self.stop.set()
-            if stage == "acquisition":
-                self._put(self.infer_q, None)
-            elif stage == "inference":
+            if stage == "inference":  # acquisition's own `finally` already ends the inference queue
                 self._put(self.out_q, None)
 
     def _acquire(self) -> None:

@@ -72,16 +72,16 @@ class Verdict:
             "verdict": self.verdict,
             "reason": self.reason.value if self.reason else None,
             "detail": self.detail,
-            "score": _round(self.score),
+            "score": round_score(self.score),
             "threshold": self.threshold,
             "rois": [
                 {
                     "name": r.name,
-                    "score": _round(r.score),
+                    "score": round_score(r.score),
                     "class": r.top_class,
                     "threshold": r.threshold,
                     "verdict": r.verdict,
-                    "probabilities": [_round(p) for p in r.probabilities],
+                    "probabilities": [round_score(p) for p in r.probabilities],
                 }
                 for r in self.rois
             ],
@@ -92,7 +92,8 @@ class Verdict:
         }
 
 
-def _round(x: float | None) -> float | None:
+def round_score(x: float | None) -> float | None:
+    """A score or probability as published: 6 decimals, None for missing or NaN."""
     return None if x is None or math.isnan(x) else round(float(x), 6)
 
 

@@ -122,6 +122,7 @@ class Journal:
             except (OSError, sqlite3.Error) as exc:
                 raise InputError(f"cannot open the journal {self.path}: {exc} (journal.path must be a writable file)") from exc
         self._db.execute("PRAGMA busy_timeout=5000")
+        self._last_seq = self.last_seq()
 
     def close(self) -> None:
         """Close the connection."""
@@ -134,7 +135,7 @@ class Journal:
         records = []
         with self._transaction():
             # One writer: the next seq is known, so each row is one INSERT with its final payload.
-            seq = self.last_seq()
+            seq = self._last_seq
             for p in items:
                 seq += 1
                 v = p.verdict
@@ -147,13 +148,13 @@ class Journal:
                      v.captured_at, v.decided_at, p.deadline_at, text),
                 )
                 records.append(Record(seq, p, payload, text))
+        self._last_seq = seq  # only once committed: a failed batch reuses its numbers
         return records
 
     def mark_sent(self, acked: dict[str, Sequence[int]], at: float) -> None:
         """Note, in one transaction, which seqs' `decision` / `record` messages the broker acknowledged (column -> seqs)."""
-        unknown = set(acked) - {"decision_sent_at", "record_sent_at"}
-        if unknown:
-            raise ValueError(f"columns must be decision_sent_at or record_sent_at, got {sorted(unknown)}")
+        for column in acked:
+            _sent_column(column)
         if not any(acked.values()):
             return
         with self._transaction():
@@ -204,8 +205,7 @@ class Journal:
     def unsent(self, column: str, after_seq: int, limit: int) -> list[tuple[int, str, float, str | None]]:
         """(seq, payload JSON, deadline_at, part_id) of records whose `decision` or `record` message the broker has not
         acknowledged, in seq order."""
-        if column not in ("decision_sent_at", "record_sent_at"):
-            raise ValueError(f"column must be decision_sent_at or record_sent_at, got {column!r}")
+        _sent_column(column)
         rows = self._db.execute(
             f"SELECT seq, payload, deadline_at, part_id FROM records WHERE {column} IS NULL AND seq > ? ORDER BY seq LIMIT ?",
             (after_seq, limit),
@@ -235,14 +235,15 @@ class Journal:
         size = self._db.execute("PRAGMA page_size").fetchone()[0]
         return (int(pages) - int(free)) * int(size)
 
-    def rows(self, since: float | None = None, until: float | None = None) -> Iterator[dict[str, Any]]:
-        """Every record decided in [since, until), in seq order, with its delivery state."""
-        rows = self._db.execute(
-            "SELECT payload, decision_sent_at, record_sent_at, plc_acked_at FROM records "
-            "WHERE decided_at >= ? AND decided_at < ? ORDER BY seq",
-            (since if since is not None else float("-inf"), until if until is not None else float("inf")),
-        )
-        for payload, decision_sent, record_sent, acked in rows:
+    def rows(self, since: float | None = None, until: float | None = None, *, newest: int | None = None) -> Iterator[dict[str, Any]]:
+        """Every record decided in [since, until) (only the newest N when given), in seq order, with its delivery state."""
+        window = (since if since is not None else float("-inf"), until if until is not None else float("inf"))
+        columns = "SELECT seq, payload, decision_sent_at, record_sent_at, plc_acked_at FROM records WHERE decided_at >= ? AND decided_at < ?"
+        if newest is None:
+            rows = self._db.execute(f"{columns} ORDER BY seq", window)
+        else:
+            rows = self._db.execute(f"SELECT * FROM ({columns} ORDER BY seq DESC LIMIT ?) ORDER BY seq", (*window, newest))
+        for _seq, payload, decision_sent, record_sent, acked in rows:
             out = json.loads(payload)
             out["delivery"] = {
                 "decision_sent_at": iso_time(decision_sent) if decision_sent else None,
@@ -250,6 +251,13 @@ class Journal:
                 "acknowledged_at": iso_time(acked) if acked else None,
             }
             yield out
+
+
+def _sent_column(column: str) -> str:
+    """The column name, when it is one of the two delivery columns (it goes into SQL text)."""
+    if column not in ("decision_sent_at", "record_sent_at"):
+        raise ValueError(f"column must be decision_sent_at or record_sent_at, got {column!r}")
+    return column
 
 
 class _Tx:

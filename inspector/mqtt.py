@@ -84,11 +84,12 @@ class LinkEvent:
 
     kind: str  # connected | refused | disconnected | puback | message
     generation: int
-    mid: int = 0  # puback: the message id; connected: the broker's Receive Maximum
+    mid: int = 0
     ok: bool = True
     reason: str = ""
     topic: str = ""
     payload: bytes = b""
+    receive_max: int = 65535  # connected: the broker's MQTT 5 Receive Maximum
 
 
 def read_password(settings: MqttSettings) -> str | None:
@@ -220,7 +221,7 @@ class MqttLink:
             return None
         if event.kind == "connected":
             self.connected = True
-            self.receive_max = event.mid or 65535
+            self.receive_max = event.receive_max
             self.refused = None
             self._backoff = self.settings.reconnect_min_s
             assert self._client is not None
@@ -265,7 +266,7 @@ class MqttLink:
             self.events.put(LinkEvent("refused", gen, ok=False, reason=str(reason)))
         else:
             receive_max = getattr(properties, "ReceiveMaximum", 65535) if properties is not None else 65535
-            self.events.put(LinkEvent("connected", gen, mid=int(receive_max)))
+            self.events.put(LinkEvent("connected", gen, receive_max=int(receive_max)))
 
     def _on_connect_fail(self, client: paho.Client, gen: int) -> None:
         self.events.put(LinkEvent("unreachable", gen, ok=False, reason="connection failed"))

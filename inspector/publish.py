@@ -25,7 +25,7 @@ from paho.mqtt.properties import Properties
 
 from inspector import __version__
 from inspector.config import InspectorSettings
-from inspector.decision import REJECT, Verdict, iso_time
+from inspector.decision import REJECT, Verdict, iso_time, round_score
 from inspector.frame import Frame
 from inspector.health import Health
 from inspector.journal import DECISION_SCHEMA, Journal, Pending, Record, with_late
@@ -168,7 +168,7 @@ class Outbox:
 
     def _log_decision(self, rec: Record) -> None:
         v = rec.verdict
-        fields = {"seq": rec.seq, "frame": v.frame_id, "part_id": rec.pending.part_id, "score": _round(v.score)}
+        fields = {"seq": rec.seq, "frame": v.frame_id, "part_id": rec.pending.part_id, "score": round_score(v.score)}
         if v.verdict == REJECT:
             self.log.info("frame_rejected", reason=v.reason.value if v.reason else None, detail=v.detail, **fields)
         else:
@@ -396,6 +396,3 @@ def _take(inbox: queue.Queue[Decided | None], timeout: float) -> tuple[list[Deci
         items.append(item)
     return items, False
 
-
-def _round(x: float | None) -> float | None:
-    return None if x is None else round(x, 6)

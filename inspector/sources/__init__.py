@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import structlog
@@ -32,9 +32,6 @@ class FrameSource(Protocol):
     def close(self) -> None:
         """Release the folder watch or the capture device."""
         ...
-
-
-Lookup = Callable[[str, float], "tuple[int, str, str | None] | None"]
 
 
 def build_source(settings: SourceSettings, *, health: Health, log: structlog.typing.FilteringBoundLogger) -> FrameSource:

@@ -128,9 +128,9 @@ class FolderSource:
             if name in self._tracked and name not in self._pending:
                 return
             self._tracked.add(name)
-            size = _size(self.root / name)
-            first, old, changed = self._pending.get(name, (now, -1, now))
-            self._pending[name] = (first, size, now if size != old else changed)
+            # An event means the file changed now; the settle pass reads sizes (no I/O on the event thread).
+            first, size, _ = self._pending.get(name, (now, -1, now))
+            self._pending[name] = (first, size, now)
 
     def _settle(self) -> None:
         """Move files whose size held still for settle_ms to the ready queue, oldest arrival first."""
@@ -144,7 +144,8 @@ class FolderSource:
                     self._tracked.discard(name)
                     continue
                 if current != size:
-                    self._pending[name] = (first, current, now)
+                    # A first measurement (size -1) keeps the event's time; a size that moved restarts the wait.
+                    self._pending[name] = (first, current, changed if size < 0 else now)
                 elif now - changed >= self._settle_s:
                     done.append((first, name))
                     del self._pending[name]
