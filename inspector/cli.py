@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", type=Path, help="output folder (default ./replay-YYYYmmdd-HHMMSS)")
     rp.add_argument("--what-if", type=_thresholds, metavar="T1,T2,...", help="also print NG recall and false-reject rate at these thresholds")
     rp.add_argument("--no-report", action="store_true", help="skip the HTML report and contact sheets")
+    rp.add_argument("--calibration", type=Path, metavar="RECORD", help="apply this calibration record (calibration/<station>.yaml) and "
+                    "check whether the recall reached here lies inside its bound")
+    _add_calibrate(sub)
     rn = sub.add_parser(
         "run",
         help="the daemon: judge every frame from a camera or watched folder and publish decisions over MQTT",
@@ -83,6 +87,67 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_export(sub)
     return p
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _number_or(words: tuple[str, ...], word: str, expected: str) -> Callable[[str], float | str]:
+    """A flag parser for a number or a keyword: any of `words` gives `word`."""
+
+    def parse(text: str) -> float | str:
+        if text.lower() in words:
+            return word
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}") from None
+
+    return parse
+
+
+_band = _number_or(("auto",), "auto", "auto or the band's upper threshold in 0..1")
+_clahe = _number_or(("off", "none", "0"), "off", "a clip limit like 2.0, or off")
+
+
+def _add_calibrate(sub: Any) -> None:
+    cp = sub.add_parser(
+        "calibrate",
+        help="set the threshold for a target NG recall with stated confidence; writes calibration/<station>.yaml",
+        description="Score a labelled calibration set once (or read replay's decisions.jsonl) and choose the highest threshold whose "
+        "one-sided Clopper-Pearson lower bound on NG recall meets --target-recall. Writes the station's calibration record and a report.",
+    )
+    cp.add_argument("data", type=Path, nargs="?", metavar="DATA", help="labelled images: ok/ + ng/<defect>/ folders, or frames with --labels")
+    cp.add_argument("--model", type=Path, help="ONNX model to score DATA with (default: model.path from the config)")
+    cp.add_argument("--decisions", type=Path, help="replay's decisions.jsonl (with labels) instead of DATA: no scoring")
+    cp.add_argument("--labels", type=Path, help="CSV `frame,roi1,...` with ok/ng per ROI: calibrates per ROI sample")
+    cp.add_argument("--config", type=Path, default=None, help="the station's config: its preprocess/ROIs, and station.name")
+    cp.add_argument("--target-recall", type=float, required=True, metavar="R", help="NG recall to guarantee, like 0.995")
+    cp.add_argument("--confidence", type=float, default=0.95, metavar="C", help="one-sided confidence of the guarantee (default 0.95)")
+    cp.add_argument("--station", help="station name: names the record calibration/<station>.yaml (default: station.name from --config)")
+    cp.add_argument("--out", type=Path, help="record to write (default calibration/<station>.yaml; the folder must exist)")
+    cp.add_argument("--safety-margin", type=float, default=0.5, metavar="M",
+                    help="when the target cannot be demonstrated, cut the point-estimate threshold's odds by this fraction (default 0.5)")
+    cp.add_argument("--per-roi", action="store_true", help="one threshold per ROI (needs ROI labels), for ROIs that see different parts")
+    cost = cp.add_argument_group("expected cost (reported beside the recall threshold)")
+    cost.add_argument("--cost-escape", type=_positive, metavar="C1", help="cost of one NG part passed")
+    cost.add_argument("--cost-false-reject", type=_positive, metavar="C2", help="cost of one OK part rejected (same unit)")
+    cost.add_argument("--ng-rate", type=float, metavar="P", help="share of NG parts on the line (default: the calibration data's)")
+    cost.add_argument("--choose", choices=("recall", "cost"), default="recall",
+                      help="which threshold the record applies: the recall bound (default) or the lowest expected cost")
+    band = cp.add_argument_group("uncertain band (verdict `uncertain`, routed per decision.uncertain_route)")
+    band.add_argument("--uncertain-band", type=_band, nargs="?", const="auto", metavar="auto|HIGH",
+                      help="scores from the threshold up to HIGH get verdict uncertain; auto: up to where at most --band-false-reject of OK parts are rejected")
+    band.add_argument("--band-false-reject", type=float, default=0.005, metavar="F",
+                      help="auto band: the false-reject rate allowed above the band (default 0.005)")
+    cp.add_argument("--no-report", action="store_true", help="skip the HTML report beside the record")
 
 
 def _add_journal(sub: Any) -> None:
@@ -124,13 +189,6 @@ def _size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected a size like 224 or 320x240 (width x height, pixels), got {text!r}") from None
 
 
-def _clahe(text: str) -> float | str:
-    if text.lower() in ("off", "none", "0"):
-        return "off"
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a clip limit like 2.0, or off; got {text!r}") from None
 
 
 def _add_train(sub: Any) -> None:
@@ -187,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "calibrate":
+            return _calibrate(args)
         if args.command == "run":
             return _run(args)
         if args.command == "journal":
@@ -245,12 +305,36 @@ def check_config(path: Path, *, run: bool = False) -> list[str]:
         errors.append("model.path: required by `inspector run`")
     if settings.model.path is not None and not settings.model.path.is_file():
         errors.append(f"model.path: file not found: {settings.model.path}")
+    if settings.decision.calibration is not None:
+        from inspector.calibration.record import load_record
+
+        try:
+            record = load_record(settings.decision.calibration)
+        except ConfigError as exc:
+            errors += exc.errors or [f"decision.calibration: {exc}"]
+        else:
+            errors += _record_errors(record, settings)
     if settings.rois is not None:
         names = {r.name for r in settings.rois}
         errors += [
             f"decision.roi_thresholds.{n}: no such ROI; the ROIs are: {', '.join(sorted(names))}"
             for n in sorted(set(settings.decision.roi_thresholds) - names)
         ]
+    return errors
+
+
+def _record_errors(record: Any, settings: InspectorSettings) -> list[str]:
+    """What the daemon would refuse about a calibration record, found without loading the model."""
+    from inspector.model import file_sha256
+
+    errors = []
+    if record.station != settings.station.name:
+        errors.append(f"decision.calibration: the record of station {record.station!r}, but station.name is {settings.station.name!r}")
+    path = settings.model.path
+    if path is not None and path.is_file():
+        sha = file_sha256(path)
+        if sha != record.model.sha256:
+            errors.append(f"decision.calibration: made for model sha256 {record.model.sha256}, but model.path {path} has sha256 {sha}")
     return errors
 
 
@@ -314,6 +398,91 @@ def _journal(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    import re
+
+    import numpy as np
+
+    from inspector.calibration.record import load_record, write_record
+    from inspector.calibration.run import (
+        CalibrateOptions,
+        calibrate,
+        default_record_path,
+        describe,
+    )
+    from inspector.calibration.scores import from_decisions, from_images
+    from inspector.config import TOPIC_LEVEL
+
+    if (args.data is None) == (args.decisions is None):
+        raise InputError("give labelled images (DATA, with --model) or --decisions decisions.jsonl, not both and not neither")
+    settings = _load(args.config)
+    station = args.station or (settings.station.name if args.config else None)
+    if station is None:
+        raise InputError("--station NAME is required (or --config with station.name): it names the record calibration/<station>.yaml")
+    if not re.fullmatch(TOPIC_LEVEL, station) or len(station) > 64:
+        raise InputError(f"--station {station!r}: use letters, digits, _ . - (up to 64), as station.name does")
+    out = args.out or default_record_path(station)
+    if out.is_dir():
+        raise InputError(f"--out {out}: is a folder; expected the record's file name, like calibration/{station}.yaml")
+    if not out.parent.is_dir():
+        raise InputError(
+            f"{out.parent}/: no such folder for the record {out}; run from the folder that holds calibration/ "
+            "(the station records under version control) or pass --out PATH"
+        )
+    options = CalibrateOptions(
+        station=station, target_recall=args.target_recall, confidence=args.confidence, safety_margin=args.safety_margin,
+        per_roi=args.per_roi, cost_escape=args.cost_escape, cost_false_reject=args.cost_false_reject, ng_rate=args.ng_rate,
+        choose=args.choose, band=args.uncertain_band, band_false_reject=args.band_false_reject,
+    )
+    options.check()  # before minutes of scoring
+    if args.labels is not None and not args.labels.is_file():
+        raise InputError(f"--labels {args.labels}: no such file")
+    log = structlog.get_logger("inspector.calibrate")
+    if args.decisions is not None:
+        if args.labels is not None:
+            raise InputError("--labels applies to DATA; decisions carry the labels replay gave them")
+        scores = from_decisions(args.decisions, model_path=args.model)
+    else:
+        model = args.model or settings.model.path
+        if model is None:
+            raise InputError("no model given: pass --model M.onnx (or model.path in --config) to score DATA")
+        scores = from_images(args.data, settings, model_path=model, labels_csv=args.labels, log=log)
+    record = calibrate(scores, options)
+    previous = None
+    if out.is_file():
+        try:
+            previous = load_record(out, what="--out")
+        except ConfigError:
+            previous = None  # not a record we can compare with; it is replaced
+    report = None
+    if not args.no_report:
+        from inspector.calibration.report import write_calibration_report
+
+        by_scope = {}
+        for name in record.thresholds:
+            mine = [s for s in scores.samples if name == "*" or s.roi == name]
+            by_scope[name] = (
+                np.array([s.score for s in mine if s.ng], np.float64),
+                np.array([s.score for s in mine if not s.ng], np.float64),
+            )
+        report = write_calibration_report(out.with_name(out.stem + ".report.html"), record, by_scope)
+    write_record(out, record)  # last: a failure before it leaves the station's record as it was
+    for line in describe(record, scores.excluded):
+        print(line)
+    if previous is not None:
+        old = {k: v.threshold for k, v in previous.thresholds.items()}
+        new = {k: v.threshold for k, v in record.thresholds.items()}
+        change = "unchanged" if old == new else ", ".join(
+            f"{'' if k == '*' else k + ' '}{old.get(k, 'none')} -> {new.get(k, 'none')}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+        )
+        print(f"previous record ({previous.created_at} by {previous.created_by}): threshold {change}")
+    print(f"record: {out}  (commit it: a threshold change is a reviewed change)")
+    if report:
+        print(f"report: {report}")
+    print(f"apply:  decision.calibration: {out}")
+    return 0
+
+
 def _replay(args: argparse.Namespace) -> int:
     from inspector.replay.runner import run_replay  # keeps `inspector config` fast
 
@@ -328,6 +497,7 @@ def _replay(args: argparse.Namespace) -> int:
         labels_csv=args.labels,
         out_dir=args.out,
         what_if_thresholds=args.what_if,
+        calibration=args.calibration,
         report=not args.no_report,
         log=structlog.get_logger("inspector.replay"),
     )
@@ -348,6 +518,7 @@ def _fmt(x: Any, pct: bool = True) -> str:
 def _print_summary(s: dict[str, Any]) -> None:
     print(
         f"frames {s['frames']}  passed {s['passed']}  rejected {s['rejected']} ({_fmt(s['reject_rate'])})"
+        + (f" of which uncertain {s['uncertain']}" if s.get("uncertain") else "")
         + (f"  faulted {s['faulted']} {s['reasons']}" if s["faulted"] else "")
     )
     m = s.get("frame_metrics")
@@ -362,6 +533,9 @@ def _print_summary(s: dict[str, Any]) -> None:
     lat = s["latency_ms"]["total"]
     if lat["p50"] is not None:
         print(f"latency ms: p50 {lat['p50']:.2f}  p99 {lat['p99']:.2f}  max {lat['max']:.2f}")
+    cal = s.get("calibration")
+    if cal:
+        _print_calibration_check(cal)
     rows = s.get("what_if")
     if rows:
         print("what-if:   threshold  reject-rate  NG-recall  false-reject-rate")
@@ -370,6 +544,33 @@ def _print_summary(s: dict[str, Any]) -> None:
                 f"           {row['threshold']:<9}  {_fmt(row['reject_rate']):>11}  {_fmt(row.get('ng_recall')):>9}  "
                 f"{_fmt(row.get('false_reject_rate')):>17}"
             )
+
+
+def _print_calibration_check(cal: dict[str, Any]) -> None:
+    check = cal["check"]
+    head = f"calibration {cal['station']} ({cal['path']}): target NG recall {_fmt(cal['target_recall'])} at {100 * cal['confidence']:g}%"
+    if not check["checked"]:
+        print(f"{head}: not checked, {check['why']}")
+        return
+    print(head + ("" if cal["demonstrated"] else " (NOT DEMONSTRATED at calibration)"))
+    for name, sc in check["scopes"].items():
+        label = "" if name == "*" else f"ROI {name}: "
+        if not sc.get("checked", True):
+            print(f"  {label}not checked, {sc['why']}")
+            continue
+        lo, hi = sc["ng_recall_bounds"]
+        verdict = (
+            "inside the calibrated bound" if sc["inside_bound"]
+            else "BELOW the calibrated bound: this data CONTRADICTS the calibration" if sc["contradicts_calibration"]
+            else "below the calibrated bound, but within chance at this sample size"
+        )
+        line = (
+            f"  {label}NG recall here {_fmt(sc['ng_recall'])} of {sc['n_ng']} NG ({_fmt(lo)} to {_fmt(hi)}); "
+            f"calibrated lower bound {_fmt(sc['calibrated_lower_bound'])}: {verdict}"
+        )
+        if "false_reject_rate" in sc:
+            line += f"; false-reject rate {_fmt(sc['false_reject_rate'])} (calibrated upper bound {_fmt(sc['calibrated_false_reject_upper'])})"
+        print(line)
 
 
 def _training_modules() -> Any:

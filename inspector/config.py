@@ -94,6 +94,7 @@ class ModelSettings(_Section):
 
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+UncertainRoute = Literal["reject", "review"]
 
 
 class DecisionSettings(_Section):
@@ -108,6 +109,16 @@ class DecisionSettings(_Section):
     roi_thresholds: dict[str, Probability] = Field(
         default_factory=dict, description="Per-ROI thresholds (0..1) by ROI name; ROIs not listed use `threshold`."
     )
+    calibration: Path | None = Field(
+        default=None,
+        description="Calibration record from `inspector calibrate` (calibration/<station>.yaml). Its thresholds and uncertain band "
+        "replace `threshold` and `roi_thresholds`; a record made for another model (sha256) is refused.",
+    )
+    uncertain_route: UncertainRoute = Field(
+        default="reject",
+        description="Where verdict `uncertain` (a score inside the calibration's uncertain band) goes: reject (the reject gate, "
+        "`reject` topic, processed/reject) or review (a manual-review gate: `review` topic, processed/review).",
+    )
     deadline_ms: int = Field(
         default=1000,
         ge=1,
@@ -115,6 +126,17 @@ class DecisionSettings(_Section):
         description="Milliseconds from capture by which a verdict must be ready (1..600000). A pass decided later becomes "
         "a reject with reason `deadline` (its score is still recorded); the PLC checks `deadline_at` in each decision.",
     )
+
+    @model_validator(mode="after")
+    def _one_source_of_thresholds(self) -> DecisionSettings:
+        if self.calibration is not None:
+            both = sorted({"threshold", "roi_thresholds"} & self.model_fields_set)
+            if both:
+                # Two sources would leave a reviewer unsure which threshold the line runs.
+                raise ValueError(
+                    f"calibration sets the thresholds: remove {' and '.join('decision.' + b for b in both)}, or decision.calibration"
+                )
+        return self
 
 
 TOPIC_LEVEL = r"^[A-Za-z0-9_.-]+$"

@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 
 from inspector import __version__
+from inspector.calibration.record import summary_line
 from inspector.config import InspectorSettings, run_errors
 from inspector.decision import PASS, REJECT
 from inspector.errors import ConfigError
@@ -66,8 +67,15 @@ class Daemon:
         s = self.settings
         self.notifier.status("loading the model")
         self.pipeline = build_pipeline(s, log=self.log)
+        record = self.pipeline.thresholds.calibration
+        if record is not None and record.station != s.station.name:
+            raise ConfigError(
+                "the calibration record belongs to another station",
+                [(f"decision.calibration: {s.decision.calibration} is the record of station {record.station!r}, "
+                  f"but this daemon is station {s.station.name!r} (station.name)")],
+            )
         self.journal = Journal(s.journal.path)
-        self.source = build_source(s.source, health=self.health, log=self.log)
+        self.source = build_source(s.source, health=self.health, log=self.log, uncertain_route=s.decision.uncertain_route)
         if hasattr(self.source, "recover"):  # a folder: finish files decided before a crash
             self.source.recover(self.journal.decided)
         self.topics = Topics.from_settings(s)
@@ -129,10 +137,19 @@ class Daemon:
             "model": {"name": path.name if path else None, "sha256": c.sha256, "provider": c.provider, "classes": list(c.classes)},
             "threshold": self.pipeline.thresholds.default,
             "roi_thresholds": self.pipeline.thresholds.by_roi,
+            "uncertain_band_high": self.pipeline.thresholds.band_high or None,
+            "uncertain_route": self.settings.decision.uncertain_route,
+            "calibration": self._calibration(),
             "deadline_ms": self.settings.decision.deadline_ms,
             "overload": self.settings.pipeline.overload,
             "source": self.source.describe(),
         }
+
+    def _calibration(self) -> dict[str, Any] | None:
+        record = self.pipeline.thresholds.calibration
+        if record is None:
+            return None
+        return {"path": str(self.settings.decision.calibration), **summary_line(record)}
 
     def gauges(self) -> dict[str, Any]:
         """Live values for the metrics message."""

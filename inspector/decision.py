@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from inspector.calibration.record import ALL_ROIS, CalibrationRecord
 from inspector.config import DecisionSettings
 from inspector.errors import ConfigError
 from inspector.frame import Reason
@@ -17,6 +18,16 @@ from inspector.manifest import OK_CLASS
 SCHEMA = "inspector.verdict/1"
 PASS: Literal["pass"] = "pass"
 REJECT: Literal["reject"] = "reject"
+UNCERTAIN: Literal["uncertain"] = "uncertain"  # inside the calibration's uncertain band: never a pass
+VerdictValue = Literal["pass", "reject", "uncertain"]
+Gate = Literal["pass", "reject", "review"]
+
+
+def gate(verdict: str, uncertain_route: str) -> Gate:
+    """Where a verdict goes on the line: pass, reject, or (an uncertain verdict, when so configured) review."""
+    if verdict == UNCERTAIN:
+        return "review" if uncertain_route == "review" else REJECT
+    return PASS if verdict == PASS else REJECT
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,19 +48,20 @@ class RoiResult:
     score: float
     top_class: str  # the most probable non-ok class: the defect this ROI most resembles
     threshold: float
-    verdict: Literal["pass", "reject"]
+    verdict: VerdictValue
     probabilities: tuple[float, ...]
+    uncertain_band: tuple[float, float] | None = None  # [low, high): uncertain; >= high: reject
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """Exactly one per frame. `reason` is None on a pass, and says why on every reject."""
+    """Exactly one per frame. `reason` is None on a pass, and says why on every reject or uncertain verdict."""
 
     frame_id: str
     source: str
     captured_at: float
     decided_at: float
-    verdict: Literal["pass", "reject"]
+    verdict: VerdictValue
     reason: Reason | None
     threshold: float
     rois: tuple[RoiResult, ...]
@@ -57,6 +69,12 @@ class Verdict:
     provider: str
     latency_ms: Latency
     detail: str | None = None  # the error message when a fault caused the reject
+    uncertain_route: str = REJECT  # decision.uncertain_route: where an uncertain verdict goes
+
+    @property
+    def gate(self) -> Gate:
+        """Where this part goes: pass, reject or review."""
+        return gate(self.verdict, self.uncertain_route)
 
     @property
     def score(self) -> float | None:
@@ -70,6 +88,7 @@ class Verdict:
             "frame_id": self.frame_id,
             "source": self.source,
             "verdict": self.verdict,
+            "gate": self.gate,
             "reason": self.reason.value if self.reason else None,
             "detail": self.detail,
             "score": round_score(self.score),
@@ -81,6 +100,7 @@ class Verdict:
                     "class": r.top_class,
                     "threshold": r.threshold,
                     "verdict": r.verdict,
+                    "uncertain_band": list(r.uncertain_band) if r.uncertain_band else None,
                     "probabilities": [round_score(p) for p in r.probabilities],
                 }
                 for r in self.rois
@@ -103,9 +123,22 @@ def iso_time(ts: float) -> str:
 
 
 class Thresholds:
-    """Per-ROI thresholds resolved against the model's ROI names; raises ConfigError for unknown names."""
+    """Per-ROI thresholds (and uncertain bands) resolved against the model's ROI names; ConfigError for unknown names."""
 
-    def __init__(self, settings: DecisionSettings, roi_names: tuple[str, ...], override: float | None = None) -> None:
+    def __init__(
+        self,
+        settings: DecisionSettings,
+        roi_names: tuple[str, ...],
+        override: float | None = None,
+        *,
+        calibration: CalibrationRecord | None = None,
+    ) -> None:
+        self.band_high: dict[str, float] = {}
+        self.uncertain_route = settings.uncertain_route
+        self.calibration = calibration if override is None else None
+        if self.calibration is not None:
+            self._from_record(self.calibration, roi_names)
+            return
         unknown = sorted(set(settings.roi_thresholds) - set(roi_names))
         if unknown:
             raise ConfigError(
@@ -116,6 +149,21 @@ class Thresholds:
         # An explicit --threshold replaces every threshold: it is what a sweep or a what-if means.
         self.by_roi = {n: (self.default if override is not None else settings.roi_thresholds.get(n, self.default)) for n in roi_names}
 
+    def _from_record(self, record: CalibrationRecord, roi_names: tuple[str, ...]) -> None:
+        default, per_roi, bands = record.decision()
+        missing = [n for n in roi_names if n not in per_roi and default is None]
+        if missing:
+            raise ConfigError(
+                "decision.calibration has no threshold for some ROIs",
+                [f"decision.calibration: no threshold for ROI {n}; the record covers {sorted(per_roi)}" for n in missing],
+            )
+        self.by_roi = {n: per_roi.get(n, default) for n in roi_names}  # type: ignore[misc]
+        self.default = default if default is not None else min(self.by_roi.values())
+        for n in roi_names:
+            band = bands.get(n if n in per_roi else ALL_ROIS)
+            if band is not None and band[1] > band[0]:
+                self.band_high[n] = band[1]
+
     def decide(self, roi_names: tuple[str, ...], classes: tuple[str, ...], probabilities: np.ndarray) -> tuple[RoiResult, ...]:
         """Judge each ROI from its class probabilities (rows in ROI order)."""
         ok = classes.index(OK_CLASS)
@@ -125,14 +173,22 @@ class Thresholds:
             score = float(1.0 - row[ok])
             top = classes[max(defect_idx, key=lambda i: row[i])]
             threshold = self.by_roi[name]
+            high = self.band_high.get(name)
+            if score >= (threshold if high is None else high):
+                verdict: VerdictValue = REJECT
+            elif score >= threshold:
+                verdict = UNCERTAIN
+            else:
+                verdict = PASS
             results.append(
                 RoiResult(
                     name=name,
                     score=score,
                     top_class=top,
                     threshold=threshold,
-                    verdict=REJECT if score >= threshold else PASS,
+                    verdict=verdict,
                     probabilities=tuple(float(p) for p in row),
+                    uncertain_band=None if high is None else (threshold, high),
                 )
             )
         return tuple(results)

@@ -9,7 +9,7 @@ import numpy as np
 
 
 class Reason(StrEnum):
-    """Why a frame was rejected; every reject carries exactly one."""
+    """Why a frame was not passed; every reject (and every uncertain verdict) carries exactly one."""
 
     SCORE = "score"  # a ROI's score reached its threshold: the model saw a defect
     EMPTY_FILE = "empty_file"
@@ -24,6 +24,7 @@ class Reason(StrEnum):
     INTERNAL_ERROR = "internal_error"
     OVERLOAD = "overload"  # inference was behind: the frame found the queue full and was not judged
     DEADLINE = "deadline"  # judged a pass, but after its deadline: the PLC must not wait for it
+    UNCERTAIN = "uncertain"  # a score inside the calibration's uncertain band: verdict `uncertain`, routed per config
 
 
 # The file itself is the problem: the folder source moves it to quarantine/ with a .reason file.

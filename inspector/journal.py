@@ -82,6 +82,7 @@ def decision_payload(seq: int, p: Pending) -> dict[str, Any]:
         "frame_id": v["frame_id"],
         "part_id": p.part_id,
         "verdict": v["verdict"],
+        "gate": v["gate"],
         "reason": v["reason"],
         "detail": v["detail"],
         "score": v["score"],

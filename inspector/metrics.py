@@ -71,6 +71,7 @@ class Metrics:
                 "reject_by_reason": dict(sorted(self.rejected.items())),
                 "errors": errors,
                 "overload": self.rejected.get(Reason.OVERLOAD.value, 0),
+                "uncertain": self.rejected.get(Reason.UNCERTAIN.value, 0),
                 "skipped": self.skipped,
                 "deadline_missed": self.deadline_missed,
                 "late_published": self.late_published,

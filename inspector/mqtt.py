@@ -63,6 +63,11 @@ class Topics:
         return f"{self.prefix}/reject"
 
     @property
+    def review(self) -> str:
+        """The part id of each on-time uncertain verdict, when decision.uncertain_route is review."""
+        return f"{self.prefix}/review"
+
+    @property
     def ack(self) -> str:
         """Where a PLC acknowledges decisions."""
         return f"{self.prefix}/decision/ack"

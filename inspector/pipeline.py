@@ -8,8 +8,22 @@ from pathlib import Path
 
 import structlog
 
+from inspector.calibration.record import (
+    check_record,
+    load_record,
+    preprocess_sha256,
+    summary_line,
+)
 from inspector.config import InspectorSettings
-from inspector.decision import PASS, REJECT, Latency, RoiResult, Thresholds, Verdict
+from inspector.decision import (
+    PASS,
+    REJECT,
+    UNCERTAIN,
+    Latency,
+    RoiResult,
+    Thresholds,
+    Verdict,
+)
 from inspector.errors import InputError
 from inspector.frame import Frame, FrameFault, Reason
 from inspector.model import Classifier, OnnxClassifier
@@ -47,8 +61,11 @@ class FramePipeline:
         except Exception as exc:
             self.log.exception("frame_internal_error", frame=frame.frame_id)
             return self._verdict(frame, (), Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", t0, stamps)
-        rejected = any(r.verdict == REJECT for r in rois)
-        return self._verdict(frame, rois, Reason.SCORE if rejected else None, None, t0, stamps)
+        if any(r.verdict == REJECT for r in rois):
+            return self._verdict(frame, rois, Reason.SCORE, None, t0, stamps)
+        if any(r.verdict == UNCERTAIN for r in rois):
+            return self._verdict(frame, rois, Reason.UNCERTAIN, None, t0, stamps)
+        return self._verdict(frame, rois, None, None, t0, stamps)
 
     def reject(self, frame: Frame, reason: Reason, detail: str) -> Verdict:
         """A reject for a frame that was not judged (overload, shutdown): no scores, the reason says why."""
@@ -98,7 +115,7 @@ class FramePipeline:
             source=frame.source,
             captured_at=frame.captured_at,
             decided_at=self._clock(),
-            verdict=PASS if reason is None else REJECT,
+            verdict=PASS if reason is None else UNCERTAIN if reason is Reason.UNCERTAIN else REJECT,
             reason=reason,
             threshold=self.thresholds.default,
             rois=rois,
@@ -106,6 +123,7 @@ class FramePipeline:
             provider=self.classifier.provider,
             latency_ms=latency,
             detail=detail,
+            uncertain_route=self.thresholds.uncertain_route,
         )
 
 
@@ -121,18 +139,41 @@ def build_pipeline(
     *,
     model_path: Path | None = None,
     threshold: float | None = None,
+    calibration: Path | None = None,
+    apply_calibration: bool = True,
     log: structlog.typing.FilteringBoundLogger | None = None,
 ) -> FramePipeline:
-    """Load the model, resolve its preprocessing and thresholds, warm up, and return the ready pipeline."""
+    """Load the model, resolve its preprocessing and thresholds, warm up, and return the ready pipeline.
+
+    `calibration` (else `decision.calibration`) is checked against the model and applied; `apply_calibration=False`
+    ignores it, for `inspector calibrate`, which makes a new one.
+    """
     path = model_path or settings.model.path
     if path is None:
         raise InputError("no model given: pass --model PATH or set model.path in the config")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise InputError(f"--threshold must lie in 0..1, got {threshold}")
+    record_path = (calibration or settings.decision.calibration) if apply_calibration else None
+    if record_path is not None and threshold is not None:
+        raise InputError("--threshold and a calibration record both set the threshold; give one")
     log = log or structlog.get_logger("inspector")
+    record = load_record(record_path) if record_path is not None else None  # before the model: a bad path fails fast
     classifier = OnnxClassifier(path, settings.model, config_spec=settings.preprocess, log=log)
     spec = station_spec(classifier.spec, settings.rois)
-    thresholds = Thresholds(settings.decision, spec.roi_names, threshold)
+    if record is not None and record_path is not None:
+        check_record(record, record_path, classifier.sha256, preprocess_sha256(spec.to_json()), spec.roi_names)
+        log.info("calibration_loaded", path=str(record_path), **summary_line(record))
+        if not record.demonstrated:
+            log.warning(
+                "calibration_not_demonstrated",
+                path=str(record_path),
+                target_recall=record.target.ng_recall,
+                confidence=record.target.confidence,
+                ng_needed=max(s.ng_needed_zero_misses for s in record.thresholds.values()),
+                n_ng=record.dataset.n_ng,
+                why="too few NG samples to prove the target recall; the threshold is a point estimate minus a safety margin",
+            )
+    thresholds = Thresholds(settings.decision, spec.roi_names, threshold, calibration=record)
     classifier.warmup(len(spec.roi_names), settings.model.warmup_runs)
     log.info(
         "model_loaded",

@@ -25,7 +25,7 @@ from paho.mqtt.properties import Properties
 
 from inspector import __version__
 from inspector.config import InspectorSettings
-from inspector.decision import REJECT, Verdict, iso_time, round_score
+from inspector.decision import PASS, REJECT, Verdict, gate, iso_time, round_score
 from inspector.frame import Frame
 from inspector.health import Health
 from inspector.journal import DECISION_SCHEMA, Journal, Pending, Record, with_late
@@ -160,7 +160,7 @@ class Outbox:
         self._rec_backlog = True
         for rec in records:
             if self.link.connected:
-                self._send_decision(rec.seq, rec.text, rec.pending.part_id, rec.verdict.verdict, rec.pending.deadline_at)
+                self._send_decision(rec.seq, rec.text, rec.pending.part_id, rec.verdict.gate, rec.pending.deadline_at)
         for d, rec in zip(batch, records, strict=True):
             self.metrics.decided(d.verdict, d.deadline_at)
             self.source.done(d.frame, rec)
@@ -169,8 +169,9 @@ class Outbox:
     def _log_decision(self, rec: Record) -> None:
         v = rec.verdict
         fields = {"seq": rec.seq, "frame": v.frame_id, "part_id": rec.pending.part_id, "score": round_score(v.score)}
-        if v.verdict == REJECT:
-            self.log.info("frame_rejected", reason=v.reason.value if v.reason else None, detail=v.detail, **fields)
+        if v.verdict != PASS:
+            self.log.info("frame_rejected" if v.gate == REJECT else "frame_to_review", verdict=v.verdict,
+                          reason=v.reason.value if v.reason else None, detail=v.detail, **fields)
         else:
             self.log.debug("frame_passed", **fields)
 
@@ -198,7 +199,7 @@ class Outbox:
 
     # --- sending ------------------------------------------------------------------------------
 
-    def _send_decision(self, seq: int, text: str, part_id: str | None, verdict: str, deadline_at: float) -> bool:
+    def _send_decision(self, seq: int, text: str, part_id: str | None, where: str, deadline_at: float) -> bool:
         now = self._clock()
         late = now > deadline_at
         expiry = None if late else max(1, math.ceil(deadline_at - now))
@@ -210,13 +211,19 @@ class Outbox:
         self._dec_inflight.add(seq)
         if late:
             self.metrics.late()
-        elif verdict == REJECT:
-            # A gateway reading only `reject` cannot see `late`: stale rejects are not sent there at all.
+        elif where != PASS:
+            # A gateway reading only `reject` (or `review`) cannot see `late`: stale ones are not sent there at all.
+            topic = self.topics.reject if where == REJECT else self.topics.review
             body = (part_id or json.loads(text)["frame_id"]).encode()
-            rmid = self.link.publish(self.topics.reject, body, properties=self._props(REJECT_SCHEMA, part_id, expiry, "text/plain"))
+            rmid = self.link.publish(topic, body, properties=self._props(REJECT_SCHEMA, part_id, expiry, "text/plain"))
             if rmid is not None:
-                self._inflight[rmid] = ("reject", seq, self.topics.reject)
+                self._inflight[rmid] = (where, seq, topic)
         return True
+
+    def _gate_of(self, text: str) -> str:
+        payload = json.loads(text)
+        # Records journaled before gates existed carry only the verdict.
+        return payload.get("gate") or gate(payload["verdict"], self.settings.decision.uncertain_route)
 
     def _pump(self) -> None:
         """Hand the broker the next records in seq order (and decisions an outage held back), within the window."""
@@ -241,7 +248,7 @@ class Outbox:
                 self._dec_backlog = False
             for seq, text, deadline, part_id in rows:
                 self._dec_cursor = seq
-                if seq not in self._dec_inflight and not self._send_decision(seq, text, part_id, json.loads(text)["verdict"], deadline):
+                if seq not in self._dec_inflight and not self._send_decision(seq, text, part_id, self._gate_of(text), deadline):
                     break
 
     def _publish_presence(self) -> None:

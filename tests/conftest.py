@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -109,6 +110,32 @@ def roi_frames(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("roi_frames")
     csv_path, _ = write_roi_frames(root, n_frames=10, part=48, seed=2)
     return root, csv_path
+
+
+def calibration_record(
+    scopes: dict[str, tuple[float, tuple[float, float] | None]], *, sha256: str = "0" * 64, station: str = "s1", demonstrated: bool = True
+) -> Any:
+    """A valid calibration record with these thresholds (and uncertain bands) per scope, the figures plausible."""
+    from inspector.calibration.record import CalibrationRecord
+
+    achieved = {"ng_recall": 1.0, "ng_recall_lower": 0.95, "false_reject_rate": 0.01, "false_reject_rate_upper": 0.02,
+                "ng_caught": 60, "ng_missed": 0, "ok_rejected": 1, "ok_passed": 99}
+    thresholds = {}
+    for name, (t, band) in scopes.items():
+        thresholds[name] = {
+            "threshold": t, "chosen_by": "recall-bound" if demonstrated else "point-estimate-minus-margin", "demonstrated": demonstrated,
+            "recall_bound_threshold": t, "point_estimate_threshold": t, "ng_needed_zero_misses": 59, "n_ok": 100, "n_ng": 60,
+            "achieved": achieved, "limited_by": {"sample": "ng/x.png", "score": t},
+            "uncertain_band": None if band is None else {"low": band[0], "high": band[1], "ng_in_band": 1, "ok_in_band": 1,
+                                                        "ok_rejected_above": 0, "expected_review_rate": 0.02},
+        }
+    return CalibrationRecord.model_validate({
+        "schema": "inspector.calibration/1", "station": station, "created_at": "2026-11-23T08:00:00Z", "created_by": "qe@line",
+        "inspector_version": "0.1.0", "model": {"name": "m.onnx", "sha256": sha256},
+        "target": {"ng_recall": 0.95, "confidence": 0.95},
+        "dataset": {"source": "cal", "fingerprint": "sha256:x", "basis": "files", "unit": "roi", "n_ok": 100, "n_ng": 60},
+        "demonstrated": demonstrated, "thresholds": thresholds,
+    })
 
 
 def gray_png(path: Path, array: np.ndarray) -> Path:

@@ -457,3 +457,55 @@ def test_mqtt_3_1_1_and_tls_with_a_client_certificate(tmp_path: Path, broker: Br
         assert secure.wait(15) == 0
     rows = _journal(tmp_path)
     assert len(rows) == 3 and all(r["delivery"]["record_sent_at"] for r in rows), "the TLS broker acknowledged the record"
+
+
+def test_calibration_record_sets_thresholds_and_uncertain_parts_go_to_review(
+    tmp_path: Path, broker: Broker, models: dict[str, Path], daemons: list
+) -> None:
+    from inspector.calibration.record import write_record
+    from inspector.model import file_sha256
+    from tests.conftest import calibration_record
+
+    record = tmp_path / "s1.yaml"
+    write_record(record, calibration_record({"*": (0.5, (0.5, 0.999999))}, sha256=file_sha256(models["dark"]), demonstrated=False))
+    sub = Subscriber(broker)
+    cfg = station_config(tmp_path, broker, models["dark"], decision={"calibration": str(record), "uncertain_route": "review"})
+    daemon = DaemonProcess(cfg)
+    daemons.append(daemon)
+    daemon.wait_event("daemon_ready")
+    warning = daemon.saw("calibration_not_demonstrated")
+    assert warning and warning[0]["level"] == "warning" and warning[0]["target_recall"] == 0.95
+    write_parts(tmp_path / "in", 6, defect_every=3)  # part0002 and part0005 have cracks
+
+    decisions = {m.json()["part_id"]: m.json() for m in sub.wait_for("decision", 6, 15)}
+    for part, d in decisions.items():
+        cracked = part in ("part0002", "part0005")
+        assert (d["verdict"], d["gate"], d["reason"]) == (("uncertain", "review", "uncertain") if cracked else ("pass", "pass", None))
+        assert d["threshold"] == 0.5
+    assert sorted(m.payload for m in sub.wait_for("review", 2, 5)) == [b"part0002", b"part0005"]
+    assert sub.on("reject") == []
+    state = sub.on("state")[-1].json()
+    assert state["calibration"]["station"] == "s1" and state["calibration"]["demonstrated"] is False
+    assert state["uncertain_route"] == "review" and state["uncertain_band_high"] == {"frame": 0.999999}
+    assert wait_until(lambda: len(list((tmp_path / "in" / "processed" / "review").glob("*.png"))) == 2, 5)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(15) == 0
+    sub.close()
+
+
+def test_a_calibration_record_of_another_station_or_model_stops_the_daemon(
+    tmp_path: Path, broker: Broker, models: dict[str, Path]
+) -> None:
+    from inspector.calibration.record import write_record
+    from inspector.model import file_sha256
+    from tests.conftest import calibration_record
+
+    for station, sha, message in (
+        ("s9", file_sha256(models["dark"]), "is the record of station 's9', but this daemon is station 's1'"),
+        ("s1", "f" * 64, f"was made for model sha256 {'f' * 64}, but the loaded model has sha256 {file_sha256(models['dark'])}"),
+    ):
+        record = tmp_path / f"{station}.yaml"
+        write_record(record, calibration_record({"*": (0.5, None)}, sha256=sha, station=station))
+        cfg = station_config(tmp_path, broker, models["dark"], decision={"calibration": str(record)})
+        done = subprocess.run([sys.executable, "-m", "inspector", "run", "--config", str(cfg)], capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr

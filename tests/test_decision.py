@@ -8,6 +8,7 @@ import pytest
 from inspector.config import DecisionSettings
 from inspector.decision import Thresholds
 from inspector.errors import ConfigError
+from tests.conftest import calibration_record
 
 CLASSES = ("ok", "crack", "blowhole")
 ROIS = ("a", "b")
@@ -39,3 +40,33 @@ def test_thresholds_for_unknown_rois_name_the_real_ones() -> None:
     with pytest.raises(ConfigError) as info:
         Thresholds(DecisionSettings(roi_thresholds={"c": 0.2}), ROIS)
     assert info.value.errors == ["decision.roi_thresholds.c: no such ROI; the ROIs are: a, b"]
+
+
+def test_uncertain_band_gives_uncertain_between_its_ends_and_reject_above() -> None:
+    t = Thresholds(DecisionSettings(), ("a",), calibration=calibration_record({"*": (0.25, (0.25, 0.75))}))
+    verdicts = [t.decide(("a",), ("ok", "ng"), np.array([[1 - s, s]], np.float32))[0] for s in (0.125, 0.25, 0.5, 0.75, 0.875)]
+    assert [v.verdict for v in verdicts] == ["pass", "uncertain", "uncertain", "reject", "reject"]
+    assert verdicts[1].uncertain_band == (0.25, 0.75) and verdicts[0].threshold == 0.25
+
+
+def test_per_roi_calibration_sets_each_roi_and_must_cover_them_all() -> None:
+    t = Thresholds(DecisionSettings(), ROIS, calibration=calibration_record({"a": (0.125, None), "b": (0.5, (0.5, 0.875))}))
+    assert t.by_roi == {"a": 0.125, "b": 0.5} and t.band_high == {"b": 0.875} and t.default == 0.125
+    with pytest.raises(ConfigError) as info:
+        Thresholds(DecisionSettings(), ("a", "b", "c"), calibration=calibration_record({"a": (0.1, None), "b": (0.2, None)}))
+    assert info.value.errors == ["decision.calibration: no threshold for ROI c; the record covers ['a', 'b']"]
+
+
+def test_gate_routes_uncertain_per_config_and_everything_else_by_verdict() -> None:
+    from inspector.decision import gate
+
+    assert [gate(v, "reject") for v in ("pass", "reject", "uncertain")] == ["pass", "reject", "reject"]
+    assert [gate(v, "review") for v in ("pass", "reject", "uncertain")] == ["pass", "reject", "review"]
+
+
+def test_calibration_and_a_threshold_in_the_same_config_is_refused() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="calibration sets the thresholds: remove decision.threshold"):
+        DecisionSettings(threshold=0.3, calibration="calibration/s1.yaml")
+    assert DecisionSettings(calibration="calibration/s1.yaml").uncertain_route == "reject"

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from inspector.decision import REJECT, Verdict
+from inspector.decision import PASS, UNCERTAIN, Verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +145,7 @@ def roi_metrics(outcomes: Sequence[Outcome], threshold: float | None = None) -> 
             if score is None:  # a faulted frame rejects every ROI
                 rejected = True
             elif threshold is None:
-                rejected = verdicts[name] == REJECT
+                rejected = verdicts[name] != PASS  # uncertain goes to a gate or a person: not passed
             else:
                 rejected = score >= threshold
             rows.append((name, label == "ng", rejected, score))
@@ -164,7 +164,7 @@ def roi_metrics(outcomes: Sequence[Outcome], threshold: float | None = None) -> 
 
 def _rejects(o: Outcome, threshold: float | None) -> bool:
     if threshold is None or o.score is None:
-        return o.verdict == REJECT
+        return o.verdict != PASS
     return o.score >= threshold
 
 
@@ -195,7 +195,8 @@ def percentiles(values: Sequence[float]) -> dict[str, float | None]:
 def summarize(outcomes: Sequence[Outcome]) -> dict[str, Any]:
     """Counts, reject rate, latency percentiles and, with labels, the quality figures."""
     n = len(outcomes)
-    rejected = sum(o.verdict == REJECT for o in outcomes)
+    rejected = sum(o.verdict != PASS for o in outcomes)
+    uncertain = sum(o.verdict == UNCERTAIN for o in outcomes)
     reasons = Counter(o.reason for o in outcomes if o.reason)
     stages = ("decode", "preprocess", "inference", "total")
     return {
@@ -203,6 +204,7 @@ def summarize(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "passed": n - rejected,
         "rejected": rejected,
         "reject_rate": _ratio(rejected, n),
+        "uncertain": uncertain,
         "reasons": dict(sorted(reasons.items())),
         "faulted": sum(o.faulted for o in outcomes),
         "labelled": sum(o.label is not None for o in outcomes),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,11 +13,15 @@ from typing import Any
 import structlog
 
 from inspector import __version__
+from inspector.calibration.record import preprocess_sha256, summary_line
+from inspector.calibration.verify import verify
 from inspector.config import InspectorSettings
+from inspector.decision import Verdict
 from inspector.errors import InputError
+from inspector.frame import Frame
 from inspector.pipeline import FramePipeline, build_pipeline, read_file_frame
 from inspector.progress import Progress
-from inspector.replay.dataset import ReplaySet, collect
+from inspector.replay.dataset import ReplayItem, ReplaySet, collect
 from inspector.replay.metrics import Outcome, summarize, what_if
 from inspector.replay.report import write_report
 
@@ -47,6 +52,7 @@ def run_replay(
     labels_csv: Path | None = None,
     out_dir: Path | None = None,
     what_if_thresholds: list[float] | None = None,
+    calibration: Path | None = None,
     report: bool = True,
     progress: bool | None = None,
     log: structlog.typing.FilteringBoundLogger | None = None,
@@ -56,7 +62,7 @@ def run_replay(
     bad = [t for t in what_if_thresholds or [] if not 0.0 <= t <= 1.0]
     if bad:
         raise InputError(f"--what-if thresholds must lie in 0..1, got {bad}")
-    pipeline = build_pipeline(settings, model_path=model_path, threshold=threshold, log=log)
+    pipeline = build_pipeline(settings, model_path=model_path, threshold=threshold, calibration=calibration, log=log)
     dataset = collect(path, labels_csv=labels_csv, roi_names=pipeline.roi_names)
     _log_dataset(log, path, dataset)
     out_dir = out_dir or default_out_dir()
@@ -83,10 +89,19 @@ def run_replay(
             "provider": pipeline.classifier.provider,
             "classes": list(pipeline.classifier.classes),
             "rois": list(pipeline.roi_names),
+            "preprocess_sha256": preprocess_sha256(pipeline.preprocessor.spec.to_json()),
         },
         threshold=pipeline.thresholds.default,
         roi_thresholds=pipeline.thresholds.by_roi,
+        uncertain_band_high=pipeline.thresholds.band_high or None,
     )
+    record = pipeline.thresholds.calibration
+    if record is not None:
+        summary["calibration"] = {
+            "path": str(calibration or settings.decision.calibration),
+            **summary_line(record),
+            "check": verify(record, summary["frame_metrics"], summary["roi_metrics"]),
+        }
     if what_if_thresholds:
         summary["what_if"] = what_if(outcomes, what_if_thresholds)
     summary_path = out_dir / "summary.json"
@@ -102,21 +117,27 @@ def run_replay(
     return ReplayResult(out_dir, decisions, summary_path, report_path, summary, tuple(outcomes))
 
 
+def judge(pipeline: FramePipeline, dataset: ReplaySet, progress: bool | None, label: str = "replay") -> Iterator[tuple[ReplayItem, Frame, Verdict]]:
+    """Each item of `dataset` with its frame (the file's bytes) and its verdict, in order, with a progress line."""
+    bar = Progress(len(dataset.items), label, enabled=progress)
+    for item in dataset.items:
+        frame = read_file_frame(item.path, item.frame_id)
+        yield item, frame, pipeline.process(frame)
+        bar.advance()
+    bar.close()
+
+
 def _judge_all(pipeline: FramePipeline, dataset: ReplaySet, decisions: Path, progress: bool | None) -> list[Outcome]:
     outcomes = []
-    bar = Progress(len(dataset.items), "replay", enabled=progress)
     tmp = decisions.with_suffix(".jsonl.partial")
     with tmp.open("w", encoding="utf-8") as f:
-        for item in dataset.items:
-            verdict = pipeline.process(read_file_frame(item.path, item.frame_id))
+        for item, _, verdict in judge(pipeline, dataset, progress):
             roi_labels = dict(item.roi_labels) if item.roi_labels else None
             record = verdict.to_dict()
             if item.label is not None:
                 record["label"] = {"frame": item.label, "defect": item.defect, "rois": roi_labels}
             f.write(json.dumps(record, separators=(",", ":")) + "\n")
             outcomes.append(Outcome.of(verdict, item.label, item.defect, roi_labels))
-            bar.advance()
-    bar.close()
     os.replace(tmp, decisions)
     return outcomes
 

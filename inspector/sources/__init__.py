@@ -34,12 +34,14 @@ class FrameSource(Protocol):
         ...
 
 
-def build_source(settings: SourceSettings, *, health: Health, log: structlog.typing.FilteringBoundLogger) -> FrameSource:
-    """The source `settings.kind` names."""
+def build_source(
+    settings: SourceSettings, *, health: Health, log: structlog.typing.FilteringBoundLogger, uncertain_route: str = "reject"
+) -> FrameSource:
+    """The source `settings.kind` names; a folder files uncertain parts under processed/<uncertain_route>/."""
     if settings.kind is SourceKind.FOLDER:
         from inspector.sources.folder import FolderSource
 
-        return FolderSource(settings, health=health, log=log)
+        return FolderSource(settings, health=health, log=log, uncertain_route=uncertain_route)
     from inspector.sources.camera import CameraSource
 
     return CameraSource(settings, health=health, log=log)

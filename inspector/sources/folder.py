@@ -24,7 +24,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from inspector.config import SourceSettings
-from inspector.decision import REJECT, iso_time
+from inspector.decision import gate, iso_time
 from inspector.errors import InputError
 from inspector.frame import QUARANTINE_REASONS, Frame, Reason
 from inspector.health import Health
@@ -47,8 +47,10 @@ class FolderSource:
         *,
         health: Health,
         log: structlog.typing.FilteringBoundLogger,
+        uncertain_route: str = "reject",
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.uncertain_route = uncertain_route
         if settings.path is None:
             raise InputError("source.path: required when source.kind is folder")
         if not settings.path.is_dir():
@@ -266,7 +268,7 @@ class FolderSource:
             elif self.settings.after_decision == "delete":
                 os.unlink(src)
             else:
-                dest = _unique(self.root / PROCESSED / ("reject" if verdict == REJECT else "pass") / name, seq)
+                dest = _unique(self.root / PROCESSED / gate(verdict, self.uncertain_route) / name, seq)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(src, dest)
         except FileNotFoundError:

@@ -1,0 +1,305 @@
+"""`inspector calibrate`: from labelled scores to a threshold with a stated guarantee, written as a station's record."""
+
+from __future__ import annotations
+
+import getpass
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from inspector import __version__
+from inspector.calibration.record import (
+    ALL_ROIS,
+    Achieved,
+    BandRecord,
+    CalibrationRecord,
+    Cost,
+    DatasetRef,
+    GroupFigures,
+    Limit,
+    ModelRef,
+    ScopeResult,
+    Target,
+)
+from inspector.calibration.scores import ScoreSet
+from inspector.calibration.threshold import (
+    Operating,
+    Sample,
+    by_group,
+    cost_threshold,
+    expected_cost,
+    meets,
+    operating_point,
+    recall_threshold,
+    uncertain_band,
+)
+from inspector.errors import InputError
+
+
+@dataclass(frozen=True)
+class CalibrateOptions:
+    """What the quality engineer asks for."""
+
+    station: str
+    target_recall: float = 0.995
+    confidence: float = 0.95
+    safety_margin: float = 0.5  # odds cut when the target cannot be demonstrated
+    per_roi: bool = False
+    cost_escape: float | None = None
+    cost_false_reject: float | None = None
+    ng_rate: float | None = None  # NG prevalence on the line, for the expected cost and review rate
+    choose: Literal["recall", "cost"] = "recall"
+    band: Literal["auto"] | float | None = None  # None: no uncertain band; "auto": up to `band_false_reject`; a number: t_high
+    band_false_reject: float = 0.005
+
+    def check(self) -> None:
+        """Raise InputError naming the option and the allowed values for anything out of range or inconsistent."""
+        if not 0.0 < self.target_recall < 1.0:
+            raise InputError(f"--target-recall must lie strictly between 0 and 1 (like 0.995), got {self.target_recall}")
+        if not 0.0 < self.confidence < 1.0:
+            raise InputError(f"--confidence must lie strictly between 0 and 1 (like 0.95), got {self.confidence}")
+        if not 0.0 <= self.safety_margin < 1.0:
+            raise InputError(f"--safety-margin must lie in 0..1 (0 = none, 0.5 = halve the threshold's odds), got {self.safety_margin}")
+        if (self.cost_escape is None) != (self.cost_false_reject is None):
+            raise InputError("--cost-escape and --cost-false-reject go together: give both, or neither")
+        for name, v in (("--cost-escape", self.cost_escape), ("--cost-false-reject", self.cost_false_reject)):
+            if v is not None and not v > 0.0:
+                raise InputError(f"{name} must be a positive cost per part (any unit, the same for both), got {v}")
+        if self.choose == "cost" and self.cost_escape is None:
+            raise InputError("--choose cost needs --cost-escape and --cost-false-reject")
+        if self.ng_rate is not None and not 0.0 < self.ng_rate < 1.0:
+            raise InputError(f"--ng-rate must lie strictly between 0 and 1 (the line's share of NG parts), got {self.ng_rate}")
+        if isinstance(self.band, float) and not 0.0 < self.band <= 1.0:
+            raise InputError(f"--uncertain-band takes auto or the band's upper threshold in 0..1, got {self.band}")
+        if not 0.0 <= self.band_false_reject < 1.0:
+            raise InputError(f"--band-false-reject must lie in 0..1, got {self.band_false_reject}")
+
+
+def default_record_path(station: str, root: Path = Path("calibration")) -> Path:
+    """calibration/<station>.yaml, relative to the working directory."""
+    return root / f"{station}.yaml"
+
+
+def calibrate(scores: ScoreSet, options: CalibrateOptions) -> CalibrationRecord:
+    """The record for these scores: one threshold for all ROIs, or one per ROI with `per_roi`."""
+    options.check()
+    samples = scores.samples
+    _require_both_labels(samples, "the calibration data")
+    if options.per_roi:
+        if scores.unit != "roi":
+            raise InputError("--per-roi needs labels per ROI: a --labels CSV `frame,roi1,roi2,...` (or decisions replayed with one)")
+        groups = by_group(samples, "roi")
+        for name, group in groups.items():
+            _require_both_labels(group, f"ROI {name}")
+        scopes = {name: _scope(group, options, with_rois=False) for name, group in groups.items()}
+    else:
+        scopes = {ALL_ROIS: _scope(samples, options, with_rois=scores.unit == "roi")}
+    ng = [s for s in samples if s.ng]
+    per_class: dict[str, int] = {}
+    for s in ng:
+        if s.defect:
+            per_class[s.defect] = per_class.get(s.defect, 0) + 1
+    return CalibrationRecord(
+        station=options.station,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        created_by=f"{_user()}@{socket.gethostname()}",
+        inspector_version=__version__,
+        model=ModelRef(name=scores.model_name, sha256=scores.model_sha256),
+        preprocess_sha256=scores.preprocess_sha256,
+        target=Target(ng_recall=options.target_recall, confidence=options.confidence),
+        dataset=DatasetRef(
+            source=scores.source,
+            fingerprint=scores.fingerprint,
+            basis=scores.basis,  # type: ignore[arg-type]
+            unit=scores.unit,  # type: ignore[arg-type]
+            n_ok=len(samples) - len(ng),
+            n_ng=len(ng),
+            n_ng_per_class=dict(sorted(per_class.items())),
+            excluded=len(scores.excluded),
+        ),
+        demonstrated=all(s.demonstrated for s in scopes.values()),
+        thresholds=scopes,
+    )
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        return "unknown"
+
+
+def _require_both_labels(samples: tuple[Sample, ...] | list[Sample], what: str) -> None:
+    n_ng = sum(s.ng for s in samples)
+    n_ok = len(samples) - n_ng
+    if n_ng == 0:
+        raise InputError(
+            f"{what} has no NG samples ({n_ok} OK): NG recall cannot be measured; add labelled NG parts (ng/<defect>/ or ng in the labels CSV)"
+        )
+    if n_ok == 0:
+        raise InputError(f"{what} has no OK samples ({n_ng} NG): the false-reject rate cannot be measured; add labelled OK parts")
+
+
+def _achieved(op: Operating) -> Achieved:
+    return Achieved(
+        ng_recall=round(op.ng_recall, 6),
+        ng_recall_lower=round(op.ng_recall_lower, 6),
+        false_reject_rate=round(op.false_reject_rate, 6),
+        false_reject_rate_upper=round(op.false_reject_rate_upper, 6),
+        ng_caught=op.ng_caught,
+        ng_missed=op.ng_missed,
+        ok_rejected=op.ok_rejected,
+        ok_passed=op.ok_passed,
+    )
+
+
+def _scope(samples: tuple[Sample, ...] | list[Sample], options: CalibrateOptions, *, with_rois: bool) -> ScopeResult:
+    ng_samples = sorted((s for s in samples if s.ng), key=lambda s: (s.score, s.sample_id))
+    ng = np.array([s.score for s in ng_samples], np.float64)
+    ok = np.sort(np.array([s.score for s in samples if not s.ng], np.float64))
+    target, conf = options.target_recall, options.confidence
+    choice = recall_threshold(ng, target, conf, options.safety_margin)
+    ng_rate = options.ng_rate if options.ng_rate is not None else len(ng) / (len(ng) + len(ok))
+    cost = None
+    threshold = choice.threshold
+    if options.cost_escape is not None and options.cost_false_reject is not None:
+        best = cost_threshold(ng, ok, options.cost_escape, options.cost_false_reject, ng_rate)
+        at_recall = operating_point(ng, ok, choice.threshold, conf)
+        cost = Cost(
+            escape=options.cost_escape,
+            false_reject=options.cost_false_reject,
+            ng_rate=round(ng_rate, 6),
+            ng_rate_from="option" if options.ng_rate is not None else "calibration data",
+            threshold=best.threshold,
+            cost_per_part=round(best.cost_per_part, 9),
+            recall_threshold_cost_per_part=round(float(expected_cost(
+                at_recall.ng_caught, at_recall.ok_rejected, len(ng), len(ok), options.cost_escape, options.cost_false_reject, ng_rate
+            )), 9),
+            achieved=_achieved(operating_point(ng, ok, best.threshold, conf)),
+        )
+        if options.choose == "cost":
+            threshold = best.threshold
+    op = operating_point(ng, ok, threshold, conf)
+    if options.choose == "cost" and cost is not None:
+        chosen_by = "expected-cost"
+    else:
+        chosen_by = "recall-bound" if choice.demonstrated else "point-estimate-minus-margin"
+    limit = ng_samples[choice.limiting]
+    band = None
+    if options.band is not None:
+        b = uncertain_band(ng, ok, threshold, None if options.band == "auto" else float(options.band), options.band_false_reject, ng_rate)
+        if options.band != "auto" and b.high <= threshold:
+            raise InputError(f"--uncertain-band {options.band}: the band's upper threshold must lie above the threshold {threshold:g}")
+        if b.high > b.low:
+            band = BandRecord(low=b.low, high=b.high, ng_in_band=b.ng_in_band, ok_in_band=b.ok_in_band,
+                              ok_rejected_above=b.ok_rejected_above, expected_review_rate=round(b.expected_review_rate, 6))
+    return ScopeResult(
+        threshold=threshold,
+        chosen_by=chosen_by,
+        demonstrated=bool(meets(op.ng_recall_lower, target)),
+        recall_bound_threshold=choice.threshold,
+        point_estimate_threshold=choice.point_threshold,
+        safety_margin=None if choice.demonstrated else options.safety_margin,
+        ng_needed_zero_misses=choice.needed_zero_miss,
+        n_ok=len(ok),
+        n_ng=len(ng),
+        achieved=_achieved(op),
+        limited_by=Limit(sample=limit.sample_id, score=round(limit.score, 6), defect=limit.defect, roi=limit.roi),
+        per_defect=_groups(samples, "defect", threshold, options),
+        per_roi=_groups(samples, "roi", threshold, options) if with_rois else {},
+        cost=cost,
+        uncertain_band=band,
+    )
+
+
+def _groups(samples: tuple[Sample, ...] | list[Sample], key: str, threshold: float, options: CalibrateOptions) -> dict[str, GroupFigures]:
+    """Each defect class's (or ROI's) figures at the shared threshold, and the threshold it alone would need."""
+    out = {}
+    for name, group in by_group(samples, key).items():
+        ng = np.sort(np.array([s.score for s in group if s.ng], np.float64))
+        if len(ng) == 0:
+            continue  # an ROI that never saw an NG part limits nothing
+        ok = np.array([s.score for s in group if not s.ng], np.float64)
+        op = operating_point(ng, ok, threshold, options.confidence)
+        alone = recall_threshold(ng, options.target_recall, options.confidence, options.safety_margin)
+        out[name] = GroupFigures(
+            n_ng=len(ng),
+            n_ok=len(ok),
+            ng_caught=op.ng_caught,
+            ng_recall=round(op.ng_recall, 6),
+            ng_recall_lower=round(op.ng_recall_lower, 6),
+            false_reject_rate=round(op.false_reject_rate, 6) if len(ok) else None,
+            lowest_ng_score=round(float(ng[0]), 6),
+            threshold_alone=alone.threshold,
+            demonstrated_alone=alone.demonstrated,
+        )
+    return out
+
+
+def limiting_group(groups: dict[str, GroupFigures]) -> str | None:
+    """The group whose own threshold is lowest: the one that holds the shared threshold down."""
+    return min(groups, key=lambda k: (groups[k].threshold_alone, k)) if groups else None
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def describe(record: CalibrationRecord, excluded: tuple[str, ...] = ()) -> list[str]:
+    """The record as a quality engineer reads it on the terminal."""
+    d, t = record.dataset, record.target
+    lines = [
+        f"station {record.station}: model {record.model.name or '?'} (sha256 {record.model.sha256[:12]}…), "
+        f"{d.n_ok} OK / {d.n_ng} NG {d.unit}s" + (f", {d.excluded} excluded (no score)" if d.excluded else ""),
+        f"target: NG recall >= {_pct(t.ng_recall)} at {100 * t.confidence:g}% confidence (one-sided Clopper-Pearson)",
+    ]
+    lines += [f"  excluded {e}" for e in excluded[:5]]
+    for name, s in record.thresholds.items():
+        head = "" if name == ALL_ROIS else f"ROI {name}: "
+        a = s.achieved
+        if s.chosen_by == "point-estimate-minus-margin":
+            lines.append(
+                f"{head}NOT DEMONSTRATED: {s.n_ng} NG samples cannot show {_pct(t.ng_recall)} NG recall at {100 * t.confidence:g}% "
+                f"confidence; {s.ng_needed_zero_misses} NG samples, none missed, would be needed."
+            )
+            lines.append(
+                f"{head}threshold {s.threshold:g}: the point estimate's {s.point_estimate_threshold:g} with its odds cut by the "
+                f"safety margin {s.safety_margin or 0:g}"
+            )
+        else:
+            why = {"recall-bound": "the highest whose lower bound on NG recall meets the target",
+                   "expected-cost": "the lowest expected cost per part (--choose cost)"}.get(s.chosen_by, s.chosen_by)
+            lines.append(f"{head}threshold {s.threshold:g}: {why}" + ("" if s.demonstrated else " (the recall target is NOT demonstrated there)"))
+        lines.append(
+            f"{head}  NG recall {_pct(a.ng_recall)} (lower bound {_pct(a.ng_recall_lower)}), {a.ng_missed} of {s.n_ng} NG missed; "
+            f"false-reject rate {_pct(a.false_reject_rate)} (upper bound {_pct(a.false_reject_rate_upper)}), {a.ok_rejected} of {s.n_ok} OK"
+        )
+        lim = s.limited_by
+        lines.append(f"{head}  limited by {lim.sample} (score {lim.score:g}" + (f", {lim.defect}" if lim.defect else "") + ")")
+        for label, groups in (("defect", s.per_defect), ("ROI", s.per_roi)):
+            worst = limiting_group(groups)
+            for g, f in groups.items():
+                mark = "  <- limits the threshold" if g == worst and len(groups) > 1 else ""
+                lines.append(
+                    f"{head}  {label} {g}: {f.n_ng} NG, recall {_pct(f.ng_recall)} (lower {_pct(f.ng_recall_lower)}), "
+                    f"alone it would need threshold {f.threshold_alone:g}{mark}"
+                )
+        if s.cost is not None:
+            c = s.cost
+            lines.append(
+                f"{head}  expected cost per part: {c.recall_threshold_cost_per_part:.6g} at the recall threshold; lowest {c.cost_per_part:.6g} at "
+                f"threshold {c.threshold:g} (NG recall {_pct(c.achieved.ng_recall)}, false-reject rate {_pct(c.achieved.false_reject_rate)}; "
+                f"NG rate {_pct(c.ng_rate)} from the {c.ng_rate_from})"
+            )
+        if s.uncertain_band is not None:
+            b = s.uncertain_band
+            lines.append(
+                f"{head}  uncertain band [{b.low:g}, {b.high:g}): {b.ng_in_band} NG and {b.ok_in_band} OK samples in it, expected review "
+                f"rate {_pct(b.expected_review_rate)}; {b.ok_rejected_above} OK still rejected above it"
+            )
+    return lines
+

@@ -1,0 +1,179 @@
+"""Labelled scores for calibration: computed once from images through the daemon's path, or read from replay's decisions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from inspector.calibration.record import preprocess_sha256
+from inspector.calibration.threshold import Sample
+from inspector.config import InspectorSettings
+from inspector.errors import InputError, ModelError
+from inspector.model import file_sha256
+from inspector.pipeline import build_pipeline
+from inspector.replay.dataset import ReplaySet, collect
+from inspector.replay.runner import judge
+
+
+@dataclass(frozen=True)
+class ScoreSet:
+    """Every labelled calibration sample with its score, and where they came from."""
+
+    samples: tuple[Sample, ...]
+    unit: str  # "frame" | "roi"
+    model_sha256: str
+    model_name: str | None
+    roi_names: tuple[str, ...]
+    preprocess_sha256: str | None
+    fingerprint: str
+    basis: str  # "files" | "decisions"
+    source: str
+    excluded: tuple[str, ...]  # samples without a score (faulted frames), with the reason
+    unlabelled: int  # frames without a label, left out
+
+
+def _fingerprint(lines: list[str]) -> str:
+    return "sha256:" + hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
+
+
+def from_images(
+    path: Path,
+    settings: InspectorSettings,
+    *,
+    model_path: Path,
+    labels_csv: Path | None = None,
+    progress: bool | None = None,
+    log: structlog.typing.FilteringBoundLogger | None = None,
+) -> ScoreSet:
+    """Score every labelled image under `path` once, with the station's preprocessing and the model's ROIs."""
+    log = log or structlog.get_logger("inspector.calibrate")
+    pipeline = build_pipeline(settings, model_path=model_path, apply_calibration=False, log=log)
+    dataset = collect(path, labels_csv=labels_csv, roi_names=pipeline.roi_names)
+    if dataset.labelled_by == "none":
+        raise InputError(
+            f"{path}: no labels; calibration needs labelled parts: ok/ and ng/<defect>/ folders, or --labels CSV with ok/ng per ROI"
+        )
+    unit = "roi" if dataset.labelled_by == "csv" else "frame"
+    labelled = [item for item in dataset.items if item.label is not None]
+    if len(labelled) < len(dataset.items):
+        log.warning("frames_without_labels", count=len(dataset.items) - len(labelled), why="not in the labels CSV; left out")
+    samples: list[Sample] = []
+    excluded: list[str] = []
+    lines: list[str] = []
+    for item, frame, verdict in judge(pipeline, ReplaySet(tuple(labelled), dataset.labelled_by), progress, "scoring"):
+        content = hashlib.sha256(frame.data or b"").hexdigest()
+        lines.append(f"{item.frame_id}\t{item.label}\t{item.defect}\t{item.roi_labels}\t{content}")
+        if verdict.score is None:
+            excluded.append(f"{item.frame_id}: {verdict.reason.value if verdict.reason else 'no score'}")
+            continue
+        samples += _samples(item.frame_id, item.label, item.defect, item.roi_labels, {r.name: r.score for r in verdict.rois}, verdict.score)
+    return ScoreSet(
+        samples=tuple(samples),
+        unit=unit,
+        model_sha256=pipeline.classifier.sha256,
+        model_name=Path(model_path).name,
+        roi_names=pipeline.roi_names,
+        preprocess_sha256=preprocess_sha256(pipeline.preprocessor.spec.to_json()),
+        fingerprint=_fingerprint(lines),
+        basis="files",
+        source=str(path),
+        excluded=tuple(excluded),
+        unlabelled=len(dataset.items) - len(labelled),
+    )
+
+
+def _samples(
+    frame_id: str,
+    label: str | None,
+    defect: str | None,
+    roi_labels: Any,
+    roi_scores: dict[str, float],
+    frame_score: float,
+) -> list[Sample]:
+    if roi_labels:
+        return [Sample(f"{frame_id}#{roi}", roi_scores[roi], lab == "ng", None, roi) for roi, lab in roi_labels]
+    return [Sample(frame_id, frame_score, label == "ng", defect if label == "ng" else None, None)]
+
+
+def from_decisions(path: Path, *, model_path: Path | None = None) -> ScoreSet:
+    """Read labelled scores from replay's decisions.jsonl; its summary.json beside it names the model and ROIs."""
+    if not path.is_file():
+        raise InputError(f"--decisions {path}: no such file; expected the decisions.jsonl that `inspector replay` wrote")
+    records = _read_jsonl(path)
+    if not records:
+        raise InputError(f"--decisions {path}: no decisions in the file")
+    hashes = sorted({str(r.get("model", {}).get("sha256")) for r in records})
+    if len(hashes) != 1:
+        raise InputError(f"--decisions {path}: decisions from {len(hashes)} different models ({', '.join(h[:12] for h in hashes)}); calibrate one model")
+    sha = hashes[0]
+    if model_path is not None:
+        actual = file_sha256(model_path)
+        if actual != sha:
+            raise ModelError(f"--model {model_path} has sha256 {actual}, but the decisions in {path} came from sha256 {sha}")
+    summary = _read_summary(path.with_name("summary.json"))
+    model = summary.get("model", {})
+    name = Path(model_path).name if model_path else (Path(model["path"]).name if model.get("path") else None)
+    labelled = [r for r in records if r.get("label")]
+    if not labelled:
+        raise InputError(
+            f"--decisions {path}: no decision carries a label; replay a labelled folder (ok/ + ng/<defect>/) or pass --labels to replay"
+        )
+    unit = "roi" if any(r["label"].get("rois") for r in labelled) else "frame"
+    samples: list[Sample] = []
+    excluded: list[str] = []
+    lines: list[str] = []
+    for r in labelled:
+        lab = r["label"]
+        rois = tuple(sorted(lab["rois"].items())) if lab.get("rois") else None
+        lines.append(f"{r['frame_id']}\t{lab.get('frame')}\t{lab.get('defect')}\t{rois}\t{r.get('score')}")
+        if r.get("score") is None:
+            excluded.append(f"{r['frame_id']}: {r.get('reason') or 'no score'}")
+            continue
+        roi_scores = {x["name"]: float(x["score"]) for x in r.get("rois", [])}
+        samples += _samples(r["frame_id"], lab.get("frame"), lab.get("defect"), rois, roi_scores, float(r["score"]))
+    roi_names = tuple(model.get("rois") or [x["name"] for x in labelled[0].get("rois", [])])
+    return ScoreSet(
+        samples=tuple(samples),
+        unit=unit,
+        model_sha256=sha,
+        model_name=name,
+        roi_names=roi_names,
+        preprocess_sha256=model.get("preprocess_sha256"),
+        fingerprint=_fingerprint(lines),
+        basis="decisions",
+        source=str(path),
+        excluded=tuple(excluded),
+        unlabelled=len(records) - len(labelled),
+    )
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    records = []
+    try:
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"--decisions {path}:{lineno}: not a JSON line ({exc.msg})") from None
+                if not isinstance(r, dict) or "frame_id" not in r or "score" not in r:
+                    raise InputError(f"--decisions {path}:{lineno}: not a verdict (expected frame_id, score, rois, model, label)")
+                records.append(r)
+    except UnicodeDecodeError:
+        raise InputError(f"--decisions {path}: not UTF-8 text; expected the decisions.jsonl that `inspector replay` wrote") from None
+    return records
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # optional: only names the model and ROIs
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,356 @@
+"""`inspector calibrate` end to end through the CLI, on real exported models and real image files, and the record's use."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from inspector.calibration.record import load_record, write_record
+from inspector.calibration.run import CalibrateOptions, calibrate
+from inspector.calibration.scores import ScoreSet
+from inspector.calibration.threshold import Sample, below
+from inspector.cli import main
+from inspector.errors import ConfigError
+from inspector.model import file_sha256
+
+
+def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _decisions(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "decisions.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def station_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory with calibration/, as a station's configuration repository has."""
+    (tmp_path / "calibration").mkdir()
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def tile_scores(models: dict[str, Path], tiles: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """The dark-spot model's decisions on the tiles, from replay: the scores calibration must reproduce."""
+    out = tmp_path_factory.mktemp("replayed")
+    assert main(["replay", str(tiles), "--model", str(models["dark"]), "--out", str(out), "--no-report"]) == 0
+    return _decisions(out)
+
+
+def test_calibrate_writes_the_station_record_with_the_recall_bound_threshold(
+    models: dict[str, Path], tiles: Path, station_dir: Path, tile_scores: list[dict], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 8 NG, all caught: the lower bound at 80% confidence is 0.2^(1/8) = 0.818 >= 0.8; one miss would give 0.65.
+    code, out, err = _run(capsys, "calibrate", tiles, "--model", models["dark"], "--target-recall", "0.8", "--confidence", "0.8",
+                          "--station", "press-3")
+    assert code == 0, err
+    record = load_record(station_dir / "calibration" / "press-3.yaml")
+    ng_scores = sorted(d["score"] for d in tile_scores if d["label"]["frame"] == "ng")
+    ok_scores = [d["score"] for d in tile_scores if d["label"]["frame"] == "ok"]
+    scope = record.thresholds["*"]
+    assert scope.threshold == below(ng_scores[0]) and scope.chosen_by == "recall-bound"
+    assert record.demonstrated and scope.demonstrated
+    assert scope.achieved.ng_recall == 1.0 and scope.achieved.ng_recall_lower == pytest.approx(0.2 ** (1 / 8), abs=1e-6)
+    assert scope.achieved.ok_rejected == sum(s >= scope.threshold for s in ok_scores)
+    assert record.model.sha256 == file_sha256(models["dark"]) and record.model.name == "dark.onnx"
+    assert (record.dataset.n_ok, record.dataset.n_ng, record.dataset.n_ng_per_class) == (12, 8, {"blowhole": 4, "crack": 4})
+    assert record.dataset.basis == "files" and record.dataset.fingerprint.startswith("sha256:")
+    assert record.station == "press-3" and "@" in record.created_by and record.created_at.endswith("Z")
+    assert set(scope.per_defect) == {"blowhole", "crack"}
+    assert scope.limited_by.defect in scope.per_defect and scope.limited_by.score == pytest.approx(ng_scores[0], abs=1e-6)
+    assert f"threshold {scope.threshold:g}" in out and "calibration/press-3.yaml" in out
+    report = (station_dir / "calibration" / "press-3.report.html").read_text()
+    assert "<svg" in report and "press-3" in report
+    # The same labelled scores read from replay's decisions give the same threshold, without scoring again.
+    replay_dir = station_dir / "replay"
+    assert main(["replay", str(tiles), "--model", str(models["dark"]), "--out", str(replay_dir), "--no-report"]) == 0
+    capsys.readouterr()
+    code, out, err = _run(capsys, "calibrate", "--decisions", replay_dir / "decisions.jsonl", "--target-recall", "0.8",
+                          "--confidence", "0.8", "--station", "press-3", "--out", station_dir / "from-decisions.yaml")
+    assert code == 0, err
+    again = load_record(station_dir / "from-decisions.yaml")
+    assert again.thresholds["*"].threshold == scope.threshold and again.dataset.basis == "decisions"
+    assert again.model.sha256 == record.model.sha256 and again.model.name == "dark.onnx"
+    assert again.preprocess_sha256 == record.preprocess_sha256
+
+
+def test_too_few_ng_is_not_demonstrated_and_says_how_many_would_be(
+    models: dict[str, Path], tiles: Path, station_dir: Path, tile_scores: list[dict], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = _run(capsys, "calibrate", tiles, "--model", models["dark"], "--target-recall", "0.995", "--station", "s1",
+                          "--safety-margin", "0.5")
+    assert code == 0, err
+    assert "NOT DEMONSTRATED: 8 NG samples cannot show 99.50% NG recall at 95% confidence; 598 NG samples" in out
+    record = load_record(station_dir / "calibration" / "s1.yaml")
+    scope = record.thresholds["*"]
+    assert not record.demonstrated and scope.chosen_by == "point-estimate-minus-margin"
+    assert scope.ng_needed_zero_misses == 598 and scope.safety_margin == 0.5
+    assert scope.threshold < scope.point_estimate_threshold
+    # Replay (as the daemon) warns at start that the record's guarantee was not shown.
+    code, out, err = _run(capsys, "replay", tiles, "--model", models["dark"], "--calibration", "calibration/s1.yaml",
+                          "--out", station_dir / "o", "--no-report")
+    assert code == 0, err
+    warning = next(json.loads(line) for line in err.splitlines() if "calibration_not_demonstrated" in line)
+    assert warning["level"] == "warning" and warning["ng_needed"] == 598 and warning["n_ng"] == 8
+    assert "(NOT DEMONSTRATED at calibration)" in out
+
+
+def test_replay_with_the_record_applies_it_and_checks_recall_against_its_bound(
+    models: dict[str, Path], tiles: Path, station_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run(capsys, "calibrate", tiles, "--model", models["dark"], "--target-recall", "0.8", "--confidence", "0.8",
+                "--station", "s1")[0] == 0
+    record = load_record(station_dir / "calibration" / "s1.yaml")
+    from inspector.samples import write_labelled_folder
+
+    other = write_labelled_folder(station_dir / "other", n_ok=10, n_ng=6, seed=9)
+    code, out, err = _run(capsys, "replay", other, "--model", models["dark"], "--calibration", "calibration/s1.yaml",
+                          "--out", station_dir / "o", "--no-report")
+    assert code == 0, err
+    summary = json.loads((station_dir / "o" / "summary.json").read_text())
+    assert summary["threshold"] == record.thresholds["*"].threshold
+    check = summary["calibration"]["check"]["scopes"]["*"]
+    assert check["n_ng"] == 6 and check["ng_recall"] == pytest.approx(summary["frame_metrics"]["ng_recall"], abs=1e-6)
+    assert check["calibrated_lower_bound"] == record.thresholds["*"].achieved.ng_recall_lower
+    assert check["inside_bound"] is (check["ng_recall"] >= check["calibrated_lower_bound"])
+    assert "NG recall here" in out and ("inside the calibrated bound" in out) is check["inside_bound"]
+    # --threshold would silently replace the reviewed record: refused.
+    code, _, err = _run(capsys, "replay", other, "--model", models["dark"], "--calibration", "calibration/s1.yaml",
+                        "--threshold", "0.5", "--out", station_dir / "o2")
+    assert code == 2 and "give one" in err and not (station_dir / "o2").exists()
+
+
+def test_a_record_for_another_model_is_refused_naming_both_hashes(
+    models: dict[str, Path], tiles: Path, station_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run(capsys, "calibrate", tiles, "--model", models["dark"], "--target-recall", "0.8", "--station", "s1")[0] == 0
+    code, _, err = _run(capsys, "replay", tiles, "--model", models["multi"], "--calibration", "calibration/s1.yaml",
+                        "--out", station_dir / "o")
+    assert code == 2 and "Traceback" not in err
+    assert file_sha256(models["dark"]) in err and file_sha256(models["multi"]) in err
+    assert not (station_dir / "o").exists()
+    # Through the config, as the daemon reads it.
+    cfg = station_dir / "station.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"providers": ["cpu"]}, "decision": {"calibration": "calibration/s1.yaml"}}))
+    code, _, err = _run(capsys, "replay", tiles, "--model", models["multi"], "--config", cfg, "--out", station_dir / "o")
+    assert code == 2 and file_sha256(models["multi"]) in err
+
+
+def test_uncertain_band_gives_verdict_uncertain_routed_like_a_reject_or_to_review(
+    models: dict[str, Path], tiles: Path, station_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = _run(capsys, "calibrate", tiles, "--model", models["dark"], "--target-recall", "0.8", "--confidence", "0.8",
+                          "--station", "s1", "--uncertain-band", "0.999999")
+    assert code == 0, err
+    band = load_record(station_dir / "calibration" / "s1.yaml").thresholds["*"].uncertain_band
+    assert band is not None and band.high == 0.999999 and band.ng_in_band == 8 and "uncertain band" in out
+    assert band.expected_review_rate == pytest.approx((band.ng_in_band + band.ok_in_band) / 20, abs=1e-6)
+    for route in ("reject", "review"):
+        cfg = station_dir / f"{route}.yaml"
+        cfg.write_text(yaml.safe_dump({"model": {"providers": ["cpu"]},
+                                       "decision": {"calibration": "calibration/s1.yaml", "uncertain_route": route}}))
+        out_dir = station_dir / route
+        code, out, err = _run(capsys, "replay", tiles, "--model", models["dark"], "--config", cfg, "--out", out_dir, "--no-report")
+        assert code == 0, err
+        by_label: dict[str, set] = {"ok": set(), "ng": set()}
+        for d in _decisions(out_dir):
+            by_label[d["label"]["frame"]].add((d["verdict"], d["gate"], d["reason"]))
+            if d["verdict"] == "uncertain":
+                assert d["rois"][0]["uncertain_band"] == [band.low, band.high]
+        assert by_label["ng"] == {("uncertain", route, "uncertain")}
+        assert by_label["ok"] == {("pass", "pass", None)}
+        summary = json.loads((out_dir / "summary.json").read_text())
+        # An uncertain NG part is not passed: it is not an escape.
+        assert summary["uncertain"] == 8 and summary["frame_metrics"]["ng_recall"] == 1.0
+
+
+def test_per_roi_thresholds_from_roi_labels(
+    models: dict[str, Path], roi_frames: tuple[Path, Path], station_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, csv_path = roi_frames
+    code, out, err = _run(capsys, "calibrate", root, "--model", models["rois"], "--labels", csv_path, "--target-recall", "0.5",
+                          "--confidence", "0.5", "--station", "s1", "--per-roi")
+    assert code == 0, err
+    record = load_record(station_dir / "calibration" / "s1.yaml")
+    assert set(record.thresholds) == {"roi1", "roi2", "roi3", "roi4"} and record.dataset.unit == "roi"
+    assert sum(s.n_ng for s in record.thresholds.values()) == record.dataset.n_ng == 17
+    assert all(s.limited_by.roi == name for name, s in record.thresholds.items())
+    assert "ROI roi3: threshold" in out
+    code, _, err = _run(capsys, "replay", root, "--model", models["rois"], "--labels", csv_path, "--calibration", "calibration/s1.yaml",
+                        "--out", station_dir / "o", "--no-report")
+    assert code == 0, err
+    summary = json.loads((station_dir / "o" / "summary.json").read_text())
+    assert summary["roi_thresholds"] == {k: v.threshold for k, v in record.thresholds.items()}
+    assert set(summary["calibration"]["check"]["scopes"]) == {"roi1", "roi2", "roi3", "roi4"}
+    # One shared threshold over ROI samples reports each ROI's figures and which one limits it.
+    code, out, _ = _run(capsys, "calibrate", root, "--model", models["rois"], "--labels", csv_path, "--target-recall", "0.5",
+                        "--confidence", "0.5", "--station", "s1", "--out", station_dir / "shared.yaml")
+    assert code == 0
+    shared = load_record(station_dir / "shared.yaml").thresholds["*"]
+    assert set(shared.per_roi) == {"roi1", "roi2", "roi3", "roi4"} and "<- limits the threshold" in out
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        ("ok_only", ["{data}", "--model", "{dark}"], "has no NG samples (12 OK)"),
+        ("unlabelled", ["{data}", "--model", "{dark}"], "no labels; calibration needs labelled parts"),
+        ("tiles", ["{data}", "--model", "{dark}", "--decisions", "{data}/d.jsonl"], "not both and not neither"),
+        ("tiles", ["--decisions", "{data}/ok/ok_0000.png"], "not UTF-8 text"),
+        ("tiles", ["{data}", "--model", "{dark}", "--cost-escape", "10"], "--cost-escape and --cost-false-reject go together"),
+        ("tiles", ["{data}", "--model", "{dark}", "--per-roi"], "--per-roi needs labels per ROI"),
+        ("tiles", ["{data}", "--model", "{dark}", "--out", "{tmp}/nowhere/s1.yaml"], "no such folder for the record"),
+        ("tiles", ["{data}", "--model", "{dark}", "--target-recall", "1.0"], "--target-recall must lie strictly between 0 and 1"),
+        ("tiles", ["{data}", "--model", "{dark}", "--station", "../etc"], "use letters, digits"),
+        ("unlabelled_decisions", ["--decisions", "{data}/decisions.jsonl"], "no decision carries a label"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_writes_nothing(
+    models: dict[str, Path], tiles: Path, station_dir: Path, capsys: pytest.CaptureFixture[str],
+    setup: str, args: list[str], message: str,
+) -> None:
+    data = station_dir / "data"
+    if setup == "ok_only":
+        shutil.copytree(tiles / "ok", data / "ok")
+    elif setup == "unlabelled":
+        shutil.copytree(tiles / "ok", data)
+    elif setup == "unlabelled_decisions":
+        shutil.copytree(tiles / "ok", data / "imgs")
+        assert main(["replay", str(data / "imgs"), "--model", str(models["dark"]), "--out", str(data), "--no-report"]) == 0
+    else:
+        shutil.copytree(tiles, data)
+    capsys.readouterr()
+    fill = {"data": data, "dark": models["dark"], "tmp": station_dir}
+    full = [a.format(**fill) for a in args]
+    if "--station" not in full:
+        full += ["--station", "s1"]
+    if "--target-recall" not in full:
+        full += ["--target-recall", "0.9"]
+    code, _, err = _run(capsys, "calibrate", *full)
+    assert code == 2, err
+    assert message in err and "Traceback" not in err
+    assert list((station_dir / "calibration").iterdir()) == []
+
+
+def test_missing_calibration_folder_names_it(models: dict[str, Path], tiles: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _run(capsys, "calibrate", tiles, "--model", models["dark"], "--target-recall", "0.9", "--station", "s1")
+    assert code == 2 and "calibration/: no such folder for the record calibration/s1.yaml" in err
+    assert not (tmp_path / "calibration").exists()
+
+
+def _synthetic_scores(n_ok: int = 300, n_ng: int = 120) -> ScoreSet:
+    samples = [Sample(f"ok/{i}.png", 0.4 * i / n_ok, False) for i in range(n_ok)]
+    samples += [Sample(f"ng/{'crack' if i % 2 else 'dent'}/{i}.png", 0.3 + 0.7 * i / n_ng, True, "crack" if i % 2 else "dent")
+                for i in range(n_ng)]
+    return ScoreSet(tuple(samples), "frame", "a" * 64, "m.onnx", ("frame",), None, "sha256:x", "files", "synthetic", (), 0)
+
+
+def test_record_round_trips_and_a_broken_record_is_a_config_error(tmp_path: Path) -> None:
+    options = CalibrateOptions(station="s1", target_recall=0.95, confidence=0.9, cost_escape=50, cost_false_reject=1,
+                               band="auto", band_false_reject=0.01)
+    record = calibrate(_synthetic_scores(), options)
+    path = tmp_path / "s1.yaml"
+    write_record(path, record)
+    assert load_record(path) == record
+    assert path.read_text().startswith("# Calibration record for station s1")
+    scope = record.thresholds["*"]
+    assert scope.cost is not None and scope.cost.recall_threshold_cost_per_part >= scope.cost.cost_per_part
+    assert scope.limited_by.defect == "dent" and scope.per_defect["dent"].threshold_alone <= scope.per_defect["crack"].threshold_alone
+    raw = yaml.safe_load(path.read_text())
+    for change, message in (
+        ({"schema": "inspector.calibration/9"}, "schema is 'inspector.calibration/9'"),
+        ({"station": "a b"}, "station"),
+        ({"unknown_key": 1}, "unknown_key"),
+    ):
+        path.write_text(yaml.safe_dump({**raw, **change}))
+        with pytest.raises(ConfigError) as info:
+            load_record(path)
+        assert any(message in e for e in info.value.errors)
+    with pytest.raises(ConfigError, match="no calibration record"):
+        load_record(tmp_path / "absent.yaml")
+
+
+def test_cost_choice_applies_the_cheapest_threshold_only_when_asked() -> None:
+    scores = _synthetic_scores()
+    recall = calibrate(scores, CalibrateOptions(station="s1", target_recall=0.95, confidence=0.9, cost_escape=1, cost_false_reject=1))
+    cost = calibrate(scores, CalibrateOptions(station="s1", target_recall=0.95, confidence=0.9, cost_escape=1, cost_false_reject=1,
+                                              choose="cost"))
+    r, c = recall.thresholds["*"], cost.thresholds["*"]
+    assert r.chosen_by == "recall-bound" and c.chosen_by == "expected-cost"
+    assert c.threshold == r.cost.threshold != r.threshold  # type: ignore[union-attr]
+
+
+def test_calibrate_never_imports_torch(models: dict[str, Path], tiles: Path, tmp_path: Path) -> None:
+    (tmp_path / "calibration").mkdir()
+    script = (
+        "import sys\n"
+        "from inspector.cli import main\n"
+        f"code = main(['calibrate', {str(tiles)!r}, '--model', {str(models['dark'])!r}, '--target-recall', '0.9', '--station', 's1'])\n"
+        "heavy = sorted(m for m in ('torch', 'torchvision', 'matplotlib', 'scipy') if m in sys.modules)\n"
+        "print('EXIT', code, 'HEAVY', heavy)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert "EXIT 0 HEAVY []" in done.stdout, done.stderr
+
+
+def test_config_check_finds_what_the_daemon_would_refuse_in_a_record(models: dict[str, Path], tmp_path: Path) -> None:
+    from inspector.cli import check_config
+    from tests.conftest import calibration_record
+
+    record = tmp_path / "s1.yaml"
+    write_record(record, calibration_record({"*": (0.5, None)}, sha256="f" * 64, station="s9"))
+    cfg = tmp_path / "station.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"path": str(models["dark"])}, "station": {"name": "s1"},
+                                   "decision": {"calibration": str(record)}}))
+    errors = check_config(cfg)
+    assert errors == [
+        "decision.calibration: the record of station 's9', but station.name is 's1'",
+        f"decision.calibration: made for model sha256 {'f' * 64}, but model.path {models['dark']} has sha256 {file_sha256(models['dark'])}",
+    ]
+    cfg.write_text(yaml.safe_dump({"decision": {"calibration": str(tmp_path / "absent.yaml")}}))
+    assert check_config(cfg) == [f"decision.calibration: file not found: {tmp_path / 'absent.yaml'} (run `inspector calibrate`)"]
+    cfg.write_text(yaml.safe_dump({"decision": {"calibration": str(record), "threshold": 0.2}}))
+    assert any("calibration sets the thresholds: remove decision.threshold" in e for e in check_config(cfg))
+
+
+def test_unreadable_images_are_left_out_and_counted(
+    models: dict[str, Path], tiles: Path, station_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = station_dir / "data"
+    shutil.copytree(tiles, data)
+    good = (data / "ng" / "crack").iterdir().__next__().read_bytes()
+    (data / "ng" / "crack" / "partial.png").write_bytes(good[: len(good) // 2])
+    code, out, err = _run(capsys, "calibrate", data, "--model", models["dark"], "--target-recall", "0.8", "--station", "s1")
+    assert code == 0, err
+    record = load_record(station_dir / "calibration" / "s1.yaml")
+    assert record.dataset.excluded == 1 and record.dataset.n_ng == 8  # the truncated file is no evidence of recall
+    assert "1 excluded (no score)" in out and "excluded ng/crack/partial.png: truncated" in out
+
+
+def test_roi_decisions_from_replay_calibrate_like_the_images(
+    models: dict[str, Path], roi_frames: tuple[Path, Path], station_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, csv_path = roi_frames
+    common = ["--target-recall", "0.5", "--confidence", "0.5", "--station", "s1", "--per-roi"]
+    assert _run(capsys, "calibrate", root, "--model", models["rois"], "--labels", csv_path, *common, "--no-report")[0] == 0
+    from_images = load_record(station_dir / "calibration" / "s1.yaml")
+    assert main(["replay", str(root), "--model", str(models["rois"]), "--labels", str(csv_path), "--out", str(station_dir / "r"),
+                 "--no-report"]) == 0
+    code, _, err = _run(capsys, "calibrate", "--decisions", station_dir / "r" / "decisions.jsonl", *common, "--out", station_dir / "d.yaml")
+    assert code == 0, err
+    from_decisions = load_record(station_dir / "d.yaml")
+    assert from_decisions.dataset.unit == "roi" and from_decisions.preprocess_sha256 == from_images.preprocess_sha256
+    assert {k: v.threshold for k, v in from_decisions.thresholds.items()} == {k: v.threshold for k, v in from_images.thresholds.items()}
