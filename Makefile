@@ -32,13 +32,13 @@ system-packages:
 test: install system-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Until the daemon lands: generate sample parts and a small model, then replay the held-out parts.
-demo: install
-	$(BIN)/python -m inspector.training.sample --out sample
-	$(BIN)/inspector replay sample/holdout --model sample/model.onnx --out sample/replay --what-if 0.1,0.3,0.5,0.7,0.9
+# The whole product in a few minutes: sample parts (or DATA=folder), train, export, calibrate, a local broker and
+# `inspector run` on a watched folder, decisions printed as a subscriber receives them; everything stopped at the end.
+demo: install system-packages
+	$(BIN)/python -m inspector.demo --out demo $(if $(DATA),--data $(DATA))
 
 bench: install
 	$(BIN)/python benchmarks/bench_inference.py
 
 clean:
-	rm -rf $(VENV) sample .pytest_cache *.egg-info
+	rm -rf $(VENV) sample demo .pytest_cache *.egg-info

@@ -23,9 +23,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import log  # noqa: E402
-from inspector.calibration.record import load_record  # noqa: E402
-from inspector.cli import main  # noqa: E402
+from benchmarks.common import log
+from inspector.calibration.record import load_record
+from inspector.cli import main
 
 TARGETS = ((0.9, 0.9), (0.95, 0.95), (0.99, 0.95))
 
