@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path)
     check.add_argument("--run", action="store_true", help="also check what `inspector run` needs: source, certificates, journal folder")
     cfg_sub.add_parser("schema", help="print the configuration's JSON schema")
+    cfg_sub.add_parser("reference", help="print the configuration reference (Markdown, as docs/configuration.md) made from the schema")
     show = cfg_sub.add_parser("show", help="print the effective settings (file + environment), secrets masked")
     show.add_argument("--config", type=Path, default=None, help=f"config file (default {DEFAULT_CONFIG} when present)")
 
@@ -281,6 +282,11 @@ def _config(args: argparse.Namespace) -> int:
     if args.config_command == "schema":
         print(json.dumps(settings_schema(), indent=2))
         return 0
+    if args.config_command == "reference":
+        from inspector.config_reference import configuration_reference
+
+        print(configuration_reference(), end="")
+        return 0
     if args.config_command == "show":
         print(settings_yaml(_load(args.config)), end="")
         return 0
@@ -384,7 +390,7 @@ def _journal(args: argparse.Namespace) -> int:
                 for r in rows:
                     out.write(json.dumps(r) + "\n")
             else:
-                fields = ["seq", "session", "frame_id", "part_id", "verdict", "reason", "score", "threshold", "captured_at",
+                fields = ["seq", "session", "frame_id", "part_id", "verdict", "gate", "reason", "detail", "score", "threshold", "captured_at",
                           "decided_at", "deadline_at", "source", "record_sent_at", "acknowledged_at"]
                 w = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
                 w.writeheader()

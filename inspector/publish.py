@@ -34,6 +34,7 @@ from inspector.mqtt import LinkEvent, MqttLink, Topics
 from inspector.sources import FrameSource
 
 REJECT_SCHEMA = "inspector.reject/1"
+REVIEW_SCHEMA = "inspector.review/1"
 _BATCH = 256
 _PRUNE_EVERY_S = 600.0
 
@@ -215,7 +216,8 @@ class Outbox:
             # A gateway reading only `reject` (or `review`) cannot see `late`: stale ones are not sent there at all.
             topic = self.topics.reject if where == REJECT else self.topics.review
             body = (part_id or json.loads(text)["frame_id"]).encode()
-            rmid = self.link.publish(topic, body, properties=self._props(REJECT_SCHEMA, part_id, expiry, "text/plain"))
+            schema = REJECT_SCHEMA if where == REJECT else REVIEW_SCHEMA
+            rmid = self.link.publish(topic, body, properties=self._props(schema, part_id, expiry, "text/plain"))
             if rmid is not None:
                 self._inflight[rmid] = (where, seq, topic)
         return True

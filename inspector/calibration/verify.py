@@ -13,7 +13,7 @@ def verify(record: CalibrationRecord, frame_metrics: dict[str, Any] | None, roi_
     conf = record.target.confidence
     figures = roi_metrics if record.dataset.unit == "roi" else frame_metrics
     if figures is None or not figures.get("n_ng"):
-        return {"checked": False, "why": f"no labelled NG {record.dataset.unit}s in this replay"}
+        return {"checked": False, "why": f"no labelled NG {'ROIs' if record.dataset.unit == 'roi' else 'frames'} in this replay"}
     rows = {ALL_ROIS: figures} if ALL_ROIS in record.thresholds else {k: figures.get("per_roi", {}).get(k) for k in record.thresholds}
     out: dict[str, Any] = {"checked": True, "unit": record.dataset.unit, "confidence": conf, "target_recall": record.target.ng_recall, "scopes": {}}
     for name, m in rows.items():

@@ -211,14 +211,14 @@ def test_anonymous_client_is_refused_at_connect(broker: Broker) -> None:
 def test_station_decisions_reach_the_plc_with_their_properties(connect: Any) -> None:
     station = connect("station-l1-s1", PASSWORDS["station-l1-s1"])
     plc = connect("plc", PASSWORDS["plc"])
-    granted = plc.subscribe(*(f"inspector/v1/+/+/{t}" for t in ("decision", "reject", "status", "state", "record", "metrics")))
+    granted = plc.subscribe(*(f"inspector/v1/+/+/{t}" for t in ("decision", "reject", "review", "status", "state", "record", "metrics")))
     assert not any(rc.is_failure for rc in granted)
     prefix = "inspector/v1/l1/s1"
     body = {"schema": "inspector.decision/1", "seq": 1, "part_id": "P-1", "verdict": "pass", "late": False}
     assert accepted(station.publish(f"{prefix}/decision", json.dumps(body).encode(), decision_props("P-1", prefix)))
-    for topic in ("reject", "status", "state", "record", "metrics"):
+    for topic in ("reject", "review", "status", "state", "record", "metrics"):
         assert accepted(station.publish(f"{prefix}/{topic}", b"{}"))
-    assert wait_until(lambda: len(plc.received()) == 6, 5), [m.topic for m in plc.received()]
+    assert wait_until(lambda: len(plc.received()) == 7, 5), [m.topic for m in plc.received()]
     (msg,) = plc.received(f"{prefix}/decision")
     assert json.loads(msg.payload) == body
     assert msg.properties.ResponseTopic == f"{prefix}/decision/ack"
