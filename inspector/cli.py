@@ -229,6 +229,9 @@ def _add_export(sub: Any) -> None:
     ep.add_argument("--golden", type=Path, metavar="DIR", help="golden images (default: the checkpoint's validation images)")
     ep.add_argument("--config", type=Path, help="station config whose preprocess/rois replace the trained ones (the gate checks they agree)")
     ep.add_argument("--fp16", action="store_true", help="half-precision weights (looser gate: |delta p| <= 1e-2, still no verdict flips)")
+    ep.add_argument("--quantize", choices=("int8",), help="INT8 static quantization (QDQ, per-channel) behind an accuracy gate on the "
+                    "golden set: refused when ROC-AUC drops > 0.005 or > 0.5%% of verdicts flip at --threshold")
+    ep.add_argument("--calibration-data", type=Path, metavar="DIR", help="with --quantize: real frames of the station for activation ranges")
     ep.add_argument("--threshold", type=_unit_float, default=0.5, help="threshold at which no verdict may flip (default 0.5)")
 
 
@@ -653,11 +656,19 @@ def _export(args: argparse.Namespace) -> int:
         raise InputError(f"--golden {args.golden}: no such folder")
     manifest, gate = export_mod.export_checkpoint(
         args.checkpoint, args.out, golden=args.golden, spec=spec, fp16=args.fp16, threshold=args.threshold,
+        quantize=args.quantize, calibration_data=args.calibration_data,
         log=structlog.get_logger("inspector.export"),
     )
     print(
         f"parity gate passed: {gate.images} images, {gate.rows} crops, max |delta p| {gate.max_abs_diff:.2e} "
         f"(tolerance {gate.tolerance:g}), {gate.flips} verdict flips at {gate.threshold:g}"
     )
+    quant = manifest.info.get("quantization")
+    if quant:
+        g = quant["accuracy_gate"]
+        print(
+            f"accuracy gate passed: {g['images']} images ({g['labelled']} labelled), ROC-AUC {g['roc_auc_fp32']:.4f} fp32 -> "
+            f"{g['roc_auc_int8']:.4f} int8, {g['flips']} verdict flips at {g['threshold']:g}; {quant['calibration_images']} calibration images"
+        )
     print(f"model: {args.out}  classes {list(manifest.classes)}  precision {manifest.info['precision']}")
     return 0

@@ -31,6 +31,13 @@ from inspector.replay.dataset import collect
 from inspector.training.backbones import TORCH_LOAD_ERRORS, build_model
 from inspector.training.data import ImageCache
 from inspector.training.onnx_export import export_classifier
+from inspector.training.quantize import (
+    MAX_AUC_DROP,
+    MAX_FLIP_RATE,
+    accuracy_gate,
+    calibration_batches,
+    quantize_int8,
+)
 from inspector.training.recipe import TrainRecipe
 from inspector.training.trainer import CHECKPOINT_FORMAT, versions
 
@@ -107,6 +114,18 @@ def golden_frames(ckpt: dict[str, Any], golden: Path | None) -> list[Path]:
     return paths
 
 
+def golden_labels(ckpt: dict[str, Any], golden: Path | None, frames: list[Path]) -> list[str | None]:
+    """ok/ng per golden frame where known: from the folder layout, else from the checkpoint's validation labels."""
+    if golden is not None:
+        by_path = {item.path: item.label for item in collect(golden).items}
+        return [by_path.get(p) for p in frames]
+    ng: dict[Path, bool] = {}
+    for v in ckpt.get("validation", []):
+        p = Path(v["path"])
+        ng[p] = ng.get(p, False) or v.get("label") not in (None, "ok")  # a frame is NG when any of its ROIs is
+    return ["ng" if ng.get(p) else "ok" if p in ng else None for p in frames]
+
+
 def torch_probabilities(model: nn.Module, spec: PreprocessSpec, frames: list[Path]) -> list[np.ndarray]:
     """Per frame, (n_rois, classes) probabilities through the training code path."""
     cache = ImageCache(spec)
@@ -164,6 +183,32 @@ def _spec_diff(a: PreprocessSpec, b: PreprocessSpec) -> list[str]:
     return out
 
 
+def _quantized(
+    tmp: Path, spec: PreprocessSpec, classes: tuple[str, ...], info: dict[str, Any], parity: dict[str, Any], calibration_data: Path,
+    frames: list[Path], labels: list[str | None], threshold: float, max_auc_drop: float, max_flip_rate: float, log: Any,
+) -> ModelManifest:
+    """Replace the FP32 file at `tmp` with its INT8 model when the accuracy gate passes; ModelError otherwise."""
+    import onnx
+
+    int8 = tmp.with_name(tmp.name + ".int8")
+    try:
+        batches = calibration_batches(spec, [item.path for item in collect(calibration_data).items])
+        quant = quantize_int8(tmp, int8, onnx.load(str(tmp), load_external_data=False).graph.input[0].name, batches)
+        gate = accuracy_gate(tmp, int8, frames, labels, threshold=threshold, log=log, max_auc_drop=max_auc_drop, max_flip_rate=max_flip_rate)
+        if not gate.passed:
+            raise ModelError(f"INT8 export refused by the accuracy gate: {gate.problem()} over {gate.images} golden images; nothing was written")
+        manifest = ModelManifest(classes=classes, preprocess=spec, info={
+            **info, "precision": "int8", "parity_gate": parity, "quantization": {**quant, "accuracy_gate": gate.to_dict()},
+        })
+        write_manifest(int8, manifest)
+        os.replace(int8, tmp)
+    finally:
+        int8.unlink(missing_ok=True)
+    log.info("model_quantized", calibration_images=quant["calibration_images"], roc_auc_fp32=gate.roc_auc_fp32,
+             roc_auc_int8=gate.roc_auc_int8, flips=gate.flips, images=gate.images)
+    return manifest
+
+
 def export_checkpoint(
     ckpt_path: Path,
     out: Path,
@@ -171,11 +216,22 @@ def export_checkpoint(
     golden: Path | None = None,
     spec: PreprocessSpec | None = None,
     fp16: bool = False,
+    quantize: str | None = None,
+    calibration_data: Path | None = None,
     threshold: float = 0.5,
+    max_auc_drop: float = MAX_AUC_DROP,
+    max_flip_rate: float = MAX_FLIP_RATE,
     log: structlog.typing.FilteringBoundLogger | None = None,
 ) -> tuple[ModelManifest, GateResult]:
-    """Write `out` only when the parity gate passes; ModelError with the gate's figures otherwise (and no file)."""
+    """Write `out` only when the parity gate (and, for INT8, the accuracy gate) passes; ModelError otherwise, and no file."""
     log = log or structlog.get_logger("inspector.export")
+    if quantize not in (None, "int8"):
+        raise InputError(f"--quantize {quantize}: the supported precision is int8")
+    if quantize and fp16:
+        raise InputError("--quantize int8 and --fp16 are two different precisions: choose one")
+    if quantize and (calibration_data is None or not calibration_data.exists()):
+        raise InputError("--quantize int8 needs --calibration-data DIR: real frames of the station (no labels needed), "
+                         + ("none given" if calibration_data is None else f"{calibration_data} does not exist"))
     ckpt = load_checkpoint(ckpt_path)
     model, train_spec, classes, recipe = model_from_checkpoint(ckpt)
     deploy_spec = spec or train_spec
@@ -210,6 +266,10 @@ def export_checkpoint(
             )
         manifest = ModelManifest(classes=classes, preprocess=deploy_spec, info={**info, "parity_gate": asdict(gate)})
         write_manifest(tmp, manifest)
+        if quantize and calibration_data is not None:
+            manifest = _quantized(tmp, deploy_spec, classes, info, asdict(gate), calibration_data, frames,
+                                  golden_labels(ckpt, golden, frames), threshold, max_auc_drop, max_flip_rate, log)
+            info["precision"] = "int8"
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
