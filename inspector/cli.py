@@ -667,8 +667,8 @@ def _export(args: argparse.Namespace) -> int:
     if quant:
         g = quant["accuracy_gate"]
         print(
-            f"accuracy gate passed: {g['images']} images ({g['labelled']} labelled), ROC-AUC {g['roc_auc_fp32']:.4f} fp32 -> "
-            f"{g['roc_auc_int8']:.4f} int8, {g['flips']} verdict flips at {g['threshold']:g}; {quant['calibration_images']} calibration images"
+            f"accuracy gate passed: {g['images']} images ({g['labelled']} labelled), ROC-AUC {g['roc_auc_reference']:.4f} fp32 -> "
+            f"{g['roc_auc_candidate']:.4f} int8, {g['flips']} verdict flips at {g['threshold']:g}; {quant['calibration_images']} calibration images"
         )
     print(f"model: {args.out}  classes {list(manifest.classes)}  precision {manifest.info['precision']}")
     return 0

@@ -78,6 +78,21 @@ class ModelSettings(_Section):
         default=GraphOptimization.ALL, description="onnxruntime graph optimization level: disabled, basic, extended or all."
     )
     warmup_runs: int = Field(default=2, ge=0, le=100, description="Inferences on a blank batch before the first frame (count).")
+    backend: Literal["onnxruntime", "openvino"] = Field(
+        default="onnxruntime",
+        description="Inference runtime: onnxruntime (with `providers`) or openvino (its CPU plugin; the `openvino` extra). "
+        "When openvino is not installed, onnxruntime runs the model, with one warning.",
+    )
+    openvino_precision: Literal["auto", "bf16", "fp32"] = Field(
+        default="auto",
+        description="OpenVINO inference precision: bf16 (needs a CPU with AMX or AVX512-BF16, and `model.golden` for the "
+        "accuracy gate), fp32, or auto (bf16 where both hold, fp32 otherwise).",
+    )
+    golden: Path | None = Field(
+        default=None,
+        description="Labelled golden images (ok/ + ng/<defect>/) for the load-time accuracy gate of a reduced-precision "
+        "backend (openvino bf16): refused when ROC-AUC drops > 0.005 or > 0.5% of verdicts flip against onnxruntime fp32.",
+    )
     classes: list[str] | None = Field(
         default=None, description="Class names, only for a model without a manifest (then `preprocess` is needed too)."
     )

@@ -97,9 +97,7 @@ class OnnxClassifier:
         self.classes = self.manifest.classes
         self.spec = self.manifest.preprocess
         self._logits = self.manifest.output == "logits"
-        self._input = self.session.get_inputs()[0]
-        self._output_name = self.session.get_outputs()[0].name
-        self._input_dtype = np.float16 if self._input.type == "tensor(float16)" else np.float32
+        self._input_name, self._input_shape, self._output_shape, self._input_dtype = self._io()
         self._fixed_batch = self._check_shapes()
         self.load_ms = (time.perf_counter() - started) * 1000
 
@@ -159,8 +157,20 @@ class OnnxClassifier:
                 return p
         return None
 
+    def _metadata(self) -> dict[str, str]:
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def _io(self) -> tuple[str, list[object], list[object], type]:
+        """(input name, input shape, output shape, input dtype); a dimension is an int or a name."""
+        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        self._output_name = out.name
+        return inp.name, list(inp.shape), list(out.shape), np.float16 if inp.type == "tensor(float16)" else np.float32
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run([self._output_name], {self._input_name: x})[0]
+
     def _resolve_manifest(self, settings: ModelSettings, config_spec: PreprocessSpec | None) -> ModelManifest:
-        metadata = self.session.get_modelmeta().custom_metadata_map
+        metadata = self._metadata()
         manifest = parse_manifest(metadata, str(self.path))
         if manifest is not None:
             if config_spec is not None and config_spec != manifest.preprocess:
@@ -185,17 +195,17 @@ class OnnxClassifier:
             raise ModelError(f"model.classes: {exc}") from exc
 
     def _check_shapes(self) -> bool:
-        shape = self._input.shape
+        shape = self._input_shape
         expected = self.spec.input_shape
         if len(shape) != 4:
-            raise ModelError(f"{self.path}: input {self._input.name} has shape {shape}; expected 4 dimensions (N, C, H, W)")
+            raise ModelError(f"{self.path}: input {self._input_name} has shape {shape}; expected 4 dimensions (N, C, H, W)")
         for got, want, what in zip(shape[1:], expected, ("channels", "height", "width"), strict=True):
             if isinstance(got, int) and got != want:
                 raise ModelError(
                     f"{self.path}: input {what} is {got} but the preprocessing produces {want} "
                     f"(input shape {list(shape)} vs (N, {', '.join(map(str, expected))}))"
                 )
-        out_shape = self.session.get_outputs()[0].shape
+        out_shape = self._output_shape
         if len(out_shape) != 2 or (isinstance(out_shape[1], int) and out_shape[1] != len(self.classes)):
             raise ModelError(
                 f"{self.path}: output shape {list(out_shape)} does not match {len(self.classes)} classes {list(self.classes)}"
@@ -220,15 +230,30 @@ class OnnxClassifier:
         """float32 (N, C, H, W) -> float32 (N, n_classes) probabilities; all rows in one run when the model allows."""
         x = batch.astype(self._input_dtype, copy=False)
         if self._fixed_batch and len(x) > 1:
-            raw = np.concatenate([self.session.run([self._output_name], {self._input.name: x[i : i + 1]})[0] for i in range(len(x))])
+            raw = np.concatenate([self._run(x[i : i + 1]) for i in range(len(x))])
         else:
-            raw = self.session.run([self._output_name], {self._input.name: x})[0]
+            raw = self._run(x)
         raw = np.asarray(raw, np.float32)
         if not self._logits:
             return np.clip(raw, 0.0, 1.0)
         shifted = raw - raw.max(axis=1, keepdims=True)
         e = np.exp(shifted)
         return e / e.sum(axis=1, keepdims=True)
+
+
+def load_classifier(
+    path: Path, settings: ModelSettings, *, config_spec: PreprocessSpec | None = None, log: structlog.typing.FilteringBoundLogger | None = None
+) -> OnnxClassifier:
+    """The classifier `model.backend` names; onnxruntime, with one warning, when openvino is not installed."""
+    log = log or structlog.get_logger("inspector.model")
+    if settings.backend == "openvino":
+        try:
+            from inspector.model_openvino import OpenVinoClassifier
+        except ImportError as exc:
+            log.warning("backend_unavailable", backend="openvino", reason=f"{exc} (pip install 'inspector[openvino]')", falling_back_to="onnxruntime")
+        else:
+            return OpenVinoClassifier(path, settings, config_spec=config_spec, log=log)
+    return OnnxClassifier(path, settings, config_spec=config_spec, log=log)
 
 
 def _provider_reason(provider: Provider) -> str | None:

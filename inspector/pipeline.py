@@ -14,7 +14,7 @@ from inspector.calibration.record import (
     preprocess_sha256,
     summary_line,
 )
-from inspector.config import InspectorSettings
+from inspector.config import InspectorSettings, Provider
 from inspector.decision import (
     PASS,
     REJECT,
@@ -24,9 +24,9 @@ from inspector.decision import (
     Thresholds,
     Verdict,
 )
-from inspector.errors import InputError
+from inspector.errors import InputError, ModelError
 from inspector.frame import Frame, FrameFault, Reason
-from inspector.model import Classifier, OnnxClassifier
+from inspector.model import Classifier, OnnxClassifier, load_classifier
 from inspector.preprocess import Preprocessor, PreprocessSpec, Roi, from_array
 
 
@@ -158,7 +158,7 @@ def build_pipeline(
         raise InputError("--threshold and a calibration record both set the threshold; give one")
     log = log or structlog.get_logger("inspector")
     record = load_record(record_path) if record_path is not None else None  # before the model: a bad path fails fast
-    classifier = OnnxClassifier(path, settings.model, config_spec=settings.preprocess, log=log)
+    classifier = load_classifier(path, settings.model, config_spec=settings.preprocess, log=log)
     spec = station_spec(classifier.spec, settings.rois)
     if record is not None and record_path is not None:
         check_record(record, record_path, classifier.sha256, preprocess_sha256(spec.to_json()), spec.roi_names)
@@ -174,6 +174,8 @@ def build_pipeline(
                 why="too few NG samples to prove the target recall; the threshold is a point estimate minus a safety margin",
             )
     thresholds = Thresholds(settings.decision, spec.roi_names, threshold, calibration=record)
+    if getattr(classifier, "needs_gate", False):
+        _gate_backend(classifier, path, settings, spec, thresholds.default, log)
     classifier.warmup(len(spec.roi_names), settings.model.warmup_runs)
     log.info(
         "model_loaded",
@@ -186,6 +188,28 @@ def build_pipeline(
         load_ms=round(classifier.load_ms, 1),
     )
     return FramePipeline(classifier, Preprocessor(spec), thresholds, log=log)
+
+
+def _gate_backend(
+    classifier: Classifier, path: Path, settings: InspectorSettings, spec: PreprocessSpec, threshold: float,
+    log: structlog.typing.FilteringBoundLogger,
+) -> None:
+    """A reduced-precision backend runs only when it judges the golden set as onnxruntime fp32 does."""
+    from inspector.gate import compare, frame_scores, golden_set
+
+    golden = settings.model.golden
+    if golden is None:
+        raise ModelError(f"{classifier.provider} needs model.golden (labelled ok/ + ng/ images) for its accuracy gate")
+    frames, labels = golden_set(golden)
+    reference = OnnxClassifier(path, settings.model.model_copy(update={"providers": [Provider.CPU], "backend": "onnxruntime"}),
+                               config_spec=settings.preprocess, log=log)
+    gate = compare(frame_scores(reference, spec, frames), frame_scores(classifier, spec, frames), labels, threshold=threshold)
+    if not gate.passed:
+        raise ModelError(
+            f"{classifier.provider} refused by the accuracy gate on {golden}: {gate.problem()}; "
+            "set model.openvino_precision: fp32 or model.backend: onnxruntime"
+        )
+    log.info("accuracy_gate_passed", provider=classifier.provider, golden=str(golden), **gate.to_dict())
 
 
 def read_file_frame(path: Path, frame_id: str | None = None, *, clock: Callable[[], float] = time.time) -> Frame:

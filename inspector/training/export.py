@@ -204,8 +204,8 @@ def _quantized(
         os.replace(int8, tmp)
     finally:
         int8.unlink(missing_ok=True)
-    log.info("model_quantized", calibration_images=quant["calibration_images"], roc_auc_fp32=gate.roc_auc_fp32,
-             roc_auc_int8=gate.roc_auc_int8, flips=gate.flips, images=gate.images)
+    log.info("model_quantized", calibration_images=quant["calibration_images"], roc_auc_fp32=gate.roc_auc_reference,
+             roc_auc_int8=gate.roc_auc_candidate, flips=gate.flips, images=gate.images)
     return manifest
 
 
