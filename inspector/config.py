@@ -78,6 +78,13 @@ class ModelSettings(_Section):
         default=GraphOptimization.ALL, description="onnxruntime graph optimization level: disabled, basic, extended or all."
     )
     warmup_runs: int = Field(default=2, ge=0, le=100, description="Inferences on a blank batch before the first frame (count).")
+    keepalive_s: float = Field(
+        default=2.0,
+        ge=0.0,
+        le=3600.0,
+        description="Seconds without a frame after which the daemon runs one inference on a blank batch, and again each time "
+        "this long passes idle, so that caches, CPU clocks and the GPU stay warm for the next part (0 = off).",
+    )
     backend: Literal["onnxruntime", "openvino"] = Field(
         default="onnxruntime",
         description="Inference runtime: onnxruntime (with `providers`) or openvino (its CPU plugin; the `openvino` extra). "

@@ -191,11 +191,17 @@ class Daemon:
 
     def _infer(self) -> None:
         deadline_ms = self.settings.decision.deadline_ms
+        keepalive_s = self.settings.model.keepalive_s
+        last_run = time.monotonic()
         while True:
             self.health.beat("inference")
             try:
-                frame = self.infer_q.get(timeout=_TICK_S)
+                frame = self.infer_q.get(timeout=min(_TICK_S, keepalive_s) if keepalive_s else _TICK_S)
             except queue.Empty:
+                if keepalive_s and time.monotonic() - last_run >= keepalive_s:
+                    if self.pipeline.keep_warm():
+                        self.metrics.keepalive()
+                    last_run = time.monotonic()
                 continue
             if frame is None:
                 break
@@ -206,6 +212,7 @@ class Daemon:
                 verdict = replace(verdict, verdict=REJECT, reason=Reason.DEADLINE,
                                   detail=f"judged a pass {late_ms:.0f} ms after capture; the deadline is {deadline_ms} ms")
             self._put(self.out_q, Decided(frame, verdict, deadline_at))
+            last_run = time.monotonic()
         self._put(self.out_q, None)
 
     def _put(self, q: queue.Queue[Any], item: Any) -> None:

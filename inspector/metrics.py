@@ -25,6 +25,7 @@ class Metrics:
         self.passed = 0
         self.rejected: Counter[str] = Counter()
         self.skipped = 0
+        self.keepalives = 0
         self.deadline_missed = 0
         self.late_published = 0
         self._latency: deque[float] = deque(maxlen=window)
@@ -44,6 +45,11 @@ class Metrics:
             self._latency.append((verdict.decided_at - verdict.captured_at) * 1000)
             self._recent.append(verdict.verdict != PASS)
             self._times.append(self._clock())
+
+    def keepalive(self) -> None:
+        """Count an idle keep-alive inference."""
+        with self._lock:
+            self.keepalives += 1
 
     def skip(self) -> None:
         """Count a frame skipped by the overload policy `skip`."""
@@ -73,6 +79,7 @@ class Metrics:
                 "overload": self.rejected.get(Reason.OVERLOAD.value, 0),
                 "uncertain": self.rejected.get(Reason.UNCERTAIN.value, 0),
                 "skipped": self.skipped,
+                "keepalive_runs": self.keepalives,
                 "deadline_missed": self.deadline_missed,
                 "late_published": self.late_published,
                 "fps": round((len(self._times) - 1) / span, 2) if span > 0 else 0.0,

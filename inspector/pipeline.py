@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import structlog
 
 from inspector.calibration.record import (
@@ -26,7 +27,7 @@ from inspector.decision import (
 )
 from inspector.errors import InputError, ModelError
 from inspector.frame import Frame, FrameFault, Reason
-from inspector.model import Classifier, OnnxClassifier, load_classifier
+from inspector.model import ORT_EXCEPTIONS, Classifier, OnnxClassifier, load_classifier
 from inspector.preprocess import Preprocessor, PreprocessSpec, Roi, from_array
 
 
@@ -48,6 +49,7 @@ class FramePipeline:
         self.roi_names = preprocessor.spec.roi_names
         self.log = log or structlog.get_logger("inspector.pipeline")
         self._clock = clock
+        self._blank: np.ndarray | None = None
 
     def process(self, frame: Frame) -> Verdict:
         """Judge one frame."""
@@ -66,6 +68,17 @@ class FramePipeline:
         if any(r.verdict == UNCERTAIN for r in rois):
             return self._verdict(frame, rois, Reason.UNCERTAIN, None, t0, stamps)
         return self._verdict(frame, rois, None, None, t0, stamps)
+
+    def keep_warm(self) -> bool:
+        """One inference on a blank batch of this station's ROIs, so an idle line's next part is not slow; False on failure."""
+        if self._blank is None:
+            self._blank = np.zeros((len(self.roi_names), *self.preprocessor.spec.input_shape), np.float32)
+        try:
+            self.classifier.predict(self._blank)
+        except ORT_EXCEPTIONS as exc:  # a keep-alive must never stop the line: the next real frame reports the fault
+            self.log.warning("keepalive_failed", error=f"{type(exc).__name__}: {exc}")
+            return False
+        return True
 
     def reject(self, frame: Frame, reason: Reason, detail: str) -> Verdict:
         """A reject for a frame that was not judged (overload, shutdown): no scores, the reason says why."""

@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import yaml
 
 from tests.conftest import loop_model, write_parts
 from tests.mqtt_helpers import (
@@ -470,6 +471,9 @@ def test_calibration_record_sets_thresholds_and_uncertain_parts_go_to_review(
     write_record(record, calibration_record({"*": (0.5, (0.5, 0.999999))}, sha256=file_sha256(models["dark"]), demonstrated=False))
     sub = Subscriber(broker)
     cfg = station_config(tmp_path, broker, models["dark"], decision={"calibration": str(record), "uncertain_route": "review"})
+    raw = yaml.safe_load(cfg.read_text())
+    raw["model"]["keepalive_s"] = 0.3
+    cfg.write_text(yaml.safe_dump(raw))
     daemon = DaemonProcess(cfg)
     daemons.append(daemon)
     daemon.wait_event("daemon_ready")
@@ -488,6 +492,8 @@ def test_calibration_record_sets_thresholds_and_uncertain_parts_go_to_review(
     assert state["calibration"]["station"] == "s1" and state["calibration"]["demonstrated"] is False
     assert state["uncertain_route"] == "review" and state["uncertain_band_high"] == {"frame": 0.999999}
     assert wait_until(lambda: len(list((tmp_path / "in" / "processed" / "review").glob("*.png"))) == 2, 5)
+    # Idle now: the keep-alive runs blank inferences so the next part is not slow.
+    assert wait_until(lambda: any(m.json()["keepalive_runs"] >= 2 for m in sub.on("metrics")), 5)
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(15) == 0
     sub.close()

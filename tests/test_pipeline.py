@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import structlog
 
 from inspector.config import load_settings
 from inspector.errors import ModelError
@@ -120,3 +121,12 @@ def test_copying_a_file_in_gives_the_same_verdict_as_replaying_it(dark: FramePip
     shutil.copy(src, tmp_path / "copy.png")
     a, b = dark.process(read_file_frame(src)), dark.process(read_file_frame(tmp_path / "copy.png"))
     assert a.score == b.score and a.verdict == b.verdict
+
+
+def test_keep_warm_runs_the_model_and_a_failure_is_logged_not_raised(models: dict[str, Path]) -> None:
+    settings = load_settings(None, model={"providers": ["cpu"], "warmup_runs": 0})
+    assert build_pipeline(settings, model_path=models["rois"]).keep_warm() is True
+    broken = build_pipeline(load_settings(None, model={"providers": ["cpu"], "warmup_runs": 0}), model_path=models["broken"])
+    with structlog.testing.capture_logs() as logs:
+        assert broken.keep_warm() is False
+    assert [e["event"] for e in logs] == ["keepalive_failed"]
