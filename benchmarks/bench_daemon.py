@@ -37,7 +37,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from common import find_images, log  # benchmarks/ is on sys.path when run as a script
+from common import (  # benchmarks/ is on sys.path when run as a script
+    cpu_model,
+    find_images,
+    log,
+    stats,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "datasets" / "magnetic-tile"
@@ -60,38 +65,11 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 # --- statistics -------------------------------------------------------------------------------
 
 
-def stats(ms: list[float]) -> dict[str, Any]:
-    import numpy as np
-
-    if not ms:
-        return {"n": 0, "p50": None, "p90": None, "p99": None, "mean": None, "max": None}
-    a = np.asarray(ms, np.float64)
-    return {
-        "n": int(a.size),
-        "p50": round(float(np.percentile(a, 50)), 3),
-        "p90": round(float(np.percentile(a, 90)), 3),
-        "p99": round(float(np.percentile(a, 99)), 3),
-        "mean": round(float(a.mean()), 3),
-        "max": round(float(a.max()), 3),
-    }
-
-
 def p50(values: list[float]) -> float | None:
     return stats(values)["p50"]
 
 
 # --- machine ------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def fs_of(path: Path) -> dict[str, str]:

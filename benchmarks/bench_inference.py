@@ -28,7 +28,7 @@ import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from common import find_images, log  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from common import find_images, log, stats  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "datasets" / "magnetic-tile"
@@ -50,20 +50,6 @@ def pick(images: list[Path], n: int, seed: int) -> list[Path]:
 
 
 # --- statistics -------------------------------------------------------------------------------
-
-
-def stats(ms: list[float]) -> dict[str, float]:
-    import numpy as np
-
-    a = np.asarray(ms, np.float64)
-    return {
-        "n": int(a.size),
-        "p50": round(float(np.percentile(a, 50)), 3),
-        "p90": round(float(np.percentile(a, 90)), 3),
-        "p99": round(float(np.percentile(a, 99)), 3),
-        "mean": round(float(a.mean()), 3),
-        "max": round(float(a.max()), 3),
-    }
 
 
 def with_fps(ms: list[float]) -> dict[str, float]:

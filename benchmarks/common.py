@@ -1,10 +1,12 @@
-"""What the benchmark scripts share: progress lines on stderr and the magnetic-tile images."""
+"""What the benchmark scripts share: progress lines on stderr, the magnetic-tile images, latency statistics, the CPU's name."""
 
 from __future__ import annotations
 
+import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def log(msg: str) -> None:
@@ -26,3 +28,35 @@ def find_images(data: Path) -> list[Path]:
     if not images:
         sys.exit(f"error: no JPEG images under {data}/ok or {data}/ng; is --data the magnetic-tile folder?")
     return images
+
+
+# --- statistics and machine -------------------------------------------------------------------
+
+
+def stats(ms: list[float]) -> dict[str, Any]:
+    """n, p50, p90, p99, mean and max of latencies in ms (None for each when there are none)."""
+    import numpy as np
+
+    if not ms:
+        return {"n": 0, "p50": None, "p90": None, "p99": None, "mean": None, "max": None}
+    a = np.asarray(ms, np.float64)
+    return {
+        "n": int(a.size),
+        "p50": round(float(np.percentile(a, 50)), 3),
+        "p90": round(float(np.percentile(a, 90)), 3),
+        "p99": round(float(np.percentile(a, 99)), 3),
+        "mean": round(float(a.mean()), 3),
+        "max": round(float(a.max()), 3),
+    }
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
