@@ -177,7 +177,7 @@ class CpuMeter:
 # --- model --------------------------------------------------------------------------------------
 
 
-def export_child(path: str, seed: int) -> None:
+def export_child(path: str, seed: int, int8_data: str | None = None) -> None:
     """Child mode: ResNet18 (random init), 1 gray channel, CLAHE 2.0 / 8x8, 224x224, exported with the manifest.
 
     Runs in its own process so that torch (and its thread pool) never lives beside the daemon during the measurement."""
@@ -198,10 +198,19 @@ def export_child(path: str, seed: int) -> None:
         }
     )
     export_classifier(module, spec, CLASSES, Path(path))
+    if int8_data:
+        from inspector.training.quantize import calibration_batches, quantize_int8
+
+        fp32 = Path(path).with_suffix(".fp32.onnx")
+        Path(path).rename(fp32)
+        # Calibrated on the last 100 tiles; the measurement takes its frames from the whole set, like a line would.
+        quantize_int8(fp32, Path(path), "input", calibration_batches(spec, find_images(Path(int8_data))[-100:], limit=100))
 
 
-def export_model(path: Path, seed: int) -> None:
-    out = subprocess.run([sys.executable, __file__, "--_export", str(path), "--seed", str(seed)], check=False, capture_output=True, text=True, cwd=REPO)
+def export_model(path: Path, seed: int, int8_data: Path | None = None) -> None:
+    extra = ["--_int8-data", str(int8_data)] if int8_data else []
+    out = subprocess.run([sys.executable, __file__, "--_export", str(path), "--seed", str(seed), *extra], check=False,
+                         capture_output=True, text=True, cwd=REPO)
     if out.returncode != 0 or not path.is_file():
         sys.exit(f"error: model export failed (exit {out.returncode}); it needs the train extra (torch, torchvision, onnx):\n{out.stderr[-3000:]}")
 
@@ -376,7 +385,8 @@ def write_config(tmp: Path, broker: Broker, model: Path, args: argparse.Namespac
     import yaml
 
     cfg = {
-        "model": {"path": str(model), "providers": ["cpu"], "intra_op_threads": args.threads},
+        "model": {"path": str(model), "providers": ["cpu"], "intra_op_threads": args.threads, "backend": args.backend,
+                  "openvino_precision": args.openvino_precision, **({"golden": str(args.golden.resolve())} if args.golden else {})},
         "station": {"line": LINE, "name": STATION},
         "source": {"kind": "folder", "path": str(tmp / "in"), "after_decision": "delete"},
         "decision": {"deadline_ms": args.deadline_ms},
@@ -708,6 +718,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temporary folder (config, journal, daemon and broker logs)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default {DEFAULT_OUT.relative_to(REPO)} in the repository)")
     ap.add_argument("--_export", help=argparse.SUPPRESS)
+    ap.add_argument("--_int8-data", help=argparse.SUPPRESS)
+    ap.add_argument("--int8", action="store_true", help="quantize the generated ResNet18 to INT8 (inspector's quantizer) before the run")
+    ap.add_argument("--backend", choices=("onnxruntime", "openvino"), default="onnxruntime", help="model.backend (default onnxruntime)")
+    ap.add_argument("--openvino-precision", choices=("auto", "bf16", "fp32"), default="auto", help="model.openvino_precision")
+    ap.add_argument("--golden", type=Path, help="model.golden: labelled images for the bf16 accuracy gate")
     args = ap.parse_args(argv)
     modes = [m.strip() for m in args.mode.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
@@ -722,7 +737,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args._export:
-        export_child(args._export, args.seed)
+        export_child(args._export, args.seed, args._int8_data)
         return 0
     started = time.time()
     images = find_images(args.data.resolve())
@@ -739,9 +754,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.model is None:
             model = tmp / "resnet18-gray-clahe-224.onnx"
-            log(f"exporting ResNet18 (random init, gray, CLAHE 2.0 8x8, {INPUT_SIZE}x{INPUT_SIZE}, fp32) in a child process")
-            export_model(model, args.seed)
-            model_desc = f"ResNet18 {INPUT_SIZE}x{INPUT_SIZE} gray, CLAHE 2.0/8x8, fp32, random weights (seed {args.seed})"
+            precision = "int8 (static QDQ, per-channel)" if args.int8 else "fp32"
+            log(f"exporting ResNet18 (random init, gray, CLAHE 2.0 8x8, {INPUT_SIZE}x{INPUT_SIZE}, {precision}) in a child process")
+            export_model(model, args.seed, args.data.resolve() if args.int8 else None)
+            model_desc = f"ResNet18 {INPUT_SIZE}x{INPUT_SIZE} gray, CLAHE 2.0/8x8, {precision}, random weights (seed {args.seed})"
         else:
             model = args.model.resolve()
             model_desc = f"{model.name} (--model)"

@@ -28,13 +28,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from common import cpu_model, find_images, log, stats  # noqa: E402
+from common import cpu_model, find_images, log, stats
 
-from inspector.config import ModelSettings  # noqa: E402
-from inspector.gate import compare, frame_scores  # noqa: E402
-from inspector.model import OnnxClassifier  # noqa: E402
-from inspector.preprocess import Preprocessor, PreprocessSpec  # noqa: E402
-from inspector.training.quantize import calibration_batches, quantize_int8  # noqa: E402
+from inspector.config import ModelSettings
+from inspector.gate import compare, frame_scores
+from inspector.model import OnnxClassifier
+from inspector.preprocess import Preprocessor, PreprocessSpec
+from inspector.training.quantize import calibration_batches, quantize_int8
 
 DEFAULT_DATA = REPO / ".." / "shared" / "datasets" / "magnetic-tile"
 SPEC = PreprocessSpec(color="rgb", resize={"width": 224, "height": 224})
@@ -121,10 +121,10 @@ def speed(arch: str, images: list[Path], frames: int, threads: int, work: Path) 
                                                     lambda m, x: m.predict(x), inputs, frames)
         except ImportError as exc:
             out[f"openvino_{precision}"] = {"skipped": str(exc)}
-        except Exception as exc:  # noqa: BLE001 - a path this CPU cannot run (bf16 without AMX) is reported, not fatal
+        except Exception as exc:
             out[f"openvino_{precision}"] = {"skipped": f"{type(exc).__name__}: {exc}"}
     base = out["torch_eager_fp32"]["batch1"]
-    for key, r in out.items():
+    for r in out.values():
         if "batch1" in r:
             r["ratio_vs_torch_batch1"] = {q: round(r["batch1"][q] / base[q], 3) for q in ("p50", "p99")}
     return out
@@ -150,7 +150,7 @@ def accuracy(run_dir: Path, data: Path, threads: int, work: Path) -> dict[str, A
     for name, build in paths.items():
         try:
             cand = build()
-        except Exception as exc:  # noqa: BLE001 - reported per path
+        except Exception as exc:
             out[name] = {"skipped": f"{type(exc).__name__}: {exc}"}
             continue
         scores = frame_scores(cand, ref.spec, frames)
