@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from common import cpu_model, find_images, log, stats
 
 from inspector.config import ModelSettings
+from inspector.errors import ModelError
 from inspector.gate import compare, frame_scores
 from inspector.model import OnnxClassifier
 from inspector.preprocess import Preprocessor, PreprocessSpec
