@@ -6,7 +6,6 @@ which `build_pipeline` runs once the threshold is known), fp32 elsewhere. Needs 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,22 +15,12 @@ import structlog
 from inspector.config import ModelSettings
 from inspector.errors import ModelError
 from inspector.model import OnnxClassifier
-from inspector.preprocess import PreprocessSpec
 
 
 class OpenVinoClassifier(OnnxClassifier):
     """An ONNX classifier compiled by OpenVINO for the CPU; `provider` reads openvino-cpu-bf16 or openvino-cpu-fp32."""
 
-    def __init__(
-        self,
-        path: Path,
-        settings: ModelSettings,
-        *,
-        config_spec: PreprocessSpec | None = None,
-        log: structlog.typing.FilteringBoundLogger | None = None,
-    ) -> None:
-        self.precision = "fp32"
-        super().__init__(path, settings, config_spec=config_spec, log=log)
+    precision = "fp32"  # set from model.openvino_precision and the CPU while the model compiles
 
     @property
     def needs_gate(self) -> bool:
