@@ -412,7 +412,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from inspector.calibration.record import load_record, write_record
+    from inspector.calibration.record import ALL_ROIS, load_record, write_record
     from inspector.calibration.run import (
         CalibrateOptions,
         calibrate,
@@ -469,7 +469,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
         by_scope = {}
         for name in record.thresholds:
-            mine = [s for s in scores.samples if name == "*" or s.roi == name]
+            mine = [s for s in scores.samples if name == ALL_ROIS or s.roi == name]
             by_scope[name] = (
                 np.array([s.score for s in mine if s.ng], np.float64),
                 np.array([s.score for s in mine if not s.ng], np.float64),
@@ -482,7 +482,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         old = {k: v.threshold for k, v in previous.thresholds.items()}
         new = {k: v.threshold for k, v in record.thresholds.items()}
         change = "unchanged" if old == new else ", ".join(
-            f"{'' if k == '*' else k + ' '}{old.get(k, 'none')} -> {new.get(k, 'none')}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+            f"{'' if k == ALL_ROIS else k + ' '}{old.get(k, 'none')} -> {new.get(k, 'none')}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
         )
         print(f"previous record ({previous.created_at} by {previous.created_by}): threshold {change}")
     print(f"record: {out}  (commit it: a threshold change is a reviewed change)")
@@ -556,6 +556,8 @@ def _print_summary(s: dict[str, Any]) -> None:
 
 
 def _print_calibration_check(cal: dict[str, Any]) -> None:
+    from inspector.calibration.record import ALL_ROIS
+
     check = cal["check"]
     head = f"calibration {cal['station']} ({cal['path']}): target NG recall {_fmt(cal['target_recall'])} at {100 * cal['confidence']:g}%"
     if not check["checked"]:
@@ -563,7 +565,7 @@ def _print_calibration_check(cal: dict[str, Any]) -> None:
         return
     print(head + ("" if cal["demonstrated"] else " (NOT DEMONSTRATED at calibration)"))
     for name, sc in check["scopes"].items():
-        label = "" if name == "*" else f"ROI {name}: "
+        label = "" if name == ALL_ROIS else f"ROI {name}: "
         if not sc.get("checked", True):
             print(f"  {label}not checked, {sc['why']}")
             continue
