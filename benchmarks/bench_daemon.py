@@ -19,7 +19,6 @@ in the repository). See benchmarks/README.md for what each figure means.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -43,6 +42,9 @@ from common import (  # benchmarks/ is on sys.path when run as a script
     log,
     stats,
 )
+
+from inspector.demo import stop_process
+from inspector.model import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "datasets" / "magnetic-tile"
@@ -215,14 +217,6 @@ def export_model(path: Path, seed: int, int8_data: Path | None = None) -> None:
         sys.exit(f"error: model export failed (exit {out.returncode}); it needs the train extra (torch, torchvision, onnx):\n{out.stderr[-3000:]}")
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # --- broker, subscriber, daemon -------------------------------------------------------------------------
 
 
@@ -261,12 +255,7 @@ class Broker:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            stop_process(self.proc)
             self.proc = None
             self._log.close()
 
@@ -834,7 +823,7 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {
                 "model": model_desc,
                 "model_path": str(model) if args.model else None,
-                "model_sha256": sha256_of(model),
+                "model_sha256": file_sha256(model),
                 "data": str(args.data.resolve()),
                 "images_available": len(images),
                 "modes": args.modes,

@@ -88,10 +88,11 @@ def local_broker(workdir: Path) -> Iterator[int]:
                 raise SystemExit(f"inspector demo: mosquitto did not start; see {workdir / 'mosquitto.log'}")
             yield port
         finally:
-            _stop(proc, signal.SIGTERM, 10)
+            stop_process(proc)
 
 
-def _stop(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> int:
+def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+    """Send `sig`, wait up to `timeout` s, then SIGKILL; the exit code."""
     if proc.poll() is None:
         proc.send_signal(sig)
         try:
@@ -262,11 +263,11 @@ def _run_line(out: Path, config: Path, port: int, parts: list[Part], rate: float
         truth = _drop(out / "incoming", parts, rate)
         seen = _print_decisions(listener, truth)
         _step(7, "stopping the daemon (SIGTERM) and the broker")
-        code = _stop(daemon, signal.SIGTERM, 30)
+        code = stop_process(daemon, signal.SIGTERM, 30)
         _say(f"daemon exited with {code}")
         return seen
     finally:
-        _stop(daemon, signal.SIGKILL, 5)
+        stop_process(daemon, signal.SIGKILL, 5)
         log.close()
         listener.close()
 

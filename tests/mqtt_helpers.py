@@ -21,7 +21,7 @@ import paho.mqtt.client as paho
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from inspector.demo import accepts, free_port
+from inspector.demo import accepts, free_port, stop_process
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
@@ -86,11 +86,7 @@ class Broker:
     def stop(self) -> None:
         """SIGTERM and wait."""
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+            stop_process(self.proc)
             self.proc = None
 
 
@@ -258,9 +254,5 @@ def mosquitto(conf: Path, port: int) -> Iterator[Any]:
             raise AssertionError(f"mosquitto did not start (exit {proc.poll()}):\n{logs[-3000:]}")
         yield endpoint
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()

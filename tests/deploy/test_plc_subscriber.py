@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from inspector.demo import stop_process
 from tests.mqtt_helpers import (
     MOSQUITTO,
     MOSQUITTO_PASSWD,
@@ -165,11 +166,7 @@ def test_example_gates_and_acknowledges_over_a_real_broker(tmp_path: Path) -> No
         assert len(station.on("decision/ack")) == 3
     finally:
         station.close()
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         out.close()
         broker.stop()
     assert proc.returncode == 0, (tmp_path / "gate.out").read_text()
