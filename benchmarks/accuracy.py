@@ -144,6 +144,23 @@ def run(name: str, data: Path, recipe: dict[str, Any], out: Path, threads: int) 
     }
 
 
+def _with_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """The recipe with `KEY=VALUE` train overrides applied (values parsed as YAML)."""
+    import yaml
+
+    train = json.loads(json.dumps(recipe["train"]))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"accuracy: --set expects KEY=VALUE, got {item!r}")
+        *parents, leaf = key.split(".")
+        node = train
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return {**recipe, "train": train}
+
+
 def main() -> int:
     """Run the report."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -152,6 +169,10 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("bench-out/accuracy"))
     p.add_argument("--threads", type=int, default=2, help="CPU threads for training (default 2)")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs (quick checks)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one train recipe key (YAML value, dotted for augment.*), e.g. --set seg_weight=1; repeatable",
+    )
     args = p.parse_args()
     from inspector.logs import configure_logging
 
@@ -167,6 +188,7 @@ def main() -> int:
         recipe = chosen[name]
         if args.epochs:
             recipe = {**recipe, "train": {**recipe["train"], "epochs": args.epochs}}
+        recipe = _with_overrides(recipe, args.overrides)
         out = args.out / name
         if out.exists():
             print(f"accuracy: {out} exists; remove it or pass another --out", file=sys.stderr)

@@ -303,19 +303,24 @@ class Preprocessor:
             out.append(image[y0:y1, x0:x1])
         return out
 
-    def resize(self, crop: np.ndarray) -> np.ndarray:
-        """Resize one crop to the model's input size, letterboxed when the spec says so."""
+    def resize(self, crop: np.ndarray, *, pad: int | None = None, interpolation: int | None = None) -> np.ndarray:
+        """Resize one crop to the model's input size, letterboxed when the spec says so.
+
+        `pad` and `interpolation` override the spec's for images that share the geometry, not the pixels (defect masks).
+        """
         rs = self.spec.resize
+        interp = self._interp if interpolation is None else interpolation
         if not rs.letterbox:
             if crop.shape[1] == rs.width and crop.shape[0] == rs.height:
                 return crop
-            return cv2.resize(crop, (rs.width, rs.height), interpolation=self._interp)
+            return cv2.resize(crop, (rs.width, rs.height), interpolation=interp)
         h, w = crop.shape[:2]
         scale = min(rs.width / w, rs.height / h)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        resized = cv2.resize(crop, (nw, nh), interpolation=self._interp)
+        resized = cv2.resize(crop, (nw, nh), interpolation=interp)
         full = 65535 if crop.dtype == np.uint16 else 255
-        canvas = np.full((rs.height, rs.width) + crop.shape[2:], round(rs.pad_value * full), dtype=crop.dtype)
+        fill = round(rs.pad_value * full) if pad is None else pad
+        canvas = np.full((rs.height, rs.width) + crop.shape[2:], fill, dtype=crop.dtype)
         top, left = (rs.height - nh) // 2, (rs.width - nw) // 2
         canvas[top : top + nh, left : left + nw] = resized
         return canvas

@@ -47,7 +47,45 @@ def build_model(recipe: TrainRecipe, num_classes: int, in_channels: int, *, load
         if not isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
             raise InputError(f"stem_pool=false applies to ResNet-style models with a stem max-pool; {recipe.backbone} has none")
         model.maxpool = nn.Identity()
+    if recipe.seg_weight > 0:
+        model = DefectMapResNet(model, num_classes, recipe.dropout)
     return model
+
+
+class DefectMapResNet(nn.Module):
+    """A torchvision ResNet with a defect-map head on layer3 (mixed supervision, after Božič et al. 2021).
+
+    The map's max and mean logits join the pooled layer4 features before the head: a defect that covers
+    a few cells of the map still moves the verdict, which average pooling over the whole part dilutes.
+    In training mode forward returns (logits, map logits) for the mask loss; in eval mode (export,
+    validation, Grad-CAM) only the logits, so the exported graph is an ordinary classifier.
+    The ResNet's own child names are kept, so freeze policies and Grad-CAM address the same layers.
+    """
+
+    def __init__(self, base: nn.Module, num_classes: int, dropout: float) -> None:
+        super().__init__()
+        missing = [n for n in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc") if not hasattr(base, n)]
+        if missing:
+            raise InputError(f"seg_weight needs a ResNet-style backbone (conv1, layer1..layer4, avgpool, fc); this one lacks {missing}")
+        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool"):
+            setattr(self, name, getattr(base, name))
+        mid = next(m for m in base.layer4.modules() if isinstance(m, nn.Conv2d)).in_channels
+        self.seg_head = nn.Sequential(
+            nn.Conv2d(mid, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True), nn.Conv2d(64, 1, 1)
+        )
+        features = next(m for m in reversed(list(base.fc.modules())) if isinstance(m, nn.Linear)).in_features
+        head: nn.Module = nn.Linear(features + 2, num_classes)
+        self.fc = nn.Sequential(nn.Dropout(dropout), head) if dropout > 0 else head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Class logits; in training mode also the (N, 1, h, w) defect-map logits."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        mid = self.layer3(self.layer2(self.layer1(x)))
+        seg = self.seg_head(mid)
+        pooled = torch.flatten(self.avgpool(self.layer4(mid)), 1)
+        flat = seg.flatten(1)
+        logits = self.fc(torch.cat([pooled, flat.amax(1, keepdim=True), flat.mean(1, keepdim=True)], 1))
+        return (logits, seg) if self.training else logits
 
 
 def _imagenet(name: str) -> nn.Module:
@@ -115,12 +153,14 @@ def _replace_head(model: nn.Module, num_classes: int, dropout: float) -> None:
 
 
 def head_parameters(model: nn.Module) -> set[int]:
-    """ids of the classification head's parameters (the last Linear and what wraps it)."""
+    """ids of the newly initialised head's parameters: the last Linear, and the defect-map head under mixed supervision."""
     last = None
     for module in model.modules():
         if isinstance(module, nn.Linear):
             last = module
-    return {id(p) for p in last.parameters()} if last is not None else set()
+    head = {id(p) for p in last.parameters()} if last is not None else set()
+    seg = getattr(model, "seg_head", None)
+    return head | ({id(p) for p in seg.parameters()} if isinstance(seg, nn.Module) else set())
 
 
 def frozen_names(model: nn.Module, policy: str) -> list[str]:

@@ -148,6 +148,7 @@ class ImageCache:
     def __init__(self, spec: PreprocessSpec) -> None:
         self.pre = Preprocessor(spec)
         self._frames: dict[Path, np.ndarray] = {}
+        self._masks: dict[Path, np.ndarray] = {}
 
     def load(self, paths: list[Path]) -> None:
         """Read every path; InputError listing all files that cannot be used."""
@@ -189,8 +190,45 @@ class ImageCache:
         `shift` moves the box by fractions of its size, kept inside the frame; `zoom` = (width share,
         height share, x position, y position), all 0..1, keeps that part of the box.
         """
-        image = self._frames[sample.path]
-        h, w = image.shape[:2]
+        x0, y0, x1, y1 = self._moved_box(sample, shift, zoom)
+        return self.pre.resize(self._frames[sample.path][y0:y1, x0:x1])
+
+    def load_masks(self, samples: tuple[Sample, ...], root: Path) -> int:
+        """Read the defect masks of whole-frame samples (root/masks/<key>.png, binarized at half scale); how many there are."""
+        bad = []
+        for sample in samples:
+            path = mask_for(sample, root)
+            if path is None or sample.path in self._masks or sample.path not in self._frames:
+                continue
+            mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+            frame = self._frames[sample.path]
+            if mask is None or mask.shape != frame.shape[:2]:
+                got = "unreadable" if mask is None else f"{mask.shape[1]}x{mask.shape[0]}"
+                bad.append(f"{path}: {got}, expected a {frame.shape[1]}x{frame.shape[0]} image")
+                continue
+            if mask.max() > 127:  # an empty mask on an NG part says nothing about where the defect is
+                self._masks[sample.path] = np.where(mask > 127, 255, 0).astype(np.uint8)
+        if bad:
+            raise InputError(f"{len(bad)} defect mask(s) cannot be used:\n  " + "\n  ".join(bad[:20]))
+        return len(self._masks)
+
+    def crop_mask(
+        self, sample: Sample, shift: tuple[float, float] = (0.0, 0.0), zoom: tuple[float, float, float, float] | None = None
+    ) -> np.ndarray | None:
+        """The sample's defect mask (uint8, 255 = defect) cut and resized exactly like `crop`; zeros for OK, None when unknown."""
+        mask = self._masks.get(sample.path)
+        if mask is None:
+            if sample.label != OK_CLASS:
+                return None
+            rs = self.pre.spec.resize
+            return np.zeros((rs.height, rs.width), np.uint8)
+        x0, y0, x1, y1 = self._moved_box(sample, shift, zoom)
+        return self.pre.resize(mask[y0:y1, x0:x1], pad=0, interpolation=cv2.INTER_AREA)
+
+    def _moved_box(
+        self, sample: Sample, shift: tuple[float, float], zoom: tuple[float, float, float, float] | None
+    ) -> tuple[int, int, int, int]:
+        h, w = self._frames[sample.path].shape[:2]
         x0, y0, x1, y1 = self.box(sample)
         if zoom is not None:
             sw, sh, px, py = zoom
@@ -203,7 +241,12 @@ class ImageCache:
             dx = int(np.clip(round(shift[0] * bw), -x0, w - x1))
             dy = int(np.clip(round(shift[1] * bh), -y0, h - y1))
             x0, x1, y0, y1 = x0 + dx, x1 + dx, y0 + dy, y1 + dy
-        return self.pre.resize(image[y0:y1, x0:x1])
+        return x0, y0, x1, y1
+
+    @property
+    def mask_count(self) -> int:
+        """How many frames have a defect mask loaded."""
+        return len(self._masks)
 
     def tensor(self, image: np.ndarray) -> np.ndarray:
         """Normalize one resized crop into a float32 CHW row, exactly as the runtime does."""
@@ -212,25 +255,30 @@ class ImageCache:
         return out
 
 
-def augment(image: np.ndarray, aug: Augment, rng: np.random.Generator) -> np.ndarray:
-    """Flips, rotation and brightness/contrast on one resized crop, in its own dtype."""
+def augment(
+    image: np.ndarray, aug: Augment, rng: np.random.Generator, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Flips, rotation and brightness/contrast on one resized crop, in its own dtype; `mask` gets the same flips and rotation."""
     full = 65535.0 if image.dtype == np.uint16 else 255.0
     if aug.hflip and rng.random() < 0.5:
-        image = image[:, ::-1]
+        image, mask = image[:, ::-1], None if mask is None else mask[:, ::-1]
     if aug.vflip and rng.random() < 0.5:
-        image = image[::-1]
+        image, mask = image[::-1], None if mask is None else mask[::-1]
     image = np.ascontiguousarray(image)
+    mask = None if mask is None else np.ascontiguousarray(mask)
     if aug.rotate_deg > 0:
         angle = rng.uniform(-aug.rotate_deg, aug.rotate_deg)
         h, w = image.shape[:2]
         m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
         image = cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        if mask is not None:
+            mask = cv2.warpAffine(mask, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     if aug.brightness > 0 or aug.contrast > 0:
         gain = 1.0 + rng.uniform(-aug.contrast, aug.contrast)
         bias = rng.uniform(-aug.brightness, aug.brightness) * full
         mean = float(image.mean())
         image = np.clip((image.astype(np.float32) - mean) * gain + mean + bias, 0, full).astype(image.dtype)
-    return image
+    return image, mask
 
 
 def erase(row: np.ndarray, rng: np.random.Generator) -> None:

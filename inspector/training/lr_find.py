@@ -13,6 +13,7 @@ from torch import nn
 from inspector.training.recipe import TrainRecipe
 from inspector.training.trainer import (
     Batches,
+    batch_loss,
     epoch_order,
     make_loss,
     make_optimizer,
@@ -57,7 +58,7 @@ def lr_range_test(
         if len(order) < recipe.batch_size:
             order = epoch_order(targets, train_idx, recipe, rng)
         idx, order = order[: recipe.batch_size], order[recipe.batch_size :]
-        loss = loss_fn(model(batches.augmented(idx, rng).to(device)), torch.from_numpy(targets[idx]).to(device))
+        loss = batch_loss(model, batches.augmented(idx, rng).to(device), torch.from_numpy(targets[idx]).to(device), loss_fn, recipe.seg_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

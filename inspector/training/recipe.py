@@ -49,6 +49,12 @@ class TrainRecipe(_Strict):
     weights: str = Field(default="none", min_length=1, description="Initial weights: none (from scratch), imagenet (torchvision's weights API and cache), or a path to a state dict.")
     dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout before the new classification head (probability).")
     pool: Literal["avg", "max"] = Field(default="avg", description="Global pooling before the head: avg (torchvision's), or max, which lets one small defect decide the verdict.")
+    seg_weight: float = Field(
+        default=0.0, ge=0, le=100,
+        description="Mixed supervision: weight of a defect-map loss learnt from pixel masks under DATA/masks/ (same relative path, .png; "
+        "OK samples count as defect-free). The map's max and mean join the pooled features before the head, so one small defect "
+        "can decide the verdict; the exported model stays one image-in, scores-out classifier. ResNet-style backbones; 0 turns it off.",
+    )
     stem_pool: bool = Field(default=True, description="Keep the ResNet stem's max-pool; off doubles the feature-map size for small defects (about 3x the compute).")
     # what is trained
     freeze: str = Field(default="none", pattern=r"^(none|backbone|layer[1-4])$", description="Frozen at the start: none, backbone (all but the head), or layer1..layer4 (stem up to that ResNet stage).")

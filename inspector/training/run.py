@@ -15,7 +15,6 @@ import yaml
 from inspector.errors import InputError
 from inspector.training.backbones import build_model
 from inspector.training.data import (
-    ImageCache,
     SampleSet,
     collect_samples,
     kfold_splits,
@@ -39,7 +38,14 @@ from inspector.training.report import (
     plot_roc,
     write_html,
 )
-from inspector.training.trainer import BEST, Batches, TrainResult, pick_device, train
+from inspector.training.trainer import (
+    BEST,
+    Batches,
+    TrainResult,
+    load_cache,
+    pick_device,
+    train,
+)
 
 
 def run_training(
@@ -170,8 +176,7 @@ def run_lr_find(data: Path, out_dir: Path, config: TrainConfig, *, labels_csv: P
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
-    cache = ImageCache(spec)
-    cache.load([samples.samples[int(i)].path for i in train_idx])
+    cache = load_cache(samples, spec, recipe, [samples.samples[int(i)].path for i in train_idx])
     device = pick_device(recipe.device)
     model = build_model(recipe, len(samples.classes), spec.channels)
     finding = lr_range_test(model, Batches(samples, cache, recipe), samples.targets, train_idx, recipe, device)

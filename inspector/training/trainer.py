@@ -31,7 +31,7 @@ from inspector.training.backbones import (
     keep_frozen_bn_eval,
     set_frozen,
 )
-from inspector.training.data import ImageCache, SampleSet, augment, erase
+from inspector.training.data import MASKS_DIR, ImageCache, SampleSet, augment, erase
 from inspector.training.recipe import TrainRecipe
 
 CHECKPOINT_FORMAT = "inspector.checkpoint/1"
@@ -125,6 +125,20 @@ def versions() -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class TrainBatch:
+    """Augmented rows and, under mixed supervision, their defect masks at input resolution."""
+
+    x: torch.Tensor  # (n, C, H, W) float32, normalized
+    masks: torch.Tensor | None = None  # (n, 1, H, W) in 0..1
+    known: torch.Tensor | None = None  # (n,) bool: the row's mask is known (OK parts, NG parts with a mask file)
+
+    def to(self, device: torch.device) -> TrainBatch:
+        """The same batch on `device`."""
+        move = (lambda t: None if t is None else t.to(device))
+        return TrainBatch(self.x.to(device), move(self.masks), move(self.known))
+
+
 class Batches:
     """Turns sample indices into normalized, augmented float32 batches; deterministic per (seed, epoch)."""
 
@@ -139,19 +153,68 @@ class Batches:
                 self._plain[int(i)] = self.cache.tensor(self.cache.crop(self.samples.samples[int(i)]))
         return torch.from_numpy(np.stack([self._plain[int(i)] for i in idx]))
 
-    def augmented(self, idx: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-        """Rows with the recipe's augmentations."""
+    def augmented(self, idx: np.ndarray, rng: np.random.Generator) -> TrainBatch:
+        """Rows with the recipe's augmentations; with seg_weight, their masks moved the same way."""
         aug = self.recipe.augment
-        rows = []
+        seg = self.recipe.seg_weight > 0
+        rows, masks = [], []
         for i in idx:
             sample = self.samples.samples[int(i)]
             shift = tuple(rng.uniform(-aug.roi_jitter, aug.roi_jitter, 2)) if aug.roi_jitter > 0 else (0.0, 0.0)
             zoom = (*rng.uniform(1 - aug.zoom, 1, 2), *rng.uniform(0, 1, 2)) if aug.zoom > 0 else None
-            row = self.cache.tensor(augment(self.cache.crop(sample, shift, zoom), aug, rng))
+            mask = self.cache.crop_mask(sample, shift, zoom) if seg else None
+            image, mask = augment(self.cache.crop(sample, shift, zoom), aug, rng, mask)
+            row = self.cache.tensor(image)
             if aug.erasing > 0 and rng.random() < aug.erasing:
                 erase(row, rng)
             rows.append(row)
-        return torch.from_numpy(np.stack(rows))
+            masks.append(mask)
+        x = torch.from_numpy(np.stack(rows))
+        if not seg:
+            return TrainBatch(x)
+        known = torch.tensor([m is not None for m in masks])
+        blank = np.zeros(x.shape[-2:], np.uint8)
+        stacked = np.stack([blank if m is None else m for m in masks])[:, None].astype(np.float32) / 255.0
+        return TrainBatch(x, torch.from_numpy(stacked), known)
+
+
+def defect_map_loss(seg: torch.Tensor, masks: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the defect map against the masks, defect and clean cells weighted half and half.
+
+    A cell's target is the largest mask value inside it, so a defect a few pixels wide still marks its cell.
+    """
+    target = torch.nn.functional.adaptive_max_pool2d(masks[known], seg.shape[-2:])
+    logits = seg[known].float()
+    per_cell = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    positive = target >= 0.5
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return per_cell.mean()
+    return 0.5 * per_cell[positive].mean() + 0.5 * per_cell[~positive].mean()
+
+
+def batch_loss(model: nn.Module, batch: TrainBatch, y: torch.Tensor, loss_fn: nn.Module, seg_weight: float) -> torch.Tensor:
+    """The training objective of one batch: classification, plus the weighted defect-map loss under mixed supervision."""
+    out = model(batch.x)
+    if not isinstance(out, tuple):
+        return loss_fn(out, y)
+    logits, seg = out
+    loss = loss_fn(logits, y)
+    if batch.masks is not None and batch.known is not None and bool(batch.known.any()):
+        loss = loss + seg_weight * defect_map_loss(seg, batch.masks, batch.known)
+    return loss
+
+
+def load_cache(samples: SampleSet, spec: PreprocessSpec, recipe: TrainRecipe, paths: list[Path]) -> ImageCache:
+    """Decoded frames for `paths` and, with seg_weight, their masks; InputError listing every unusable file."""
+    cache = ImageCache(spec)
+    cache.load(paths)
+    if recipe.seg_weight > 0 and cache.load_masks(samples.samples, samples.root) == 0:
+        raise InputError(
+            f"seg_weight={recipe.seg_weight} needs defect masks: expected PNG files under {samples.root / MASKS_DIR}/ "
+            "with the NG images' relative paths (masks/ng/<defect>/<name>.png); found none"
+        )
+    return cache
 
 
 def class_weights(targets: np.ndarray, n_classes: int) -> np.ndarray:
@@ -300,8 +363,7 @@ def train(
             f"(fingerprint {fingerprint[:12]} vs {resume['dataset']['fingerprint'][:12]}); resume needs the same data"
         )
 
-    cache = ImageCache(spec)
-    cache.load([s.path for s in samples.samples])  # lists every unusable image before anything is written
+    cache = load_cache(samples, spec, recipe, [s.path for s in samples.samples])  # every unusable file is listed before anything is written
     batches = Batches(samples, cache, recipe)
     targets = samples.targets
     n_classes = len(samples.classes)
@@ -337,6 +399,7 @@ def train(
         "training_started", samples=len(samples.samples), train=len(train_idx), validation=len(val_idx),
         classes=list(samples.classes), backbone=recipe.backbone, weights=recipe.weights, device=str(device),
         epochs=recipe.epochs, threads=torch.get_num_threads(), bf16_autocast=amp,
+        **({"defect_masks": cache.mask_count} if recipe.seg_weight > 0 else {}),
     )
     for epoch in range(start_epoch, recipe.epochs):
         t0 = time.monotonic()
@@ -355,10 +418,10 @@ def train(
             if len(idx) < 2 and len(order) > 2:
                 bar.advance()
                 continue  # BatchNorm cannot train on a batch of one
-            x = batches.augmented(idx, rng).to(device)
+            batch = batches.augmented(idx, rng).to(device)
             y = torch.from_numpy(targets[idx]).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = loss_fn(model(x), y)
+                loss = batch_loss(model, batch, y, loss_fn, recipe.seg_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

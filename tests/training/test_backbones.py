@@ -79,3 +79,17 @@ def test_max_pooling_replaces_the_global_average_pool(tmp_path: Path) -> None:
     assert isinstance(model.avgpool, torch.nn.AdaptiveMaxPool2d)
     with pytest.raises(InputError, match=r"pool=max replaces a global average pool \(to 1x1\) named avgpool; vit_b_16 has none"):
         build_model(TrainRecipe(backbone="vit_b_16", pool="max"), 2, 1)
+
+
+def test_the_defect_map_head_feeds_the_classifier_and_leaves_eval_a_plain_classifier() -> None:
+    model = build_model(TrainRecipe(seg_weight=1.0, dropout=0.2), 2, 1)
+    x = torch.randn(3, 1, 64, 64)
+    logits, seg = model.train()(x)
+    assert logits.shape == (3, 2) and seg.shape == (3, 1, 4, 4)  # layer3: 1/16 of the input
+    assert model.eval()(x).shape == (3, 2)
+    keys = set(model.state_dict())
+    assert {"conv1.weight", "layer4.1.bn2.bias", "seg_head.3.weight", "fc.1.weight"} <= keys
+    assert model.fc[1].in_features == 512 + 2  # pooled features, then the map's max and mean
+    assert "seg_head.0.weight" not in frozen_names(model, "layer4") and "layer3.0.conv1.weight" in frozen_names(model, "layer4")
+    with pytest.raises(InputError, match=r"seg_weight needs a ResNet-style backbone .* lacks \['conv1'"):
+        build_model(TrainRecipe(backbone="mobilenet_v3_small", seg_weight=1.0), 2, 1)

@@ -138,13 +138,13 @@ def test_roi_jitter_moves_the_box_but_never_out_of_the_frame(roi_frames: tuple[P
 def test_augment_is_deterministic_for_a_seed_and_keeps_dtype_and_shape() -> None:
     img = np.random.default_rng(0).integers(0, 255, (32, 32), dtype=np.uint8)
     aug = Augment(rotate_deg=15, brightness=0.3, contrast=0.3)
-    a = augment(img, aug, np.random.default_rng(7))
-    b = augment(img, aug, np.random.default_rng(7))
+    a, _ = augment(img, aug, np.random.default_rng(7))
+    b, _ = augment(img, aug, np.random.default_rng(7))
     assert np.array_equal(a, b) and a.dtype == np.uint8 and a.shape == img.shape
     off = Augment(hflip=False, vflip=False, rotate_deg=0, brightness=0, contrast=0, roi_jitter=0)
-    assert np.array_equal(augment(img, off, np.random.default_rng(7)), img)
+    assert np.array_equal(augment(img, off, np.random.default_rng(7))[0], img)
     wide = np.zeros((32, 32), np.uint16) + 1000
-    assert augment(wide, aug, np.random.default_rng(1)).dtype == np.uint16
+    assert augment(wide, aug, np.random.default_rng(1))[0].dtype == np.uint16
 
 
 def test_the_rois_of_a_frame_stay_on_one_side_of_the_split(roi_frames: tuple[Path, Path]) -> None:
@@ -167,3 +167,59 @@ def test_zoom_keeps_the_chosen_part_of_the_box(parts: Path) -> None:
     assert np.array_equal(top_left, cache.pre.resize(frame[: h // 2, : w // 2]))
     bottom_right = cache.crop(s.samples[0], zoom=(0.5, 0.5, 1.0, 1.0))
     assert np.array_equal(bottom_right, cache.pre.resize(frame[h - h // 2 :, w - w // 2 :]))
+
+
+def _square_part(root: Path, size: int = 64) -> Path:
+    """ok/ (2 plain) and ng/crack/ (1 with a bright square off-centre), and the square's mask under masks/."""
+    import cv2
+
+    for i in range(2):
+        _png_of(root / "ok" / f"ok{i}.png", np.full((size, size), 40, np.uint8))
+    img = np.full((size, size), 40, np.uint8)
+    img[8:24, 36:52] = 250
+    _png_of(root / "ng" / "crack" / "sq.png", img)
+    (root / "ng" / "crack" / "nomask.png").write_bytes((root / "ng" / "crack" / "sq.png").read_bytes())
+    mask = np.zeros((size, size), np.uint8)
+    mask[8:24, 36:52] = 255
+    (root / "masks" / "ng" / "crack").mkdir(parents=True)
+    cv2.imwrite(str(root / "masks" / "ng" / "crack" / "sq.png"), mask)
+    return root
+
+
+def _png_of(path: Path, img: np.ndarray) -> None:
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), img)
+
+
+def test_defect_masks_move_with_the_crop_and_the_flips(tmp_path: Path) -> None:
+    root = _square_part(tmp_path)
+    spec = PreprocessSpec(color="gray", resize={"width": 32, "height": 32})
+    samples = collect_samples(root, spec)
+    cache = ImageCache(spec)
+    cache.load([s.path for s in samples.samples])
+    assert cache.load_masks(samples.samples, root) == 1
+    by_name = {s.path.name: s for s in samples.samples}
+    aug = Augment(hflip=True, vflip=True, rotate_deg=0, brightness=0, contrast=0)
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        shift, zoom = tuple(rng.uniform(-0.2, 0.2, 2)), (*rng.uniform(0.7, 1, 2), *rng.uniform(0, 1, 2))
+        image, mask = augment(cache.crop(by_name["sq.png"], shift, zoom), aug, rng, cache.crop_mask(by_name["sq.png"], shift, zoom))
+        assert mask is not None and mask.shape == image.shape and mask.max() == 255
+        # The square's pixels in the image are the mask's pixels, whatever the shift, zoom and flips did.
+        assert np.array_equal(image > 145, mask > 127), seed
+    assert not cache.crop_mask(by_name["ok0.png"]).any()  # OK parts are defect-free
+    assert cache.crop_mask(by_name["nomask.png"]) is None  # an NG part without a mask: location unknown
+
+
+def test_a_mask_that_does_not_fit_its_image_is_named(tmp_path: Path) -> None:
+    import cv2
+
+    root = _square_part(tmp_path)
+    cv2.imwrite(str(root / "masks" / "ng" / "crack" / "sq.png"), np.zeros((10, 20), np.uint8))
+    samples = collect_samples(root, GRAY32)
+    cache = ImageCache(GRAY32)
+    cache.load([s.path for s in samples.samples])
+    with pytest.raises(InputError, match=r"1 defect mask\(s\) cannot be used:\n  .*masks/ng/crack/sq.png: 20x10, expected a 64x64 image"):
+        cache.load_masks(samples.samples, root)

@@ -6,15 +6,16 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from inspector.preprocess import PreprocessSpec
-from inspector.samples import GRID_ROIS
+from inspector.samples import GRID_ROIS, write_labelled_folder
 from inspector.training.data import collect_samples, stratified_split
 from inspector.training.recipe import TrainRecipe
 from inspector.training.trainer import train
-from tests.training.conftest import FAST, train_cli
+from tests.training.conftest import FAST, export_cli, train_cli
 
 EPOCH_KEYS = {
     "epoch", "lr", "seconds", "train_loss", "val_loss", "accuracy", "precision", "recall", "f1", "roc_auc",
@@ -176,3 +177,30 @@ def test_an_existing_run_is_not_overwritten(trained: Path, parts: Path, capsys: 
     code, _, err = train_cli(capsys, str(parts), "--out", str(trained), "--epochs", "1", *FAST)
     assert code == 2 and "already holds a training run" in err
     assert (trained / "best.pt").read_bytes() == before
+
+
+def test_mixed_supervision_learns_from_masks_and_exports_a_plain_classifier(
+    parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "seg"
+    code, _, err = train_cli(capsys, str(parts), "--out", str(out), "--epochs", "1", "--seg-weight", "2", *FAST)
+    assert code == 0, err
+    assert '"defect_masks": 6' in err  # the fixture has masks for 6 NG tiles
+    assert TrainRecipe.model_validate(torch.load(out / "best.pt", weights_only=True)["recipe"]).seg_weight == 2
+    code, _, err = export_cli(capsys, str(out / "best.pt"), "--out", str(tmp_path / "m.onnx"))
+    assert code == 0, err  # the parity gate compares torch (eval) and onnxruntime
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    assert session.run(None, {"input": np.zeros((3, 1, 32, 32), np.float32)})[0].shape == (3, 2)
+
+
+def test_mixed_supervision_without_masks_is_refused_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = write_labelled_folder(tmp_path / "data", n_ok=8, n_ng=8, width=48, height=48)
+    code, _, err = train_cli(capsys, str(data), "--out", str(tmp_path / "out"), "--epochs", "1", "--seg-weight", "1", *FAST)
+    assert code == 2 and "Traceback" not in err
+    assert f"seg_weight=1.0 needs defect masks: expected PNG files under {data / 'masks'}/" in err
+    assert not (tmp_path / "out").exists()
