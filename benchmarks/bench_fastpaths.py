@@ -17,8 +17,6 @@ import json
 import platform
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from common import cpu_model, find_images, log, stats
+from common import cpu_model, find_images, log, measure
 
 from inspector.config import ModelSettings
 from inspector.errors import ModelError
@@ -40,7 +38,6 @@ from inspector.training.quantize import calibration_batches, quantize_int8
 DEFAULT_DATA = REPO / ".." / "shared" / "datasets" / "magnetic-tile"
 SPEC = PreprocessSpec(color="rgb", resize={"width": 224, "height": 224})
 ROI_BATCH = 4
-PACED_FPS = 30.0
 
 
 def _ort(path: Path, threads: int) -> OnnxClassifier:
@@ -53,41 +50,6 @@ def _ov(path: Path, threads: int, precision: str, golden: Path) -> OnnxClassifie
     # golden only unlocks bf16 here; the gate itself is what the accuracy part measures.
     settings = ModelSettings(backend="openvino", openvino_precision=precision, intra_op_threads=threads, warmup_runs=0, golden=golden)
     return OpenVinoClassifier(path, settings)
-
-
-def _timed(fn: Callable[[np.ndarray], Any], inputs: list[np.ndarray], paced: bool) -> list[float]:
-    out = []
-    next_tick = time.perf_counter()
-    for x in inputs:
-        if paced:
-            next_tick += 1.0 / PACED_FPS
-            time.sleep(max(0.0, next_tick - time.perf_counter()))
-        t0 = time.perf_counter()
-        fn(x)
-        out.append((time.perf_counter() - t0) * 1000)
-    return out
-
-
-def _measure(name: str, build: Callable[[], Any], run: Callable[[Any, np.ndarray], Any], frames: list[np.ndarray], n: int) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    model = build()
-    startup = (time.perf_counter() - t0) * 1000
-    t0 = time.perf_counter()
-    run(model, frames[0][:1])
-    first = (time.perf_counter() - t0) * 1000
-    for x in frames[:20]:
-        run(model, x[:1])  # warm
-    singles = [frames[i % len(frames)][:1] for i in range(n)]
-    batches = [frames[i % len(frames)] for i in range(max(n // 4, 20))]
-    result = {
-        "startup_ms": round(startup, 1),
-        "first_inference_ms": round(first, 2),
-        "batch1": stats(_timed(lambda x: run(model, x), singles, paced=False)),
-        f"batch{ROI_BATCH}": stats(_timed(lambda x: run(model, x), batches, paced=False)),
-        "paced_30fps_batch1": stats(_timed(lambda x: run(model, x), singles[: min(n, 150)], paced=True)),
-    }
-    log(f"{name}: batch1 p50 {result['batch1']['p50']} ms, p99 {result['batch1']['p99']} ms")
-    return result
 
 
 def speed(arch: str, images: list[Path], frames: int, threads: int, work: Path) -> dict[str, Any]:
@@ -112,13 +74,13 @@ def speed(arch: str, images: list[Path], frames: int, threads: int, work: Path) 
             return torch.softmax(model(torch.from_numpy(x)), dim=1)
 
     out = {
-        "torch_eager_fp32": _measure(f"{arch} torch", lambda: net, torch_run, inputs, frames),
-        "onnxruntime_fp32": _measure(f"{arch} ort fp32", lambda: _ort(fp32, threads), lambda m, x: m.predict(x), inputs, frames),
-        "onnxruntime_int8": _measure(f"{arch} ort int8", lambda: _ort(int8, threads), lambda m, x: m.predict(x), inputs, frames),
+        "torch_eager_fp32": measure(f"{arch} torch", lambda: net, torch_run, inputs, frames),
+        "onnxruntime_fp32": measure(f"{arch} ort fp32", lambda: _ort(fp32, threads), lambda m, x: m.predict(x), inputs, frames),
+        "onnxruntime_int8": measure(f"{arch} ort int8", lambda: _ort(int8, threads), lambda m, x: m.predict(x), inputs, frames),
     }
     for precision in ("fp32", "bf16"):
         try:
-            out[f"openvino_{precision}"] = _measure(f"{arch} ov {precision}", lambda p=precision: _ov(fp32, threads, p, work),
+            out[f"openvino_{precision}"] = measure(f"{arch} ov {precision}", lambda p=precision: _ov(fp32, threads, p, work),
                                                     lambda m, x: m.predict(x), inputs, frames)
         except ImportError as exc:
             out[f"openvino_{precision}"] = {"skipped": str(exc)}

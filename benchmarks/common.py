@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +61,48 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+# --- timing ------------------------------------------------------------------------------------
+
+
+PACED_FPS = 30.0
+
+
+def timed(fn: Callable[[Any], Any], inputs: list[Any], paced: bool) -> list[float]:
+    """Milliseconds of fn(x) for each input, back to back or paced at PACED_FPS."""
+    out = []
+    next_tick = time.perf_counter()
+    for x in inputs:
+        if paced:
+            next_tick += 1.0 / PACED_FPS
+            time.sleep(max(0.0, next_tick - time.perf_counter()))
+        t0 = time.perf_counter()
+        fn(x)
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def measure(
+    name: str, build: Callable[[], Any], run: Callable[[Any, Any], Any], frames: list[Any], n: int, *, batch_key: str = "batch4"
+) -> dict[str, Any]:
+    """Start-up, first inference, batch 1 and full-batch latency back to back, and batch 1 paced, of one inference path."""
+    t0 = time.perf_counter()
+    model = build()
+    startup = (time.perf_counter() - t0) * 1000
+    t0 = time.perf_counter()
+    run(model, frames[0][:1])
+    first = (time.perf_counter() - t0) * 1000
+    for x in frames[:20]:
+        run(model, x[:1])  # warm
+    singles = [frames[i % len(frames)][:1] for i in range(n)]
+    batches = [frames[i % len(frames)] for i in range(max(n // 4, 20))]
+    result = {
+        "startup_ms": round(startup, 1),
+        "first_inference_ms": round(first, 2),
+        "batch1": stats(timed(lambda x: run(model, x), singles, paced=False)),
+        batch_key: stats(timed(lambda x: run(model, x), batches, paced=False)),
+        "paced_30fps_batch1": stats(timed(lambda x: run(model, x), singles[: min(n, 150)], paced=True)),
+    }
+    log(f"{name}: batch1 p50 {result['batch1']['p50']} ms, p99 {result['batch1']['p99']} ms")
+    return result

@@ -98,7 +98,27 @@ class ModelSettings(_Section):
     golden: Path | None = Field(
         default=None,
         description="Labelled golden images (ok/ + ng/<defect>/) for the load-time accuracy gate of a reduced-precision "
-        "backend (openvino bf16): refused when ROC-AUC drops > 0.005 or > 0.5% of verdicts flip against onnxruntime fp32.",
+        "backend (openvino bf16, tensorrt fp16): refused when ROC-AUC drops > 0.005 or > 0.5% of verdicts flip against onnxruntime fp32.",
+    )
+    device_id: int = Field(default=0, ge=0, le=63, description="CUDA device index for the tensorrt and cuda providers.")
+    gpu_precision: Literal["auto", "fp16", "fp32"] = Field(
+        default="auto",
+        description="TensorRT precision: fp16 (needs `model.golden` for the accuracy gate), fp32, or auto (fp16 when "
+        "`model.golden` is set, fp32 otherwise).",
+    )
+    gpu_max_batch: int = Field(
+        default=16, ge=1, le=1024,
+        description="Largest batch (ROIs per inference) the TensorRT engine's shape profile accepts; the profile is tuned for the station's ROI count.",
+    )
+    cuda_graphs: bool = Field(
+        default=True,
+        description="Capture each batch size as a CUDA graph on the cuda provider (inputs bound to fixed GPU buffers); "
+        "turned off, with a warning, when the model cannot be captured.",
+    )
+    cache_dir: Path | None = Field(
+        default=None,
+        description="Folder for TensorRT engines and timing caches, one subfolder per model, onnxruntime, TensorRT and GPU; "
+        "default: engines/ beside `journal.path` (the state directory).",
     )
     classes: list[str] | None = Field(
         default=None, description="Class names, only for a model without a manifest (then `preprocess` is needed too)."

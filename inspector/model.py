@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -16,6 +17,17 @@ from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from inspector.config import GraphOptimization, ModelSettings, Provider
 from inspector.errors import ModelError
+from inspector.gpu import (
+    BoundRunner,
+    EngineKey,
+    GpuIdentity,
+    cuda_options,
+    engine_cache,
+    gpu_identity,
+    profile_shapes,
+    tensorrt_options,
+    tensorrt_version,
+)
 from inspector.manifest import ModelManifest, parse_manifest
 from inspector.preprocess import PreprocessSpec
 
@@ -74,10 +86,14 @@ class OnnxClassifier:
         settings: ModelSettings,
         *,
         config_spec: PreprocessSpec | None = None,
+        rois: int | None = None,
         log: structlog.typing.FilteringBoundLogger | None = None,
     ) -> None:
         self.path = Path(path)
         self.log = log or structlog.get_logger("inspector.model")
+        self._rois = rois  # the station's ROIs per frame, when the config overrides the model's: the GPU engine's batch
+        self._runner: BoundRunner | None = None
+        self.precision = "fp32"
         started = time.perf_counter()
         try:
             data = self.path.read_bytes()
@@ -91,6 +107,7 @@ class OnnxClassifier:
                 f"model {self.path} has sha256 {self.sha256}, but model.sha256 pins {settings.sha256}; "
                 "deploy the pinned model or update the pin"
             )
+        self._data, self._settings = data, settings
         self.session, self.providers = self._create_session(data, settings)
         self.provider = self.providers[0]
         self.manifest = self._resolve_manifest(settings, config_spec)
@@ -99,7 +116,16 @@ class OnnxClassifier:
         self._logits = self.manifest.output == "logits"
         self._input_name, self._input_shape, self._output_shape, self._input_dtype = self._io()
         self._fixed_batch = self._check_shapes()
+        self._bind_gpu(settings)
+        self._data = b""  # only session creation needs the bytes
         self.load_ms = (time.perf_counter() - started) * 1000
+
+    @property
+    def needs_gate(self) -> bool:
+        """Reduced precision (TensorRT fp16): the accuracy gate must pass before the first frame."""
+        return self.precision == "fp16"
+
+    gate_remedy = "set model.gpu_precision: fp32, or drop tensorrt from model.providers"
 
     # --- loading ------------------------------------------------------------------------------
 
@@ -118,12 +144,19 @@ class OnnxClassifier:
                 chain.append(p)
             else:
                 self._unavailable(p, "not in this onnxruntime build (install onnxruntime-gpu for cuda/tensorrt)", settings)
+        gpu = gpu_identity(settings.device_id) if {Provider.TENSORRT, Provider.CUDA} & set(chain) else None
         ort.set_default_logger_severity(_LOG_QUIET)
         try:
             while chain:
                 try:
-                    session = ort.InferenceSession(data, so, providers=[_ORT_NAME[p] for p in chain], enable_fallback=0)
+                    entries = [self._provider_entry(p, data, settings, gpu) for p in chain]
+                    session = ort.InferenceSession(data, so, providers=entries, enable_fallback=0)
                 except ORT_EXCEPTIONS as exc:
+                    if Provider.CUDA in chain and settings.cuda_graphs and "graph" in str(exc).lower():
+                        self.log.warning("cuda_graphs_unavailable", reason=_first_line(exc), consequence="the cuda provider runs without CUDA graphs")
+                        settings = settings.model_copy(update={"cuda_graphs": False})
+                        self._settings = settings
+                        continue
                     failed = self._failed_provider(chain, str(exc))
                     if failed is None:
                         raise ModelError(f"cannot load model {self.path}: {_first_line(exc)}") from exc
@@ -137,13 +170,52 @@ class OnnxClassifier:
                 wanted = [p for p in active if p in chain]
                 if not wanted:
                     break
-                return session, [p.value for p in wanted]
+                if wanted[0] is not Provider.TENSORRT:
+                    self.precision = "fp32"
+                label = f"{wanted[0].value}-{self.precision}" if wanted[0] is Provider.TENSORRT else wanted[0].value
+                return session, [label, *(p.value for p in wanted[1:])]
         finally:
             ort.set_default_logger_severity(_LOG_ERRORS)
         raise ModelError(
             f"none of the configured providers could load ({', '.join(p.value for p in settings.providers)}); "
             "add cpu to model.providers to allow the CPU fallback"
         )
+
+    def _provider_entry(self, provider: Provider, data: bytes, settings: ModelSettings, gpu: GpuIdentity | None) -> str | tuple[str, dict]:
+        """The provider's name, with options for the GPU providers when a GPU is there to use them."""
+        name = _ORT_NAME[provider]
+        if gpu is None or provider is Provider.CPU:
+            return name
+        if provider is Provider.CUDA:
+            return name, cuda_options(settings.device_id, settings.cuda_graphs)
+        self.precision = _gpu_precision(settings, self.log)
+        input_name, chw, rois = self._probe(data)
+        profile = profile_shapes(input_name, chw, self._rois or rois, settings.gpu_max_batch)
+        key = EngineKey(
+            model_sha256=self.sha256, onnxruntime=ort.__version__, tensorrt=tensorrt_version() or "unknown", gpu=gpu.name,
+            compute_capability=gpu.compute_capability, precision=self.precision, profile=json.dumps(profile, sort_keys=True),
+        )
+        cache = engine_cache(settings.cache_dir, key, self.log) if settings.cache_dir is not None else None
+        return name, tensorrt_options(settings.device_id, self.precision == "fp16", cache, profile)
+
+    def _probe(self, data: bytes) -> tuple[str, tuple[int, int, int], int]:
+        """Input name, (C, H, W) and ROI count from the model itself, read by a bare CPU session before the GPU one is built."""
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.log_severity_level = _LOG_QUIET
+        probe = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+        inp = probe.get_inputs()[0]
+        manifest = parse_manifest(dict(probe.get_modelmeta().custom_metadata_map), str(self.path))
+        if manifest is not None:
+            return inp.name, manifest.preprocess.input_shape, len(manifest.preprocess.roi_names)
+        dims = tuple(d if isinstance(d, int) else 1 for d in inp.shape[1:])
+        return inp.name, (dims + (1, 1, 1))[:3], 1
+
+    def _bind_gpu(self, settings: ModelSettings) -> None:
+        """GPU providers run through IO binding into fixed buffers (and CUDA graphs on the cuda provider)."""
+        if self.providers[0].split("-")[0] in (Provider.TENSORRT.value, Provider.CUDA.value):
+            graphs = self.provider == Provider.CUDA.value and settings.cuda_graphs
+            self._runner = BoundRunner(self.session, self._input_name, self._output_name, settings.device_id, graphs=graphs)
 
     def _unavailable(self, provider: Provider, reason: str, settings: ModelSettings) -> None:
         rest = [p.value for p in settings.providers[settings.providers.index(provider) + 1 :]]
@@ -167,6 +239,8 @@ class OnnxClassifier:
         return inp.name, list(inp.shape), list(out.shape), np.float16 if inp.type == "tensor(float16)" else np.float32
 
     def _run(self, x: np.ndarray) -> np.ndarray:
+        if self._runner is not None:
+            return self._runner(np.ascontiguousarray(x))
         return self.session.run([self._output_name], {self._input_name: x})[0]
 
     def _resolve_manifest(self, settings: ModelSettings, config_spec: PreprocessSpec | None) -> ModelManifest:
@@ -220,11 +294,37 @@ class OnnxClassifier:
     def warmup(self, batch_size: int, runs: int) -> None:
         """Run blank batches so the first frame does not pay for lazy initialisation."""
         blank = np.zeros((batch_size, *self.spec.input_shape), np.float32)
+        if self._runner is not None:
+            self._check_binding(blank)
         try:
             for _ in range(runs):
                 self.predict(blank)
         except ORT_EXCEPTIONS as exc:
             raise ModelError(f"{self.path} fails its warm-up inference on a blank batch of {batch_size}: {_first_line(exc)}") from exc
+
+    def _check_binding(self, blank: np.ndarray) -> None:
+        """IO binding (and CUDA graph capture) must give what a plain run gives; else the session runs plain, with a warning."""
+        runner = self._runner
+        if runner is None:
+            return
+        x = np.random.default_rng(0).standard_normal(blank.shape).astype(self._input_dtype)
+        try:
+            runner(x)
+            bound = np.asarray(runner(x), np.float32)  # the second run replays a captured graph
+            plain = np.asarray(self.session.run([self._output_name], {self._input_name: x})[0], np.float32)
+        except ORT_EXCEPTIONS as exc:
+            problem = _first_line(exc)
+        else:
+            if np.allclose(bound, plain, rtol=1e-3, atol=1e-3):
+                return
+            problem = f"bound outputs differ from plain runs by up to {float(np.abs(bound - plain).max()):.3g}"
+        self.log.warning("io_binding_unavailable", provider=self.provider, reason=problem, consequence="plain runs, without CUDA graphs")
+        self._runner = None
+        if self._settings.cuda_graphs and self.provider == Provider.CUDA.value:
+            data = self.path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != self.sha256:
+                raise ModelError(f"{self.path} changed on disk while loading; restart to load the new file")
+            self.session, self.providers = self._create_session(data, self._settings.model_copy(update={"cuda_graphs": False}))
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """float32 (N, C, H, W) -> float32 (N, n_classes) probabilities; all rows in one run when the model allows."""
@@ -242,7 +342,12 @@ class OnnxClassifier:
 
 
 def load_classifier(
-    path: Path, settings: ModelSettings, *, config_spec: PreprocessSpec | None = None, log: structlog.typing.FilteringBoundLogger | None = None
+    path: Path,
+    settings: ModelSettings,
+    *,
+    config_spec: PreprocessSpec | None = None,
+    rois: int | None = None,
+    log: structlog.typing.FilteringBoundLogger | None = None,
 ) -> OnnxClassifier:
     """The classifier `model.backend` names; onnxruntime, with one warning, when openvino is not installed."""
     log = log or structlog.get_logger("inspector.model")
@@ -253,7 +358,17 @@ def load_classifier(
             log.warning("backend_unavailable", backend="openvino", reason=f"{exc} (pip install 'inspector[openvino]')", falling_back_to="onnxruntime")
         else:
             return OpenVinoClassifier(path, settings, config_spec=config_spec, log=log)
-    return OnnxClassifier(path, settings, config_spec=config_spec, log=log)
+    return OnnxClassifier(path, settings, config_spec=config_spec, rois=rois, log=log)
+
+
+def _gpu_precision(settings: ModelSettings, log: structlog.typing.FilteringBoundLogger) -> str:
+    """fp16 where asked (or, for auto, where a golden set allows the accuracy gate); fp32 otherwise."""
+    if settings.gpu_precision == "fp16" and settings.golden is None:
+        raise ModelError("model.gpu_precision: fp16 needs model.golden (labelled ok/ + ng/ images) for its accuracy gate")
+    if settings.gpu_precision == "auto" and settings.golden is None:
+        log.info("tensorrt_fp32", why="fp16 runs only behind the accuracy gate: set model.golden to labelled images to enable it")
+        return "fp32"
+    return "fp32" if settings.gpu_precision == "fp32" else "fp16"
 
 
 def _provider_reason(provider: Provider) -> str | None:

@@ -20,7 +20,7 @@ from inspector.model import OnnxClassifier
 class OpenVinoClassifier(OnnxClassifier):
     """An ONNX classifier compiled by OpenVINO for the CPU; `provider` reads openvino-cpu-bf16 or openvino-cpu-fp32."""
 
-    precision = "fp32"  # set from model.openvino_precision and the CPU while the model compiles
+    gate_remedy = "set model.openvino_precision: fp32 or model.backend: onnxruntime"
 
     @property
     def needs_gate(self) -> bool:
@@ -28,6 +28,7 @@ class OpenVinoClassifier(OnnxClassifier):
         return self.precision == "bf16"
 
     def _create_session(self, data: bytes, settings: ModelSettings) -> tuple[Any, list[str]]:
+        # self.precision: set from model.openvino_precision and the CPU while the model compiles
         core = ov.Core()
         self.precision = _precision(core, settings, self.log)
         try:

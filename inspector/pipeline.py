@@ -171,7 +171,12 @@ def build_pipeline(
         raise InputError("--threshold and a calibration record both set the threshold; give one")
     log = log or structlog.get_logger("inspector")
     record = load_record(record_path) if record_path is not None else None  # before the model: a bad path fails fast
-    classifier = load_classifier(path, settings.model, config_spec=settings.preprocess, log=log)
+    model_settings = settings.model
+    if model_settings.cache_dir is None:
+        model_settings = model_settings.model_copy(update={"cache_dir": settings.journal.path.parent / "engines"})
+    classifier = load_classifier(
+        path, model_settings, config_spec=settings.preprocess, rois=len(settings.rois) if settings.rois else None, log=log
+    )
     spec = station_spec(classifier.spec, settings.rois)
     if record is not None and record_path is not None:
         check_record(record, record_path, classifier.sha256, preprocess_sha256(spec.to_json()), spec.roi_names)
@@ -220,7 +225,7 @@ def _gate_backend(
     if not gate.passed:
         raise ModelError(
             f"{classifier.provider} refused by the accuracy gate on {golden}: {gate.problem()}; "
-            "set model.openvino_precision: fp32 or model.backend: onnxruntime"
+            f"{getattr(classifier, 'gate_remedy', 'run it in fp32')}"
         )
     log.info("accuracy_gate_passed", provider=classifier.provider, golden=str(golden), **gate.to_dict())
 
