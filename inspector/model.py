@@ -107,7 +107,7 @@ class OnnxClassifier:
                 f"model {self.path} has sha256 {self.sha256}, but model.sha256 pins {settings.sha256}; "
                 "deploy the pinned model or update the pin"
             )
-        self._data, self._settings = data, settings
+        self._settings = settings
         self.session, self.providers = self._create_session(data, settings)
         self.provider = self.providers[0]
         self.manifest = self._resolve_manifest(settings, config_spec)
@@ -117,7 +117,6 @@ class OnnxClassifier:
         self._input_name, self._input_shape, self._output_shape, self._input_dtype = self._io()
         self._fixed_batch = self._check_shapes()
         self._bind_gpu(settings)
-        self._data = b""  # only session creation needs the bytes
         self.load_ms = (time.perf_counter() - started) * 1000
 
     @property

@@ -69,6 +69,11 @@ class TrainRecipe(_Strict):
     warmup_epochs: float = Field(default=1.0, ge=0, le=100, description="Linear warmup length for cosine, epochs (fractions allowed).")
     epochs: int = Field(default=30, ge=1, le=10000, description="Maximum number of epochs.")
     batch_size: int = Field(default=32, ge=1, le=4096, description="Samples per optimisation step.")
+    ema_decay: float = Field(
+        default=0.0, ge=0, lt=1,
+        description="Exponential moving average of the weights and BatchNorm statistics, this decay per step (0.995: about "
+        "the last 200 steps); validation, best.pt and the export use the averaged weights. 0 turns it off.",
+    )
     label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
     imbalance: Literal["loss", "sampler", "both", "none"] = Field(default="loss", description="Class imbalance: loss (class-weighted cross-entropy), sampler (weighted sampling), both, or none.")
     augment: Augment = Field(default_factory=Augment, description="Training augmentations.")

@@ -311,7 +311,7 @@ def checkpoint_payload(
     val = [samples.samples[int(i)] for i in val_idx]
     return {
         "format": CHECKPOINT_FORMAT,
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "state_dict": _cpu_state(model),
         "spec": spec.to_json(),
         "classes": list(samples.classes),
         "recipe": recipe.model_dump(mode="json"),
@@ -380,7 +380,7 @@ def train(
     history: list[EpochMetrics] = []
     best_key, best_epoch, start_epoch = [-1.0, -math.inf], 0, 0
     if resume is not None:
-        model.load_state_dict(resume["state_dict"])
+        model.load_state_dict(resume["model_state"] if "model_state" in resume else resume["state_dict"])
         opt.load_state_dict(resume["optimizer"])
         sched.load_state_dict(resume["scheduler"])
         history = [EpochMetrics(**h) for h in resume["history"]]
@@ -391,6 +391,10 @@ def train(
             frozen = []
         log.info("training_resumed", epoch=start_epoch, best_epoch=best_epoch, best_roc_auc=best_key[0])
 
+    ema = _ema(model, recipe)
+    if ema is not None and resume is not None and "ema" in resume:
+        ema.load_state_dict(resume["ema"])
+    judged = ema.module if ema is not None else model  # what is validated, kept in best.pt and exported
     x_val = batches.plain(val_idx)
     y_val = targets[val_idx]
     amp = recipe.amp and (device.type == "cuda" or cpu_has_bf16())
@@ -425,13 +429,15 @@ def train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update_parameters(model)
             if recipe.schedule != "plateau":
                 sched.step()
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
             bar.advance()
         bar.close()
-        probs = predict(model, x_val, device)
+        probs = predict(judged, x_val, device)
         val_loss = float(val_loss_fn(torch.log(torch.from_numpy(probs).clamp_min(1e-12)).float(), torch.from_numpy(y_val)))
         if recipe.schedule == "plateau":
             sched.step(val_loss)
@@ -443,13 +449,14 @@ def train(
         # Highest ROC-AUC wins; among equals (small validation sets often reach 1.0 early) the lower loss, which is better calibrated.
         key = [m.roc_auc if m.roc_auc is not None else -1.0, -val_loss]
         improved = key > best_key
-        payload = checkpoint_payload(model, spec, samples, recipe, epoch=m.epoch, metrics=m, val_idx=val_idx, fingerprint=fingerprint)
+        payload = checkpoint_payload(judged, spec, samples, recipe, epoch=m.epoch, metrics=m, val_idx=val_idx, fingerprint=fingerprint)
         if improved:
             best_key, best_epoch = key, m.epoch
             _save(payload, out_dir / BEST)
         resumable = {
             **payload, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": [asdict(h) for h in history],
             "best_key": best_key, "best_epoch": best_epoch, "torch_rng": torch.get_rng_state(),
+            **({"model_state": _cpu_state(model), "ema": ema.state_dict()} if ema is not None else {}),
         }
         _save(resumable, out_dir / LAST)
         write_metrics(out_dir, history, best_epoch, recipe)
@@ -474,6 +481,19 @@ def train(
         stopped_early=stopped_early, seconds=time.monotonic() - started, model=model, predictions=predictions, val_idx=val_idx,
         cache=cache, fingerprint=fingerprint,
     )
+
+
+def _ema(model: nn.Module, recipe: TrainRecipe) -> torch.optim.swa_utils.AveragedModel | None:
+    """The weight average the recipe asks for (BatchNorm statistics included), or None."""
+    if recipe.ema_decay <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True)
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
 def _r(x: float | None) -> float | None:

@@ -69,9 +69,10 @@ def test_rois_from_a_labels_csv_each_train_as_one_sample(roi_frames: tuple[Path,
     assert {v["key"].split("#")[1] for v in ckpt["validation"]} <= set(GRID_ROIS)
 
 
-def test_an_interrupted_run_resumes_to_the_same_result(parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_an_interrupted_run_resumes_to_the_same_result(parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], ema_decay: float) -> None:
     spec = PreprocessSpec(color="gray", clahe={"enabled": True}, resize={"width": 32, "height": 32})
-    recipe = TrainRecipe(epochs=2, threads=1, batch_size=16)
+    recipe = TrainRecipe(epochs=2, threads=1, batch_size=16, ema_decay=ema_decay)
     samples = collect_samples(parts, spec)
     tr, va = stratified_split(samples, recipe.val_fraction, recipe.seed)
     train(samples, spec, recipe, tmp_path / "straight", train_idx=tr, val_idx=va)
@@ -204,3 +205,18 @@ def test_mixed_supervision_without_masks_is_refused_before_anything_is_written(
     assert code == 2 and "Traceback" not in err
     assert f"seg_weight=1.0 needs defect masks: expected PNG files under {data / 'masks'}/" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_weight_average_is_what_is_validated_kept_and_exported(parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "ema"
+    code, _, err = train_cli(capsys, str(parts), "--out", str(out), "--epochs", "2", "--ema-decay", "0.9", *FAST)
+    assert code == 0, err
+    best = torch.load(out / "best.pt", weights_only=True)
+    last = torch.load(out / "last.pt", weights_only=True)
+    raw, averaged = last["model_state"], last["state_dict"]
+    assert set(raw) == set(averaged)  # the plain model's keys: export needs no knowledge of the average
+    assert not torch.equal(raw["fc.weight"], averaged["fc.weight"])
+    if best["epoch"] == last["epoch"]:
+        assert torch.equal(best["state_dict"]["fc.weight"], averaged["fc.weight"])
+    code, _, err = export_cli(capsys, str(out / "best.pt"), "--out", str(tmp_path / "m.onnx"))
+    assert code == 0, err
