@@ -9,8 +9,8 @@ what changed, so an upgraded driver stack or a swapped GPU never loads a stale e
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import hashlib
+import importlib.metadata
 import json
 import shutil
 from dataclasses import asdict, dataclass
@@ -37,7 +37,8 @@ class GpuIdentity:
 def gpu_identity(device_id: int = 0) -> GpuIdentity | None:
     """The GPU `device_id` as the CUDA driver reports it; None when there is no driver or no such device."""
     try:
-        cuda = ctypes.CDLL(ctypes.util.find_library("cuda") or "libcuda.so.1")
+        # The driver's soname directly: ctypes.util.find_library would run ldconfig in a subprocess on every load.
+        cuda = ctypes.CDLL("libcuda.so.1")
     except OSError:
         return None
     dev, major, minor, version = ctypes.c_int(), ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
@@ -59,9 +60,12 @@ def gpu_identity(device_id: int = 0) -> GpuIdentity | None:
 
 def tensorrt_version() -> str | None:
     """The TensorRT library version onnxruntime's TensorRT provider would load; None when it is not installed."""
-    for name in ("libnvinfer.so.10", "libnvinfer.so.11", "libnvinfer.so.8", ctypes.util.find_library("nvinfer")):
-        if not name:
+    for dist in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu13-libs", "tensorrt-cu12-libs"):
+        try:
+            return importlib.metadata.version(dist)  # pip's TensorRT wheels, whose libraries are not on the loader's path
+        except importlib.metadata.PackageNotFoundError:
             continue
+    for name in ("libnvinfer.so.10", "libnvinfer.so.11", "libnvinfer.so.8"):
         try:
             lib = ctypes.CDLL(name)
         except OSError:
