@@ -258,12 +258,14 @@ class ImageCache:
 def augment(
     image: np.ndarray, aug: Augment, rng: np.random.Generator, mask: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Flips, rotation and brightness/contrast on one resized crop, in its own dtype; `mask` gets the same flips and rotation."""
+    """Flips, transpose, rotation and brightness/contrast on one resized crop, in its own dtype; `mask` gets the same geometry."""
     full = 65535.0 if image.dtype == np.uint16 else 255.0
     if aug.hflip and rng.random() < 0.5:
         image, mask = image[:, ::-1], None if mask is None else mask[:, ::-1]
     if aug.vflip and rng.random() < 0.5:
         image, mask = image[::-1], None if mask is None else mask[::-1]
+    if aug.transpose and rng.random() < 0.5:
+        image, mask = image.swapaxes(0, 1), None if mask is None else mask.swapaxes(0, 1)
     image = np.ascontiguousarray(image)
     mask = None if mask is None else np.ascontiguousarray(mask)
     if aug.rotate_deg > 0:

@@ -29,6 +29,11 @@ class Augment(_Strict):
 
     hflip: bool = Field(default=True, description="Random horizontal flip (p=0.5).")
     vflip: bool = Field(default=True, description="Random vertical flip (p=0.5).")
+    transpose: bool = Field(
+        default=False,
+        description="Random transpose (p=0.5): with both flips, all 8 right-angle turns and mirrorings, exact (no interpolation, "
+        "no border); for parts without a fixed orientation. Needs a square input size.",
+    )
     rotate_deg: float = Field(default=10.0, ge=0, le=180, description="Random rotation up to this many degrees either way (reflected border); 0 turns it off.")
     brightness: float = Field(default=0.2, ge=0, le=1, description="Random brightness shift up to this fraction of full scale; 0 turns it off.")
     contrast: float = Field(default=0.2, ge=0, le=1, description="Random contrast factor in 1 +- this; 0 turns it off.")
@@ -99,6 +104,13 @@ class TrainConfig(_Strict):
 
     preprocess: PreprocessSpec = Field(default_factory=lambda: PreprocessSpec(), description="Preprocessing, exactly as the runtime applies it.")
     train: TrainRecipe = Field(default_factory=TrainRecipe, description="The training recipe.")
+
+    @model_validator(mode="after")
+    def _square_for_transpose(self) -> TrainConfig:
+        rs = self.preprocess.resize
+        if self.train.augment.transpose and rs.width != rs.height:
+            raise ValueError(f"train.augment.transpose needs a square input; preprocess.resize is {rs.width}x{rs.height}")
+        return self
 
 
 def load_train_config(path: Path | None, overrides: dict[str, Any]) -> TrainConfig:

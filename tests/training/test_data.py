@@ -193,7 +193,7 @@ def _png_of(path: Path, img: np.ndarray) -> None:
     cv2.imwrite(str(path), img)
 
 
-def test_defect_masks_move_with_the_crop_and_the_flips(tmp_path: Path) -> None:
+def test_defect_masks_move_with_the_crop_the_flips_and_the_transpose(tmp_path: Path) -> None:
     root = _square_part(tmp_path)
     spec = PreprocessSpec(color="gray", resize={"width": 32, "height": 32})
     samples = collect_samples(root, spec)
@@ -201,7 +201,7 @@ def test_defect_masks_move_with_the_crop_and_the_flips(tmp_path: Path) -> None:
     cache.load([s.path for s in samples.samples])
     assert cache.load_masks(samples.samples, root) == 1
     by_name = {s.path.name: s for s in samples.samples}
-    aug = Augment(hflip=True, vflip=True, rotate_deg=0, brightness=0, contrast=0)
+    aug = Augment(hflip=True, vflip=True, transpose=True, rotate_deg=0, brightness=0, contrast=0)
     for seed in range(8):
         rng = np.random.default_rng(seed)
         shift, zoom = tuple(rng.uniform(-0.2, 0.2, 2)), (*rng.uniform(0.7, 1, 2), *rng.uniform(0, 1, 2))

@@ -61,3 +61,10 @@ def test_the_shipped_example_training_config_is_valid() -> None:
     example = Path(__file__).resolve().parents[2] / "deploy" / "train.example.yaml"
     config = load_train_config(example, {})
     assert config.preprocess.color.value == "gray" and config.train.schedule == "onecycle"
+
+
+def test_transpose_needs_a_square_input(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_train_config(None, {"preprocess.resize": {"width": 64, "height": 32}, "train.augment.transpose": True})
+    assert "train.augment.transpose needs a square input; preprocess.resize is 64x32" in " ".join(err.value.errors)
+    assert load_train_config(None, {"train.augment.transpose": True}).train.augment.transpose
