@@ -120,13 +120,13 @@ def test_tensorrt_fp16_caches_its_engine_and_passes_the_gate(models: dict[str, P
     cache = tmp_path / "engines"
     settings = load_settings(None, model={"providers": ["tensorrt", "cpu"], "golden": str(tiles), "cache_dir": str(cache)})
     t0 = time.perf_counter()
-    first = build_pipeline(settings, model_path=models["resnet"])
+    first = build_pipeline(settings, model_path=models["dark"])
     cold = time.perf_counter() - t0
     assert first.classifier.provider == "tensorrt-fp16"
     (folder,) = [p for p in cache.iterdir() if p.is_dir()]
     assert any(f.suffix == ".engine" for f in folder.iterdir())
     t0 = time.perf_counter()
-    second = build_pipeline(settings, model_path=models["resnet"])
+    second = build_pipeline(settings, model_path=models["dark"])
     warm = time.perf_counter() - t0
     assert second.classifier.provider == "tensorrt-fp16" and [p for p in cache.iterdir() if p.is_dir()] == [folder]
     assert warm < cold  # the engine came from the cache
