@@ -327,11 +327,31 @@ class BackgroundDecoder:
         self._thread.join()
 
 
-def threads_study(model: Path, paths: list[Path], frames: int, block: int, settle: int, gaps_ms: list[float]) -> dict[str, Any]:
+def study_pipeline(model: Path, threads: int, spinning: bool, backend: str) -> Any:
+    """The daemon's pipeline for one study cell: onnxruntime as configured, or OpenVINO at a fixed precision."""
     from inspector.pipeline import build_pipeline
 
-    configs = [(t, s) for t in (1, 2) for s in (False, True)]
-    pipelines = {c: build_pipeline(inspector_settings(c[0], c[1]), model_path=model) for c in configs}
+    if backend == "onnxruntime":
+        return build_pipeline(inspector_settings(threads, spinning), model_path=model)
+    from inspector.config import DecisionSettings, ModelSettings
+    from inspector.decision import Thresholds
+    from inspector.model_openvino import OpenVinoClassifier
+    from inspector.pipeline import FramePipeline
+    from inspector.preprocess import Preprocessor
+
+    # golden only unlocks bf16: random weights have no accuracy to gate.
+    settings = ModelSettings(backend="openvino", openvino_precision=backend.split("-")[1], intra_op_threads=threads, golden=model.parent)
+    clf = OpenVinoClassifier(model, settings)
+    clf.warmup(1, 2)
+    return FramePipeline(clf, Preprocessor(clf.spec), Thresholds(DecisionSettings(), clf.spec.roi_names, None))
+
+
+def threads_study(
+    model: Path, paths: list[Path], frames: int, block: int, settle: int, gaps_ms: list[float], backend: str = "onnxruntime"
+) -> dict[str, Any]:
+    # OpenVINO has no spinning switch of its own (its LATENCY hint decides): threads only.
+    configs = [(t, s) for t in (1, 2) for s in ((False, True) if backend == "onnxruntime" else (False,))]
+    pipelines = {c: study_pipeline(model, c[0], c[1], backend) for c in configs}
     blobs = [p.read_bytes() for p in paths]
     decoder = BackgroundDecoder(blobs)
     cells = [(t, s, bg, gap) for gap in gaps_ms for (t, s) in configs for bg in (False, True)]
@@ -370,7 +390,7 @@ def threads_study(model: Path, paths: list[Path], frames: int, block: int, settl
         rows.append(
             {
                 "intra_op_threads": t,
-                "spinning": s,
+                "spinning": s if backend == "onnxruntime" else None,
                 "background_decoder": bg,
                 "gap_ms": gap,
                 "frames": d["n"],
@@ -381,7 +401,7 @@ def threads_study(model: Path, paths: list[Path], frames: int, block: int, settl
                 "background_decodes_per_s": round(d["decodes"] / d["wall_s"], 1) if bg else None,
             }
         )
-    return {"frames_per_cell": rounds * block, "block": block, "rows": rows}
+    return {"backend": backend, "frames_per_cell": rounds * block, "block": block, "rows": rows}
 
 
 class _Null:
@@ -409,6 +429,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0, help="weights and image sample seed (default 0)")
     ap.add_argument("--load-repeats", type=int, default=5, help="fresh processes for load-to-first-verdict (default 5)")
     ap.add_argument("--skip-threads-study", action="store_true", help="skip the intra_op_threads x spinning study")
+    ap.add_argument(
+        "--study-backend", choices=("onnxruntime", "openvino-fp32", "openvino-bf16"), default="onnxruntime",
+        help="runtime of the threads study (default onnxruntime; the comparison is always onnxruntime fp32)",
+    )
     ap.add_argument("--study-frames", type=int, default=160, help="measured frames per study cell (default 160)")
     ap.add_argument("--study-block", type=int, default=40, help="frames per study block (default 40)")
     ap.add_argument(
@@ -479,7 +503,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_threads_study:
             gaps = [float(g) for g in args.study_gaps.split(",") if g.strip()]
             with MachineNoise() as noise:
-                study = threads_study(model_path, pick(images, 256, args.seed + 2), args.study_frames, args.study_block, args.settle, gaps)
+                study = threads_study(
+                    model_path, pick(images, 256, args.seed + 2), args.study_frames, args.study_block, args.settle, gaps, args.study_backend
+                )
             study["machine_noise"] = noise.result
 
     ratio = cmp_res["ratio_inspector_over_baseline"]
