@@ -116,7 +116,7 @@ class OnnxClassifier:
         self._logits = self.manifest.output == "logits"
         self._input_name, self._input_shape, self._output_shape, self._input_dtype = self._io()
         self._fixed_batch = self._check_shapes()
-        self._bind_gpu(settings)
+        self._bind_gpu()
         self.load_ms = (time.perf_counter() - started) * 1000
 
     @property
@@ -210,8 +210,9 @@ class OnnxClassifier:
         dims = tuple(d if isinstance(d, int) else 1 for d in inp.shape[1:])
         return inp.name, (dims + (1, 1, 1))[:3], 1
 
-    def _bind_gpu(self, settings: ModelSettings) -> None:
-        """GPU providers run through IO binding into fixed buffers (and CUDA graphs on the cuda provider)."""
+    def _bind_gpu(self) -> None:
+        """GPU providers run through IO binding into fixed buffers (and CUDA graphs on the cuda provider, unless loading turned them off)."""
+        settings = self._settings
         if self.providers[0].split("-")[0] in (Provider.TENSORRT.value, Provider.CUDA.value):
             graphs = self.provider == Provider.CUDA.value and settings.cuda_graphs
             self._runner = BoundRunner(self.session, self._input_name, self._output_name, settings.device_id, graphs=graphs)
@@ -323,7 +324,8 @@ class OnnxClassifier:
             data = self.path.read_bytes()
             if hashlib.sha256(data).hexdigest() != self.sha256:
                 raise ModelError(f"{self.path} changed on disk while loading; restart to load the new file")
-            self.session, self.providers = self._create_session(data, self._settings.model_copy(update={"cuda_graphs": False}))
+            self._settings = self._settings.model_copy(update={"cuda_graphs": False})
+            self.session, self.providers = self._create_session(data, self._settings)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """float32 (N, C, H, W) -> float32 (N, n_classes) probabilities; all rows in one run when the model allows."""
