@@ -119,7 +119,7 @@ class _Client(paho.Client):
     """paho's client, whose queued packets the publishing thread may also write itself (plain TCP only).
 
     With `loop_start`, `publish` only queues the packet and wakes paho's thread, which must then win the GIL from the
-    publisher before it writes: on a 2-core line PC that hop cost 0.3-0.5 ms per decision. Writing from the publisher,
+    publisher before it writes: on a 2-core line PC that hop cost 0.2-0.5 ms per decision. Writing from the publisher,
     under one lock shared with paho's own writes, keeps packets whole and in order. Over TLS paho's thread does all
     socket I/O, since an SSL connection must not be read and written from two threads at once.
     """
