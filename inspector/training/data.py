@@ -243,6 +243,10 @@ class ImageCache:
             x0, x1, y0, y1 = x0 + dx, x1 + dx, y0 + dy, y1 + dy
         return x0, y0, x1, y1
 
+    def has_mask(self, sample: Sample) -> bool:
+        """Whether the sample's defect mask is loaded."""
+        return sample.path in self._masks
+
     @property
     def mask_count(self) -> int:
         """How many frames have a defect mask loaded."""

@@ -58,7 +58,8 @@ def lr_range_test(
         if len(order) < recipe.batch_size:
             order = epoch_order(targets, train_idx, recipe, rng)
         idx, order = order[: recipe.batch_size], order[recipe.batch_size :]
-        loss = batch_loss(model, batches.augmented(idx, rng).to(device), torch.from_numpy(targets[idx]).to(device), loss_fn, recipe.seg_weight)
+        batch = batches.augmented(idx, rng).to(device)
+        loss = batch_loss(model, batch, batch.y, loss_fn, recipe.seg_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

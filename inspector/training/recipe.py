@@ -44,6 +44,13 @@ class Augment(_Strict):
         default=0.0, ge=0, le=0.5, description="Random crop of (1 - zoom) to 1 of the box's width and height, anywhere inside it, before resize; 0 turns it off."
     )
     erasing: float = Field(default=0.0, ge=0, le=1, description="Probability of random erasing of one rectangle (2-20% of the area); 0 turns it off.")
+    paste_defects: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Probability that an OK training sample becomes an NG one: the defect of a random NG training sample, cut out "
+        "along its mask (masks/ beside ok/ and ng/) with a soft edge, pasted at the same place; it takes that sample's class. 0 turns it off.",
+    )
 
 
 class TrainRecipe(_Strict):

@@ -179,7 +179,7 @@ def run_lr_find(data: Path, out_dir: Path, config: TrainConfig, *, labels_csv: P
     cache = load_cache(samples, spec, recipe, [samples.samples[int(i)].path for i in train_idx])
     device = pick_device(recipe.device)
     model = build_model(recipe, len(samples.classes), spec.channels)
-    finding = lr_range_test(model, Batches(samples, cache, recipe), samples.targets, train_idx, recipe, device)
+    finding = lr_range_test(model, Batches(samples, cache, recipe, train_idx), samples.targets, train_idx, recipe, device)
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_lr_find(finding, out_dir / LR_FIND)
     (out_dir / "lr_find.json").write_text(

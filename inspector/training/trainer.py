@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import structlog
 import torch
@@ -31,7 +32,14 @@ from inspector.training.backbones import (
     keep_frozen_bn_eval,
     set_frozen,
 )
-from inspector.training.data import MASKS_DIR, ImageCache, SampleSet, augment, erase
+from inspector.training.data import (
+    MASKS_DIR,
+    ImageCache,
+    Sample,
+    SampleSet,
+    augment,
+    erase,
+)
 from inspector.training.recipe import TrainRecipe
 
 CHECKPOINT_FORMAT = "inspector.checkpoint/1"
@@ -130,21 +138,24 @@ class TrainBatch:
     """Augmented rows and, under mixed supervision, their defect masks at input resolution."""
 
     x: torch.Tensor  # (n, C, H, W) float32, normalized
+    y: torch.Tensor  # (n,) class indices: the samples' own, or a pasted defect's
     masks: torch.Tensor | None = None  # (n, 1, H, W) in 0..1
     known: torch.Tensor | None = None  # (n,) bool: the row's mask is known (OK parts, NG parts with a mask file)
 
     def to(self, device: torch.device) -> TrainBatch:
         """The same batch on `device`."""
         move = (lambda t: None if t is None else t.to(device))
-        return TrainBatch(self.x.to(device), move(self.masks), move(self.known))
+        return TrainBatch(self.x.to(device), self.y.to(device), move(self.masks), move(self.known))
 
 
 class Batches:
     """Turns sample indices into normalized, augmented float32 batches; deterministic per (seed, epoch)."""
 
-    def __init__(self, samples: SampleSet, cache: ImageCache, recipe: TrainRecipe) -> None:
+    def __init__(self, samples: SampleSet, cache: ImageCache, recipe: TrainRecipe, train_idx: np.ndarray) -> None:
         self.samples, self.cache, self.recipe = samples, cache, recipe
         self._plain: dict[int, np.ndarray] = {}
+        # Defects to paste come from training samples only: a validation defect pasted into training would leak.
+        self._donors = [int(i) for i in train_idx if cache.has_mask(samples.samples[int(i)])] if recipe.augment.paste_defects > 0 else []
 
     def plain(self, idx: np.ndarray) -> torch.Tensor:
         """Un-augmented rows, exactly what the runtime computes, cached."""
@@ -157,25 +168,47 @@ class Batches:
         """Rows with the recipe's augmentations; with seg_weight, their masks moved the same way."""
         aug = self.recipe.augment
         seg = self.recipe.seg_weight > 0
-        rows, masks = [], []
+        targets = self.samples.targets
+        rows, masks, ys = [], [], []
         for i in idx:
             sample = self.samples.samples[int(i)]
+            y = int(targets[int(i)])
             shift = tuple(rng.uniform(-aug.roi_jitter, aug.roi_jitter, 2)) if aug.roi_jitter > 0 else (0.0, 0.0)
             zoom = (*rng.uniform(1 - aug.zoom, 1, 2), *rng.uniform(0, 1, 2)) if aug.zoom > 0 else None
             mask = self.cache.crop_mask(sample, shift, zoom) if seg else None
-            image, mask = augment(self.cache.crop(sample, shift, zoom), aug, rng, mask)
+            image = self.cache.crop(sample, shift, zoom)
+            if self._donors and sample.label == OK_CLASS and rng.random() < aug.paste_defects:
+                donor = self._donors[int(rng.integers(len(self._donors)))]
+                image, pasted = paste_defect(image, self.cache, self.samples.samples[donor])
+                y = int(targets[donor])
+                mask = pasted if seg else None
+            image, mask = augment(image, aug, rng, mask)
             row = self.cache.tensor(image)
             if aug.erasing > 0 and rng.random() < aug.erasing:
                 erase(row, rng)
             rows.append(row)
             masks.append(mask)
+            ys.append(y)
         x = torch.from_numpy(np.stack(rows))
+        y_t = torch.tensor(ys, dtype=torch.long)
         if not seg:
-            return TrainBatch(x)
+            return TrainBatch(x, y_t)
         known = torch.tensor([m is not None for m in masks])
         blank = np.zeros(x.shape[-2:], np.uint8)
         stacked = np.stack([blank if m is None else m for m in masks])[:, None].astype(np.float32) / 255.0
-        return TrainBatch(x, torch.from_numpy(stacked), known)
+        return TrainBatch(x, y_t, torch.from_numpy(stacked), known)
+
+
+def paste_defect(image: np.ndarray, cache: ImageCache, donor: Sample) -> tuple[np.ndarray, np.ndarray]:
+    """`image` with the donor's defect blended in at the same place (soft edge); and the defect's mask (uint8, 255 = defect)."""
+    mask = cache.crop_mask(donor)
+    assert mask is not None
+    # A few pixels of the defect's surroundings and a soft edge, so the seam itself is not what the model learns.
+    alpha = cv2.GaussianBlur(cv2.dilate(mask, np.ones((5, 5), np.uint8)), (7, 7), 0).astype(np.float32) / 255.0
+    if image.ndim == 3:
+        alpha = alpha[:, :, None]
+    blended = image.astype(np.float32) * (1 - alpha) + cache.crop(donor).astype(np.float32) * alpha
+    return np.rint(blended).astype(image.dtype), mask
 
 
 def defect_map_loss(seg: torch.Tensor, masks: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
@@ -209,9 +242,10 @@ def load_cache(samples: SampleSet, spec: PreprocessSpec, recipe: TrainRecipe, pa
     """Decoded frames for `paths` and, with seg_weight, their masks; InputError listing every unusable file."""
     cache = ImageCache(spec)
     cache.load(paths)
-    if recipe.seg_weight > 0 and cache.load_masks(samples.samples, samples.root) == 0:
+    needs = f"seg_weight={recipe.seg_weight}" if recipe.seg_weight > 0 else f"augment.paste_defects={recipe.augment.paste_defects}"
+    if (recipe.seg_weight > 0 or recipe.augment.paste_defects > 0) and cache.load_masks(samples.samples, samples.root) == 0:
         raise InputError(
-            f"seg_weight={recipe.seg_weight} needs defect masks: expected PNG files under {samples.root / MASKS_DIR}/ "
+            f"{needs} needs defect masks: expected PNG files under {samples.root / MASKS_DIR}/ "
             "with the NG images' relative paths (masks/ng/<defect>/<name>.png); found none"
         )
     return cache
@@ -364,7 +398,7 @@ def train(
         )
 
     cache = load_cache(samples, spec, recipe, [s.path for s in samples.samples])  # every unusable file is listed before anything is written
-    batches = Batches(samples, cache, recipe)
+    batches = Batches(samples, cache, recipe, train_idx)
     targets = samples.targets
     n_classes = len(samples.classes)
 
@@ -423,9 +457,8 @@ def train(
                 bar.advance()
                 continue  # BatchNorm cannot train on a batch of one
             batch = batches.augmented(idx, rng).to(device)
-            y = torch.from_numpy(targets[idx]).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = batch_loss(model, batch, y, loss_fn, recipe.seg_weight)
+                loss = batch_loss(model, batch, batch.y, loss_fn, recipe.seg_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

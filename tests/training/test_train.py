@@ -220,3 +220,51 @@ def test_a_weight_average_is_what_is_validated_kept_and_exported(parts: Path, tm
         assert torch.equal(best["state_dict"]["fc.weight"], averaged["fc.weight"])
     code, _, err = export_cli(capsys, str(out / "best.pt"), "--out", str(tmp_path / "m.onnx"))
     assert code == 0, err
+
+
+def _grown(mask: np.ndarray, px: int = 5) -> np.ndarray:
+    """`mask` grown by `px` pixels each way (boolean)."""
+    import cv2
+
+    return cv2.dilate(mask.astype(np.uint8), np.ones((2 * px + 1, 2 * px + 1), np.uint8)) > 0
+
+
+def test_pasted_defects_make_ng_parts_of_ok_ones_from_training_donors_only(tmp_path: Path) -> None:
+    from inspector.training.data import ImageCache
+    from inspector.training.recipe import Augment
+    from inspector.training.trainer import Batches
+    from tests.training.test_data import _square_part
+
+    root = _square_part(tmp_path)  # ok0, ok1 plain; ng/crack/sq.png with a masked bright square; nomask.png without a mask
+    spec = PreprocessSpec(color="gray", resize={"width": 32, "height": 32})
+    samples = collect_samples(root, spec)
+    cache = ImageCache(spec)
+    cache.load([s.path for s in samples.samples])
+    cache.load_masks(samples.samples, root)
+    names = [s.path.name for s in samples.samples]
+    ok = [i for i, n in enumerate(names) if n.startswith("ok")]
+    recipe = TrainRecipe(augment=Augment(hflip=False, vflip=False, rotate_deg=0, brightness=0, contrast=0, roi_jitter=0, paste_defects=1.0))
+    everything = np.arange(len(names))
+
+    batch = Batches(samples, cache, recipe, everything).augmented(np.array(ok), np.random.default_rng(0))
+    assert batch.y.tolist() == [samples.classes.index("ng")] * len(ok)
+    square = cache.crop_mask(samples.samples[names.index("sq.png")]) > 127
+    for row in batch.x.numpy():
+        # The donor's bright square, where its mask is; the OK part's flat grey well away from it.
+        assert row[0][square].min() > row[0][~square].max() - 1e-6
+        assert row[0][~_grown(square)].std() < 1e-6
+
+    # The only masked defect is in validation: nothing is pasted, the OK parts stay OK and unchanged.
+    train_only = np.array([i for i in everything if names[i] != "sq.png"])
+    kept = Batches(samples, cache, recipe, train_only)
+    batch = kept.augmented(np.array(ok), np.random.default_rng(0))
+    assert batch.y.tolist() == [samples.classes.index("ok")] * len(ok)
+    assert torch.equal(batch.x, kept.plain(np.array(ok)))
+
+
+def test_pasting_defects_without_masks_is_refused_before_anything_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_labelled_folder(tmp_path / "data", n_ok=8, n_ng=8, width=48, height=48)
+    code, _, err = train_cli(capsys, str(data), "--out", str(tmp_path / "out"), "--epochs", "1", "--paste-defects", "0.5", *FAST)
+    assert code == 2 and "Traceback" not in err
+    assert f"augment.paste_defects=0.5 needs defect masks: expected PNG files under {data / 'masks'}/" in err
+    assert not (tmp_path / "out").exists()
