@@ -37,8 +37,12 @@ MAGNETIC_TILE = {
         "weight_decay": 0.05,
         "schedule": "onecycle",
         "imbalance": "loss",
-        # No rotation: fray and break sit on the tile's edge, which a rotated, reflected border blurs.
-        "augment": {"hflip": True, "vflip": True, "rotate_deg": 0, "brightness": 0.1, "contrast": 0.1, "zoom": 0.0, "roi_jitter": 0.0, "erasing": 0.0},
+        # No rotation: fray and break sit on the tile's edge, which a rotated, reflected border blurs. Half the OK tiles
+        # carry a defect pasted from an NG training tile (the dataset has masks): 0.985 ROC-AUC against 0.981-0.982 without.
+        "augment": {
+            "hflip": True, "vflip": True, "rotate_deg": 0, "brightness": 0.1, "contrast": 0.1, "zoom": 0.0, "roi_jitter": 0.0,
+            "erasing": 0.0, "paste_defects": 0.5,
+        },
     },
 }
 # Screw block: four ROIs a frame; the part moves up to 100 px and turns up to 15 degrees between frames.
