@@ -239,7 +239,7 @@ def batch_loss(model: nn.Module, batch: TrainBatch, y: torch.Tensor, loss_fn: nn
 
 
 def load_cache(samples: SampleSet, spec: PreprocessSpec, recipe: TrainRecipe, paths: list[Path]) -> ImageCache:
-    """Decoded frames for `paths` and, with seg_weight, their masks; InputError listing every unusable file."""
+    """Decoded frames for `paths` and, with seg_weight or paste_defects, their masks; InputError listing every unusable file."""
     cache = ImageCache(spec)
     cache.load(paths)
     needs = f"seg_weight={recipe.seg_weight}" if recipe.seg_weight > 0 else f"augment.paste_defects={recipe.augment.paste_defects}"
