@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from inspector.cli import main
 from inspector.samples import write_labelled_folder
+from tests.conftest import gray_png
 
 # 32 px gray tiles, one thread, tiny batches: a ResNet18 epoch on 48 samples takes well under a second.
 FAST = ["--size", "32", "--color", "gray", "--clahe", "2", "--threads", "1", "--batch-size", "16"]
@@ -49,3 +51,18 @@ def trained(parts: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run") / "run"
     assert main(["train", str(parts), "--out", str(out), "--epochs", "2", *FAST]) == 0
     return out
+
+
+def square_part(root: Path, size: int = 64) -> Path:
+    """ok/ (2 plain) and ng/crack/ (sq.png with a bright square off-centre, nomask.png the same without a mask), and
+    the square's mask under masks/."""
+    for i in range(2):
+        gray_png(root / "ok" / f"ok{i}.png", np.full((size, size), 40, np.uint8))
+    img = np.full((size, size), 40, np.uint8)
+    img[8:24, 36:52] = 250
+    gray_png(root / "ng" / "crack" / "sq.png", img)
+    (root / "ng" / "crack" / "nomask.png").write_bytes((root / "ng" / "crack" / "sq.png").read_bytes())
+    mask = np.zeros((size, size), np.uint8)
+    mask[8:24, 36:52] = 255
+    gray_png(root / "masks" / "ng" / "crack" / "sq.png", mask)
+    return root

@@ -19,6 +19,7 @@ from inspector.training.data import (
     stratified_split,
 )
 from inspector.training.recipe import Augment
+from tests.training.conftest import square_part
 
 GRAY32 = PreprocessSpec(color="gray", resize={"width": 32, "height": 32})
 ROI_SPEC = PreprocessSpec(
@@ -169,32 +170,8 @@ def test_zoom_keeps_the_chosen_part_of_the_box(parts: Path) -> None:
     assert np.array_equal(bottom_right, cache.pre.resize(frame[h - h // 2 :, w - w // 2 :]))
 
 
-def _square_part(root: Path, size: int = 64) -> Path:
-    """ok/ (2 plain) and ng/crack/ (1 with a bright square off-centre), and the square's mask under masks/."""
-    import cv2
-
-    for i in range(2):
-        _png_of(root / "ok" / f"ok{i}.png", np.full((size, size), 40, np.uint8))
-    img = np.full((size, size), 40, np.uint8)
-    img[8:24, 36:52] = 250
-    _png_of(root / "ng" / "crack" / "sq.png", img)
-    (root / "ng" / "crack" / "nomask.png").write_bytes((root / "ng" / "crack" / "sq.png").read_bytes())
-    mask = np.zeros((size, size), np.uint8)
-    mask[8:24, 36:52] = 255
-    (root / "masks" / "ng" / "crack").mkdir(parents=True)
-    cv2.imwrite(str(root / "masks" / "ng" / "crack" / "sq.png"), mask)
-    return root
-
-
-def _png_of(path: Path, img: np.ndarray) -> None:
-    import cv2
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), img)
-
-
 def test_defect_masks_move_with_the_crop_the_flips_and_the_transpose(tmp_path: Path) -> None:
-    root = _square_part(tmp_path)
+    root = square_part(tmp_path)
     spec = PreprocessSpec(color="gray", resize={"width": 32, "height": 32})
     samples = collect_samples(root, spec)
     cache = ImageCache(spec)
@@ -216,7 +193,7 @@ def test_defect_masks_move_with_the_crop_the_flips_and_the_transpose(tmp_path: P
 def test_a_mask_that_does_not_fit_its_image_is_named(tmp_path: Path) -> None:
     import cv2
 
-    root = _square_part(tmp_path)
+    root = square_part(tmp_path)
     cv2.imwrite(str(root / "masks" / "ng" / "crack" / "sq.png"), np.zeros((10, 20), np.uint8))
     samples = collect_samples(root, GRAY32)
     cache = ImageCache(GRAY32)

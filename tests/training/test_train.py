@@ -15,7 +15,7 @@ from inspector.samples import GRID_ROIS, write_labelled_folder
 from inspector.training.data import collect_samples, stratified_split
 from inspector.training.recipe import TrainRecipe
 from inspector.training.trainer import train
-from tests.training.conftest import FAST, export_cli, train_cli
+from tests.training.conftest import FAST, export_cli, square_part, train_cli
 
 EPOCH_KEYS = {
     "epoch", "lr", "seconds", "train_loss", "val_loss", "accuracy", "precision", "recall", "f1", "roc_auc",
@@ -233,9 +233,8 @@ def test_pasted_defects_make_ng_parts_of_ok_ones_from_training_donors_only(tmp_p
     from inspector.training.data import ImageCache
     from inspector.training.recipe import Augment
     from inspector.training.trainer import Batches
-    from tests.training.test_data import _square_part
 
-    root = _square_part(tmp_path)  # ok0, ok1 plain; ng/crack/sq.png with a masked bright square; nomask.png without a mask
+    root = square_part(tmp_path)  # ok0, ok1 plain; ng/crack/sq.png with a masked bright square; nomask.png without a mask
     spec = PreprocessSpec(color="gray", resize={"width": 32, "height": 32})
     samples = collect_samples(root, spec)
     cache = ImageCache(spec)
