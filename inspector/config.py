@@ -254,6 +254,12 @@ class SourceSettings(_Section):
             raise ValueError(f"reconnect_max_s ({self.reconnect_max_s}) must be >= reconnect_min_s ({self.reconnect_min_s})")
         return self
 
+    @model_validator(mode="after")
+    def _part_id_source(self) -> SourceSettings:
+        if self.kind == SourceKind.CAMERA and self.part_id == "filename":
+            raise ValueError("part_id: filename needs kind: folder (a camera frame has no file name); use counter or auto")
+        return self
+
 
 class PipelineSettings(_Section):
     """Queues between acquisition, inference and publishing, and what happens when inference falls behind."""

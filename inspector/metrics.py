@@ -103,6 +103,10 @@ def serve_prometheus(addr: str, port: int, snapshot: Callable[[], dict[str, Any]
             s = snapshot()
             for name in ("frames", "pass", "skipped", "deadline_missed", "late_published"):
                 yield CounterMetricFamily(f"inspector_{name}", f"Decisions: {name}", value=s[name])
+            yield CounterMetricFamily("inspector_keepalive_runs", "Idle-line inferences that keep the model warm", value=s["keepalive_runs"])
+            yield GaugeMetricFamily("inspector_uptime_seconds", "Seconds since the daemon started", value=s["uptime_s"])
+            if s["reject_rate"] is not None:
+                yield GaugeMetricFamily("inspector_reject_rate", "Share of rejects over the last `window` decisions", value=s["reject_rate"])
             rejects = CounterMetricFamily("inspector_reject", "Rejects by reason", labels=["reason"])
             for reason, n in s["reject_by_reason"].items():
                 rejects.add_metric([reason], n)
@@ -116,6 +120,10 @@ def serve_prometheus(addr: str, port: int, snapshot: Callable[[], dict[str, Any]
             for name in ("queue_depth", "outbox_depth"):
                 if name in s:
                     yield GaugeMetricFamily(f"inspector_{name}", name.replace("_", " "), value=s[name])
+            if "provider" in s:
+                info = GaugeMetricFamily("inspector_model_info", "The active inference provider (value always 1)", labels=["provider"])
+                info.add_metric([str(s["provider"])], 1)
+                yield info
 
     registry = CollectorRegistry()
     registry.register(_Collector())

@@ -88,7 +88,7 @@ class Topics:
 class LinkEvent:
     """What a paho callback saw, handed to the outbox thread."""
 
-    kind: str  # connected | refused | disconnected | puback | message
+    kind: str  # connected | refused | unreachable | disconnected | puback | message
     generation: int
     mid: int = 0
     ok: bool = True
@@ -127,6 +127,15 @@ class _Client(paho.Client):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._write_lock = threading.Lock()
+        self.connect_error: str | None = None
+
+    def reconnect(self) -> MQTTErrorCode:
+        """paho's connect, remembering why it failed: paho's connect-fail callback is told nothing."""
+        try:
+            return super().reconnect()
+        except OSError as exc:
+            self.connect_error = exc.strerror or str(exc) or type(exc).__name__
+            raise
 
     def _packet_write(self) -> MQTTErrorCode:
         with self._write_lock:
@@ -174,6 +183,8 @@ class MqttLink:
         self._generation = 0
         self._restart_at: float | None = None
         self._backoff = settings.reconnect_min_s
+        self.failed_attempts = 0  # connection attempts that failed since the last session was established
+        self.retry_in_s = 0.0  # after a failure or a lost session: how long until the next attempt
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -262,6 +273,7 @@ class MqttLink:
             self.receive_max = event.receive_max
             self.refused = None
             self._backoff = self.settings.reconnect_min_s
+            self.failed_attempts = 0
             assert self._client is not None
             self._client.subscribe(self.topics.ack, qos=1)
         elif event.kind in ("refused", "disconnected", "unreachable"):
@@ -275,6 +287,8 @@ class MqttLink:
             delay = self.settings.reconnect_min_s if was else self._backoff
             if not was:
                 self._backoff = min(self._backoff * 2, self.settings.reconnect_max_s)
+                self.failed_attempts += 1
+            self.retry_in_s = delay
             self._restart_at = time.monotonic() + delay
         return event
 
@@ -309,7 +323,7 @@ class MqttLink:
             self.events.put(LinkEvent("connected", gen, receive_max=int(receive_max)))
 
     def _on_connect_fail(self, client: paho.Client, gen: int) -> None:
-        self.events.put(LinkEvent("unreachable", gen, ok=False, reason="connection failed"))
+        self.events.put(LinkEvent("unreachable", gen, ok=False, reason=getattr(client, "connect_error", None) or "connection failed"))
 
     def _on_disconnect(self, client: paho.Client, gen: int, flags: Any, reason: ReasonCode, properties: Any) -> None:
         self.events.put(LinkEvent("disconnected", gen, ok=not reason.is_failure, reason=str(reason)))

@@ -278,8 +278,14 @@ class Outbox:
             if event.kind == "connected":
                 self._on_connected()
             elif event.kind == "refused":
-                self.log.error("mqtt_connect_refused", host=self.settings.mqtt.host, port=self.settings.mqtt.port, reason=event.reason)
+                self.log.error("mqtt_connect_refused", host=self.settings.mqtt.host, port=self.settings.mqtt.port, reason=event.reason,
+                               attempt=self.link.failed_attempts, retry_in_s=self.link.retry_in_s)
                 self.health.set_flag("mqtt_refused", event.reason)
+            elif event.kind == "unreachable":
+                # Every attempt is logged: the backoff (reconnect_min_s doubling to reconnect_max_s) bounds the rate.
+                self.log.warning("mqtt_unreachable", host=self.settings.mqtt.host, port=self.settings.mqtt.port, reason=event.reason,
+                                 attempt=self.link.failed_attempts, retry_in_s=self.link.retry_in_s, outbox=self._outbox_depth)
+                self.health.set_flag("mqtt_disconnected", f"unreachable: {event.reason}")
             elif event.kind == "disconnected":
                 self._on_disconnected(event)
             elif event.kind == "puback":

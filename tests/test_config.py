@@ -154,6 +154,7 @@ def test_config_check_for_run_names_what_the_daemon_needs(tmp_path: Path, capsys
         ("mqtt:\n  tls:\n    cert_file: /c.pem\n", "mqtt.tls: Value error, cert_file and key_file go together"),
         ("station:\n  name: a/b\n", "station.name: String should match pattern"),
         ("source:\n  kind: usb\n", "source.kind: Input should be 'folder' or 'camera'"),
+        ("source:\n  kind: camera\n  uri: '0'\n  part_id: filename\n", "source: Value error, part_id: filename needs kind: folder"),
     ],
 )
 def test_daemon_sections_are_strict(tmp_path: Path, text: str, expected: str) -> None:

@@ -156,6 +156,12 @@ def test_broker_killed_mid_stream_record_stream_has_no_gaps_and_stale_decisions_
         assert all(d["late"] or m.received_at <= _ts(d["deadline_at"]) + 0.05 for m, d in decisions), "no actionable stale decision"
         assert any(d["late"] for _, d in decisions), "the outage's decisions went out marked late"
         assert daemon.saw("mqtt_disconnected") and len(daemon.saw("mqtt_connected")) >= 2
+        # While the broker was down, each failed attempt was logged with its cause and the growing wait before the next.
+        unreachable = daemon.saw("mqtt_unreachable")
+        assert unreachable and all(e["reason"] == "Connection refused" for e in unreachable), unreachable
+        assert [e["attempt"] for e in unreachable] == list(range(1, len(unreachable) + 1))
+        waits = [e["retry_in_s"] for e in unreachable]
+        assert waits == sorted(waits) and waits[-1] > waits[0], waits
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(15) == 0
         sub.close()

@@ -30,8 +30,9 @@ def test_counts_percentiles_and_window() -> None:
 def test_prometheus_endpoint_serves_the_snapshot() -> None:
     m = Metrics(window=10)
     m.decided(_v(0, Reason.SCORE, 0.01), deadline_at=200.0)
+    m.keepalive()
     port = free_port()
-    server = serve_prometheus("127.0.0.1", port, lambda: m.snapshot(outbox_depth=7))
+    server = serve_prometheus("127.0.0.1", port, lambda: m.snapshot(outbox_depth=7, provider="openvino-cpu-bf16"))
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     finally:
@@ -39,3 +40,8 @@ def test_prometheus_endpoint_serves_the_snapshot() -> None:
     assert "inspector_frames_total 1.0" in text
     assert 'inspector_reject_total{reason="score"} 1.0' in text
     assert "inspector_outbox_depth 7.0" in text
+    # What the MQTT metrics message carries beyond the counters, a scraper sees too.
+    assert "inspector_keepalive_runs_total 1.0" in text
+    assert "inspector_reject_rate 1.0" in text
+    assert 'inspector_model_info{provider="openvino-cpu-bf16"} 1.0' in text
+    assert "inspector_uptime_seconds " in text
