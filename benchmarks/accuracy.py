@@ -94,16 +94,15 @@ SCREW_BLOCK = {
 
 def _relabelled_layout(data: Path, relabel: dict[str, str], dest: Path) -> Path:
     """Symlink the ok/ + ng/<defect>/ images (and masks/) of `data` into `dest`, the `relabel` ones under their new folder."""
-    for src in sorted(p for p in data.rglob("*") if p.is_file() and p.relative_to(data).parts[0] in ("ok", "ng")):
-        rel = src.relative_to(data).as_posix()
+    images = {p.relative_to(data).as_posix(): p for top in ("ok", "ng") for p in (data / top).rglob("*") if p.is_file()}
+    if missing := sorted(set(relabel) - set(images)):
+        raise SystemExit(f"accuracy: images to relabel not found under {data}: {missing}")
+    for rel, src in sorted(images.items()):
         link = dest / (f"{relabel[rel]}/{src.name}" if rel in relabel else rel)
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(src)
     if (data / "masks").is_dir():
         (dest / "masks").symlink_to(data / "masks")
-    missing = set(relabel) - {p.relative_to(data).as_posix() for p in data.rglob("*") if p.is_file()}
-    if missing:
-        raise SystemExit(f"accuracy: images to relabel not found under {data}: {sorted(missing)}")
     return dest.resolve()
 
 

@@ -322,8 +322,8 @@ class MqttLink:
             receive_max = getattr(properties, "ReceiveMaximum", 65535) if properties is not None else 65535
             self.events.put(LinkEvent("connected", gen, receive_max=int(receive_max)))
 
-    def _on_connect_fail(self, client: paho.Client, gen: int) -> None:
-        self.events.put(LinkEvent("unreachable", gen, ok=False, reason=getattr(client, "connect_error", None) or "connection failed"))
+    def _on_connect_fail(self, client: _Client, gen: int) -> None:
+        self.events.put(LinkEvent("unreachable", gen, ok=False, reason=client.connect_error or "connection failed"))
 
     def _on_disconnect(self, client: paho.Client, gen: int, flags: Any, reason: ReasonCode, properties: Any) -> None:
         self.events.put(LinkEvent("disconnected", gen, ok=not reason.is_failure, reason=str(reason)))
