@@ -181,6 +181,7 @@ def run(name: str, data: Path, recipe: dict[str, Any], out: Path, threads: int, 
     import torch
 
     from inspector.config import load_settings
+    from inspector.replay.metrics import threshold_at_recall
     from inspector.replay.runner import run_replay
     from inspector.training.export import export_checkpoint
     from inspector.training.recipe import TrainConfig
@@ -204,9 +205,14 @@ def run(name: str, data: Path, recipe: dict[str, Any], out: Path, threads: int, 
     else:
         labels = _validation_frames(ckpt, data, out / "validation")
         val_dir = labels.parent
-    t = summary["threshold_at_target"]
-    at_target = run_replay(val_dir, settings, threshold=t, labels_csv=labels, out_dir=out / "replay-at-target", report=True, log=log)
     at_default = run_replay(val_dir, settings, threshold=0.5, labels_csv=labels, out_dir=out / "replay-at-0.5", report=False, log=log)
+    t = summary["threshold_at_target"]
+    if labels is None:
+        # Whole-image samples: the operating point from the ONNX model's own scores, since torch's threshold can sit
+        # 1e-7 above the NG it was set by. (ROI samples keep the ROI threshold: a frame's score is its highest ROI's.)
+        scored = [o for o in at_default.outcomes if o.label is not None and o.score is not None]
+        t = threshold_at_recall([o.score for o in scored], [o.label == "ng" for o in scored], summary["target_recall"])
+    at_target = run_replay(val_dir, settings, threshold=t, labels_csv=labels, out_dir=out / "replay-at-target", report=True, log=log)
     fm_t, fm_d = at_target.summary["frame_metrics"], at_default.summary["frame_metrics"]
     result = {
         "dataset": name,
@@ -218,6 +224,7 @@ def run(name: str, data: Path, recipe: dict[str, Any], out: Path, threads: int, 
         "roc_auc": fm_t["roc_auc"],
         "target_recall": summary["target_recall"],
         "threshold_at_target": t,
+        "threshold_at_target_in_training": summary["threshold_at_target"],
         "at_target": {k: fm_t.get(k) for k in ("ng_recall", "false_reject_rate", "escapes", "false_rejects", "accuracy", "per_defect")},
         "at_0.5": {k: fm_d.get(k) for k in ("ng_recall", "false_reject_rate", "escapes", "false_rejects", "accuracy")},
         "roi_metrics_at_0.5": at_default.summary.get("roi_metrics"),
