@@ -18,7 +18,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,11 @@ SCREW_BLOCK = {
 }
 
 
+def _relabelled_keys(relabel: dict[str, str]) -> dict[str, str]:
+    """Each relabelled image's key in the relabelled copy -> its key in the dataset as shipped."""
+    return {f"{new}/{Path(old).name}": old for old, new in relabel.items()}
+
+
 def _relabelled_layout(data: Path, relabel: dict[str, str], dest: Path) -> Path:
     """Symlink the ok/ + ng/<defect>/ images (and masks/) of `data` into `dest`, the `relabel` ones under their new folder."""
     images = {p.relative_to(data).as_posix(): p for top in ("ok", "ng") for p in (data / top).rglob("*") if p.is_file()}
@@ -112,7 +117,7 @@ def _split_as_shipped(relabel: dict[str, str]) -> Iterator[None]:
     from inspector.training import run as run_mod
 
     original = run_mod.stratified_split
-    back = {f"{new}/{Path(old).name}": old for old, new in relabel.items()}
+    back = _relabelled_keys(relabel)
 
     def split(samples: Any, val_fraction: float, seed: int) -> Any:
         shipped = tuple(
@@ -127,13 +132,13 @@ def _split_as_shipped(relabel: dict[str, str]) -> Iterator[None]:
         run_mod.stratified_split = original
 
 
-def figures_under(decisions: Path, ng: Callable[[str], bool], target_recall: float) -> dict[str, Any]:
+def figures_under(outcomes: Sequence[Any], ng: Callable[[str], bool], target_recall: float) -> dict[str, Any]:
     """ROC-AUC, and NG recall and false-reject rate at the target-recall threshold, with `ng(frame_id)` as the labels."""
     from inspector.replay.metrics import roc_auc, threshold_at_recall
 
-    rows = [json.loads(line) for line in decisions.read_text().splitlines() if line.strip()]
-    scores = [r["score"] for r in rows]
-    labels = [ng(r["frame_id"]) for r in rows]
+    scored = [o for o in outcomes if o.score is not None]
+    scores = [o.score for o in scored]
+    labels = [ng(o.frame_id) for o in scored]
     t = threshold_at_recall(scores, labels, target_recall)
     ok = [s for s, y in zip(scores, labels, strict=True) if not y]
     bad = [s for s, y in zip(scores, labels, strict=True) if y]
@@ -144,7 +149,7 @@ def figures_under(decisions: Path, ng: Callable[[str], bool], target_recall: flo
     }
 
 
-def _validation_layout(ckpt: dict[str, Any], data: Path, dest: Path) -> Path:
+def _validation_layout(ckpt: dict[str, Any], dest: Path) -> Path:
     """Symlink the checkpoint's validation images into ok/ + ng/<defect>/ so replay labels them as training did."""
     for v in ckpt["validation"]:
         src = Path(v["path"])
@@ -200,7 +205,7 @@ def run(name: str, data: Path, recipe: dict[str, Any], out: Path, threads: int, 
     ckpt = torch.load(out / "train" / "best.pt", weights_only=True, map_location="cpu")
     settings = load_settings(None, model={"path": str(model), "providers": ["cpu"]})
     if ckpt["validation"][0]["roi"] is None:
-        val_dir = _validation_layout(ckpt, data, out / "validation")
+        val_dir = _validation_layout(ckpt, out / "validation")
         labels = None
     else:
         labels = _validation_frames(ckpt, data, out / "validation")
@@ -234,9 +239,9 @@ def run(name: str, data: Path, recipe: dict[str, Any], out: Path, threads: int, 
         "relabelled": relabel,
     }
     if relabel:
-        shipped = {f"{new}/{Path(old).name}" for old, new in relabel.items()}
+        shipped_ok = _relabelled_keys(relabel)
         result["labels_as_shipped"] = figures_under(
-            out / "replay-at-target" / "decisions.jsonl", lambda f: f.startswith("ng/") and f not in shipped, summary["target_recall"]
+            at_target.outcomes, lambda f: f.startswith("ng/") and f not in shipped_ok, summary["target_recall"]
         )
     return result
 
