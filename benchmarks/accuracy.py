@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -46,6 +47,9 @@ MAGNETIC_TILE = {
             "hflip": True, "vflip": True, "rotate_deg": 0, "brightness": 0.1, "contrast": 0.1, "zoom": 0.0, "roi_jitter": 0.0,
             "erasing": 0.0, "paste_defects": 0.5,
         },
+        # Each tile scored as the mean over itself and its three flips: over six trained runs, ROC-AUC rose in all six
+        # (0.989 -> 0.992 on average) and false rejects at 99% recall fell in four, for 4x the inference.
+        "tta": "flips",
     },
 }
 # OK-labelled images that show a defect. The dataset photographs each tile under up to six exposures (expN_num_M,
@@ -180,8 +184,12 @@ def _validation_frames(ckpt: dict[str, Any], data: Path, dest: Path) -> Path:
     return out
 
 
-def run(name: str, data: Path, recipe: dict[str, Any], out: Path, threads: int, relabel: dict[str, str]) -> dict[str, Any]:
-    """Train, export and replay one dataset; the figures that count are replay's, on the exported ONNX model."""
+def run(name: str, data: Path, recipe: dict[str, Any], out: Path, threads: int, relabel: dict[str, str], rescore: Path | None = None) -> dict[str, Any]:
+    """Train, export and replay one dataset; the figures that count are replay's, on the exported ONNX model.
+
+    With `rescore` (an earlier run's folder for this dataset) nothing is trained: its best.pt is exported with this
+    recipe's test-time views and replayed.
+    """
     import structlog
     import torch
 
@@ -197,11 +205,15 @@ def run(name: str, data: Path, recipe: dict[str, Any], out: Path, threads: int, 
     if relabel:
         data = _relabelled_layout(data, relabel, out / "data")
     t0 = time.monotonic()
-    with _split_as_shipped(relabel):
-        summary = run_training(data, out / "train", config, log=log)
+    if rescore is not None:
+        shutil.copytree(rescore / "train", out / "train")
+        summary = json.loads((out / "train" / "summary.json").read_text())
+    else:
+        with _split_as_shipped(relabel):
+            summary = run_training(data, out / "train", config, log=log)
     train_s = time.monotonic() - t0
     model = out / "model.onnx"
-    _, gate = export_checkpoint(out / "train" / "best.pt", model, log=log)
+    _, gate = export_checkpoint(out / "train" / "best.pt", model, tta=config.train.tta, log=log)
     ckpt = torch.load(out / "train" / "best.pt", weights_only=True, map_location="cpu")
     settings = load_settings(None, model={"path": str(model), "providers": ["cpu"]})
     if ckpt["validation"][0]["roi"] is None:
@@ -222,7 +234,8 @@ def run(name: str, data: Path, recipe: dict[str, Any], out: Path, threads: int, 
     result = {
         "dataset": name,
         "recipe": config.model_dump(mode="json"),
-        "training_seconds": round(train_s, 1),
+        "training_seconds": summary["training_seconds"] if rescore is not None else round(train_s, 1),
+        "rescored_from": str(rescore) if rescore is not None else None,
         "epochs_run": summary["epochs_run"],
         "best_epoch": summary["best_epoch"],
         "validation_frames": at_target.summary["frames"],
@@ -279,6 +292,10 @@ def main() -> int:
         "--labels", choices=("audited", "shipped"), default="audited",
         help="audited (default): the OK images that show a defect (RELABEL) train and validate as that defect; shipped: as the dataset has them",
     )
+    p.add_argument(
+        "--rescore", type=Path, metavar="RUN",
+        help="train nothing: export RUN/<dataset>/train/best.pt (an earlier report's output) with this recipe's test-time views and replay it",
+    )
     args = p.parse_args()
     from inspector.logs import configure_logging
 
@@ -300,7 +317,13 @@ def main() -> int:
             print(f"accuracy: {out} exists; remove it or pass another --out", file=sys.stderr)
             return 2
         relabel = RELABEL.get(name, {}) if args.labels == "audited" else {}
-        results.append(run(name, data, recipe, out, args.threads, relabel))
+        rescore = None
+        if args.rescore is not None:
+            rescore = args.rescore / name
+            if not (rescore / "train" / "best.pt").is_file():
+                print(f"accuracy: {rescore / 'train' / 'best.pt'} not found; --rescore expects the --out of an earlier run", file=sys.stderr)
+                return 2
+        results.append(run(name, data, recipe, out, args.threads, relabel, rescore))
     doc = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version()},
         "results": results,

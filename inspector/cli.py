@@ -233,6 +233,8 @@ def _add_export(sub: Any) -> None:
                     "golden set: refused when ROC-AUC drops > 0.005 or > 0.5%% of verdicts flip at --threshold")
     ep.add_argument("--calibration-data", type=Path, metavar="DIR", help="with --quantize: real frames of the station for activation ranges")
     ep.add_argument("--threshold", type=_unit_float, default=0.5, help="threshold at which no verdict may flip (default 0.5)")
+    ep.add_argument("--tta", choices=("none", "flips"), help="test-time views built into the model (default: the training recipe's "
+                    "tta): flips scores the mean over the image and the flips it was trained with, up to 4x the inference")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -658,7 +660,7 @@ def _export(args: argparse.Namespace) -> int:
         raise InputError(f"--golden {args.golden}: no such folder")
     manifest, gate = export_mod.export_checkpoint(
         args.checkpoint, args.out, golden=args.golden, spec=spec, fp16=args.fp16, threshold=args.threshold,
-        quantize=args.quantize, calibration_data=args.calibration_data,
+        quantize=args.quantize, calibration_data=args.calibration_data, tta=args.tta,
         log=structlog.get_logger("inspector.export"),
     )
     print(
@@ -672,5 +674,7 @@ def _export(args: argparse.Namespace) -> int:
             f"accuracy gate passed: {g['images']} images ({g['labelled']} labelled), ROC-AUC {g['roc_auc_reference']:.4f} fp32 -> "
             f"{g['roc_auc_candidate']:.4f} int8, {g['flips']} verdict flips at {g['threshold']:g}; {quant['calibration_images']} calibration images"
         )
-    print(f"model: {args.out}  classes {list(manifest.classes)}  precision {manifest.info['precision']}")
+    views = manifest.info.get("tta_views", 1)
+    print(f"model: {args.out}  classes {list(manifest.classes)}  precision {manifest.info['precision']}"
+          + (f"  test-time views {views} ({manifest.info['tta']})" if views > 1 else ""))
     return 0

@@ -192,3 +192,29 @@ def keep_frozen_bn_eval(model: nn.Module) -> None:
     for module in model.modules():
         if getattr(module, "_inspector_frozen", False):
             module.eval()
+
+
+class FlipMean(nn.Module):
+    """Test-time augmentation inside the network: the mean class probability over the image and its flips.
+
+    It returns the log of that mean, so softmax of the output gives the mean back exactly: training's
+    validation, the export's parity gate and the runtime treat it as any model that outputs logits.
+    """
+
+    def __init__(self, inner: nn.Module, views: tuple[tuple[int, ...], ...]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.views = views
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, classes) log mean probabilities over the views of each row."""
+        stacked = torch.cat([torch.flip(x, dims) if dims else x for dims in self.views])
+        p = torch.softmax(self.inner(stacked).float(), dim=1)
+        mean = p.reshape(len(self.views), -1, p.shape[1]).mean(0)
+        return torch.log(mean.clamp_min(1e-30))  # a mean of exactly 0 (a softmax underflow) would be -inf
+
+
+def deployed(model: nn.Module, recipe: TrainRecipe) -> nn.Module:
+    """The network as it is validated at the end and exported: with the recipe's test-time views, or as it is."""
+    views = recipe.tta_views()
+    return FlipMean(model, views) if len(views) > 1 else model

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import structlog
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from inspector.config import ModelSettings, Provider
@@ -28,7 +29,7 @@ from inspector.manifest import ModelManifest, write_manifest
 from inspector.model import OnnxClassifier, file_sha256
 from inspector.preprocess import Preprocessor, PreprocessSpec
 from inspector.replay.dataset import collect
-from inspector.training.backbones import TORCH_LOAD_ERRORS, build_model
+from inspector.training.backbones import TORCH_LOAD_ERRORS, build_model, deployed
 from inspector.training.data import ImageCache
 from inspector.training.onnx_export import export_classifier
 from inspector.training.quantize import (
@@ -89,6 +90,14 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[nn.Module, PreprocessSp
     model = build_model(recipe, len(classes), spec.channels, load_weights=False)
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), spec, classes, recipe
+
+
+def with_tta(recipe: TrainRecipe, tta: str) -> TrainRecipe:
+    """The recipe with other test-time views; InputError when the training's augmentations cannot support them."""
+    try:
+        return TrainRecipe.model_validate({**recipe.model_dump(mode="json"), "tta": tta})
+    except ValidationError as exc:
+        raise InputError(f"--tta {tta}: " + "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from exc
 
 
 class _Fp16(nn.Module):
@@ -221,9 +230,13 @@ def export_checkpoint(
     threshold: float = 0.5,
     max_auc_drop: float = MAX_AUC_DROP,
     max_flip_rate: float = MAX_FLIP_RATE,
+    tta: str | None = None,
     log: structlog.typing.FilteringBoundLogger | None = None,
 ) -> tuple[ModelManifest, GateResult]:
-    """Write `out` only when the parity gate (and, for INT8, the accuracy gate) passes; ModelError otherwise, and no file."""
+    """Write `out` only when the parity gate (and, for INT8, the accuracy gate) passes; ModelError otherwise, and no file.
+
+    `tta` (none|flips) overrides the checkpoint recipe's test-time views.
+    """
     log = log or structlog.get_logger("inspector.export")
     if quantize not in (None, "int8"):
         raise InputError(f"--quantize {quantize}: the supported precision is int8")
@@ -234,6 +247,9 @@ def export_checkpoint(
                          + ("none given" if calibration_data is None else f"{calibration_data} does not exist"))
     ckpt = load_checkpoint(ckpt_path)
     model, train_spec, classes, recipe = model_from_checkpoint(ckpt)
+    if tta is not None:
+        recipe = with_tta(recipe, tta)
+    model = deployed(model, recipe)  # the gate's reference is the same network the file holds
     deploy_spec = spec or train_spec
     frames = golden_frames(ckpt, golden)
     tolerance = TOLERANCE_FP16 if fp16 else TOLERANCE_FP32
@@ -248,6 +264,8 @@ def export_checkpoint(
             "backbone": recipe.backbone,
             "initial_weights": ckpt["recipe"].get("weights", "none"),
             "precision": "fp16" if fp16 else "fp32",
+            "tta": recipe.tta,
+            "tta_views": len(recipe.tta_views()),
             "training": {"epoch": ckpt.get("epoch"), "validation": metrics, "target_recall": recipe.target_recall},
             "dataset": ckpt.get("dataset", {}),
             "checkpoint_sha256": file_sha256(ckpt_path),

@@ -87,6 +87,12 @@ class TrainRecipe(_Strict):
         "the last 200 steps); validation, best.pt and the export use the averaged weights. 0 turns it off.",
     )
     label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
+    tta: Literal["none", "flips"] = Field(
+        default="none",
+        description="Test-time augmentation: flips scores each image as the mean class probability over the image and every flip "
+        "the training augmented with (hflip, vflip, both: up to 4 views, so up to 4x the inference). The final validation figures "
+        "and the exported model include it; per-epoch validation does not (it would cost 4x per epoch).",
+    )
     imbalance: Literal["loss", "sampler", "both", "none"] = Field(default="loss", description="Class imbalance: loss (class-weighted cross-entropy), sampler (weighted sampling), both, or none.")
     augment: Augment = Field(default_factory=Augment, description="Training augmentations.")
     amp: bool = Field(default=True, description="Mixed precision (bfloat16 autocast) on CUDA and on CPUs with AVX512-BF16 or AMX (about 1.7x faster there); fp32 elsewhere.")
@@ -103,7 +109,17 @@ class TrainRecipe(_Strict):
     def _check(self) -> TrainRecipe:
         if self.unfreeze_after is not None and self.freeze == "none":
             raise ValueError("unfreeze_after needs a freeze policy (backbone or layer1..layer4)")
+        if self.tta == "flips" and not (self.augment.hflip or self.augment.vflip):
+            raise ValueError("tta=flips averages over the flips the model was trained with; turn on augment.hflip and/or augment.vflip, or use tta=none")
         return self
+
+    def tta_views(self) -> tuple[tuple[int, ...], ...]:
+        """The NCHW dims each test-time view flips: () is the image itself; only () without TTA."""
+        if self.tta == "none":
+            return ((),)
+        flips = [d for d, on in (((3,), self.augment.hflip), ((2,), self.augment.vflip)) if on]
+        both = ((2, 3),) if len(flips) == 2 else ()
+        return ((), *flips, *both)
 
 
 class TrainConfig(_Strict):

@@ -106,12 +106,12 @@ def finish(result: TrainResult, samples: SampleSet, recipe: TrainRecipe, log: An
     """Plots, sheets, Grad-CAM, summary.json and report.html for a finished run."""
     out = result.out_dir
     pred, val_idx = result.predictions, result.val_idx
-    best = next(h for h in result.history if h.epoch == result.best_epoch)
-    t = best.threshold_at_target
+    final = result.final  # the kept model as exported: its test-time views included
+    t = final["threshold_at_target"]
     cache = result.cache
     plot_curves(result.history, result.best_epoch, out / CURVES)
     plot_confusion(pred, samples.classes, t, out / CONFUSION)
-    plot_roc(pred, t, best.roc_auc, out / ROC)
+    plot_roc(pred, t, final["roc_auc"], out / ROC)
     confused = most_confused(pred, samples, val_idx, cache, out / MOST_CONFUSED)
     device = next(result.model.parameters()).device
     pointing = gradcam_sheet(result.model, pred, samples, val_idx, cache, device, out / GRADCAM)
@@ -129,12 +129,13 @@ def finish(result: TrainResult, samples: SampleSet, recipe: TrainRecipe, log: An
         "classes": list(samples.classes),
         "train_samples": len(samples.samples) - len(val_idx),
         "validation_samples": len(val_idx),
-        "roc_auc": best.roc_auc,
-        "accuracy": best.accuracy,
+        "roc_auc": final["roc_auc"],
+        "accuracy": final["accuracy"],
+        "tta": recipe.tta,
         "target_recall": recipe.target_recall,
         "threshold_at_target": t,
-        "ng_recall_at_target": best.ng_recall_at_target,
-        "false_reject_rate_at_target": best.false_reject_rate_at_target,
+        "ng_recall_at_target": final["ng_recall_at_target"],
+        "false_reject_rate_at_target": final["false_reject_rate_at_target"],
         "per_defect_recall_at_target": per_defect,
         "gradcam": pointing,
         "most_confused": confused[:10],
@@ -145,7 +146,7 @@ def finish(result: TrainResult, samples: SampleSet, recipe: TrainRecipe, log: An
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     report = write_html(out, summary, result.history, [CURVES, ROC, CONFUSION, MOST_CONFUSED, GRADCAM])
-    log.info("training_done", best_epoch=result.best_epoch, roc_auc=best.roc_auc, checkpoint=str(result.best), report=str(report), seconds=round(result.seconds, 1))
+    log.info("training_done", best_epoch=result.best_epoch, roc_auc=final["roc_auc"], checkpoint=str(result.best), report=str(report), seconds=round(result.seconds, 1))
     return summary
 
 

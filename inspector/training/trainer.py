@@ -27,6 +27,7 @@ from inspector.progress import Progress
 from inspector.replay.metrics import binary_metrics, roc_auc, threshold_at_recall
 from inspector.training.backbones import (
     build_model,
+    deployed,
     frozen_names,
     head_parameters,
     keep_frozen_bn_eval,
@@ -99,6 +100,7 @@ class TrainResult:
     val_idx: np.ndarray = field(repr=False)
     cache: ImageCache = field(repr=False)  # the decoded, equalized frames, for the report
     fingerprint: str = ""  # SampleSet.fingerprint() of the data trained on
+    final: dict[str, Any] = field(default_factory=dict, repr=False)  # evaluate() of the kept model as exported (test-time views included)
 
 
 def pick_device(choice: str) -> torch.device:
@@ -508,11 +510,20 @@ def train(
     best = torch.load(out_dir / BEST, map_location="cpu", weights_only=True)
     model.load_state_dict(best["state_dict"])
     model = model.to(device).eval()
-    predictions = Predictions(predict(model, x_val, device), y_val)
+    predictions = Predictions(predict(deployed(model, recipe), x_val, device), y_val)
+    final = evaluate(predictions.probabilities, y_val, recipe.target_recall)
+    if recipe.tta != "none":
+        plain = next(h for h in history if h.epoch == best_epoch)
+        log.info("tta_validated", views=len(recipe.tta_views()), roc_auc_without=_r(plain.roc_auc), roc_auc=_r(final["roc_auc"]),
+                 frr_at_target_without=_r(plain.false_reject_rate_at_target), frr_at_target=_r(final["false_reject_rate_at_target"]))
+        # best.pt carries the figures of the model that export writes, which includes the test-time views.
+        best["metrics"] = {**best["metrics"], **final, "tta": recipe.tta}
+        _save(best, out_dir / BEST)
+    write_metrics(out_dir, history, best_epoch, recipe, final=final)
     return TrainResult(
         out_dir=out_dir, best=out_dir / BEST, last=out_dir / LAST, history=history, best_epoch=best_epoch,
         stopped_early=stopped_early, seconds=time.monotonic() - started, model=model, predictions=predictions, val_idx=val_idx,
-        cache=cache, fingerprint=fingerprint,
+        cache=cache, fingerprint=fingerprint, final=final,
     )
 
 
@@ -533,15 +544,17 @@ def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
 
 
-def write_metrics(out_dir: Path, history: list[EpochMetrics], best_epoch: int, recipe: TrainRecipe) -> Path:
-    """metrics.json: every epoch's figures and which epoch was kept."""
+def write_metrics(out_dir: Path, history: list[EpochMetrics], best_epoch: int, recipe: TrainRecipe, final: dict[str, Any] | None = None) -> Path:
+    """metrics.json: every epoch's figures, which epoch was kept and, once training ends, that model's figures as exported."""
     path = out_dir / "metrics.json"
-    doc = {
+    doc: dict[str, Any] = {
         "best_epoch": best_epoch,
         "target_recall": recipe.target_recall,
         "score": f"1 - P({OK_CLASS}); NG is the positive class",
         "epochs": [asdict(h) for h in history],
     }
+    if final is not None:
+        doc["final"] = {"epoch": best_epoch, "tta": recipe.tta, **final}
     tmp = path.with_name(".metrics.json.tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     os.replace(tmp, path)

@@ -127,3 +127,34 @@ def test_a_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path: Path, capsys
     code, _, err = export_cli(capsys, str(tmp_path / "text.pt"), "--out", str(tmp_path / "m.onnx"))
     assert code == 2 and "not a checkpoint written by `inspector train`" in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_tta_flips_exports_the_mean_over_the_flipped_views_and_records_it(trained: Path, parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plain, tta = tmp_path / "plain.onnx", tmp_path / "tta.onnx"
+    export_checkpoint(trained / "best.pt", plain)
+    code, stdout, err = export_cli(capsys, str(trained / "best.pt"), "--out", str(tta), "--tta", "flips")
+    assert code == 0, err
+    assert "parity gate passed" in stdout and "test-time views 4 (flips)" in stdout
+    clf_plain, clf_tta = (OnnxClassifier(p, ModelSettings(providers=[Provider.CPU])) for p in (plain, tta))
+    assert (clf_tta.manifest.info["tta"], clf_tta.manifest.info["tta_views"]) == ("flips", 4)
+    assert (clf_plain.manifest.info["tta"], clf_plain.manifest.info["tta_views"]) == ("none", 1)
+    pre = Preprocessor(clf_tta.spec)
+    moved = 0.0
+    for path in sorted(parts.rglob("*/*.png"))[:6]:
+        x = pre(pre.decode(path.read_bytes()))
+        views = [x, x[..., ::-1], x[..., ::-1, :], x[..., ::-1, ::-1]]
+        expected = np.mean([clf_plain.predict(np.ascontiguousarray(v)) for v in views], axis=0)
+        got = clf_tta.predict(x)
+        assert np.abs(got - expected).max() < 1e-5
+        moved = max(moved, float(np.abs(got - clf_plain.predict(x)).max()))
+    assert moved > 1e-4  # the views really are averaged, not the plain image four times
+
+
+def test_tta_that_the_training_augmentations_cannot_support_is_refused(parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.training.conftest import FAST, train_cli
+
+    code, _, err = train_cli(capsys, str(parts), "--out", str(tmp_path / "r"), "--epochs", "1", "--no-hflip", "--no-vflip", *FAST)
+    assert code == 0, err
+    code, _, err = export_cli(capsys, str(tmp_path / "r" / "best.pt"), "--out", str(tmp_path / "m.onnx"), "--tta", "flips")
+    assert code == 2 and "--tta flips: tta=flips averages over the flips the model was trained with" in err
+    assert "Traceback" not in err and not (tmp_path / "m.onnx").exists()

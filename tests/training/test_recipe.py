@@ -68,3 +68,15 @@ def test_transpose_needs_a_square_input(tmp_path: Path) -> None:
         load_train_config(None, {"preprocess.resize": {"width": 64, "height": 32}, "train.augment.transpose": True})
     assert "train.augment.transpose needs a square input; preprocess.resize is 64x32" in " ".join(err.value.errors)
     assert load_train_config(None, {"train.augment.transpose": True}).train.augment.transpose
+
+
+def test_tta_flips_averages_over_the_trained_flips_and_needs_at_least_one() -> None:
+    def views(**augment: bool) -> tuple[tuple[int, ...], ...]:
+        return load_train_config(None, {"train.tta": "flips", **{f"train.augment.{k}": v for k, v in augment.items()}}).train.tta_views()
+
+    assert views() == ((), (3,), (2,), (2, 3))  # NCHW: hflip mirrors the width, vflip the height
+    assert views(vflip=False) == ((), (3,))
+    assert load_train_config(None, {}).train.tta_views() == ((),)
+    with pytest.raises(ConfigError) as err:
+        views(hflip=False, vflip=False)
+    assert "tta=flips averages over the flips the model was trained with; turn on augment.hflip and/or augment.vflip" in " ".join(err.value.errors)

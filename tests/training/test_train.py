@@ -267,3 +267,28 @@ def test_pasting_defects_without_masks_is_refused_before_anything_is_written(tmp
     assert code == 2 and "Traceback" not in err
     assert f"augment.paste_defects=0.5 needs defect masks: expected PNG files under {data / 'masks'}/" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_with_tta_the_reported_figures_are_those_of_the_exported_model(parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from inspector.config import ModelSettings, Provider
+    from inspector.model import OnnxClassifier
+    from inspector.preprocess import Preprocessor
+    from inspector.replay.metrics import roc_auc
+
+    run = tmp_path / "r"
+    code, _, err = train_cli(capsys, str(parts), "--out", str(run), "--epochs", "1", "--tta", "flips", *FAST)
+    assert code == 0, err
+    assert '"event": "tta_validated"' in err
+    summary = json.loads((run / "summary.json").read_text())
+    final = json.loads((run / "metrics.json").read_text())["final"]
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    assert summary["tta"] == final["tta"] == ckpt["metrics"]["tta"] == "flips"
+    assert summary["roc_auc"] == final["roc_auc"] == ckpt["metrics"]["roc_auc"]
+    code, _, err = export_cli(capsys, str(run / "best.pt"), "--out", str(tmp_path / "m.onnx"))  # tta from the recipe
+    assert code == 0, err
+    clf = OnnxClassifier(tmp_path / "m.onnx", ModelSettings(providers=[Provider.CPU]))
+    assert clf.manifest.info["tta_views"] == 4
+    pre = Preprocessor(clf.spec)
+    paths = [Path(v["path"]) for v in ckpt["validation"]]
+    scores = [float(1 - clf.predict(pre(pre.decode(p.read_bytes())))[0, 0]) for p in paths]
+    assert roc_auc(scores, ["/ng/" in p.as_posix() for p in paths]) == pytest.approx(summary["roc_auc"], abs=1e-9)
