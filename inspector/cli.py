@@ -637,7 +637,8 @@ def _train(args: argparse.Namespace) -> int:
         print(f"summary: {args.out / 'cv.json'}")
         return 0
     print(
-        f"best epoch {summary['best_epoch']}/{summary['epochs_run']}: validation ROC-AUC {_fmt(summary['roc_auc'], pct=False)}  "
+        f"best epoch {summary['best_epoch']}/{summary['epochs_run']}: validation ROC-AUC {_fmt(summary['roc_auc'], pct=False)}"
+        + (" with test-time flips" if summary.get("tta") == "flips" else "") + "  "
         f"at {_fmt(summary['target_recall'])} NG recall: threshold {_fmt(summary['threshold_at_target'], pct=False)}  "
         f"false-reject rate {_fmt(summary['false_reject_rate_at_target'])}  ({summary['training_seconds']:.0f} s)"
     )

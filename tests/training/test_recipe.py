@@ -8,7 +8,12 @@ import pytest
 
 from inspector.cli import build_parser, main
 from inspector.errors import ConfigError
-from inspector.training.recipe import Augment, TrainRecipe, load_train_config
+from inspector.training.recipe import (
+    Augment,
+    TrainConfig,
+    TrainRecipe,
+    load_train_config,
+)
 
 
 def test_every_recipe_field_is_a_flag_with_its_default_in_the_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -57,10 +62,16 @@ def test_a_bad_flag_value_names_what_was_expected(capsys: pytest.CaptureFixture[
     assert "expected int or none, got 'soon'" in capsys.readouterr().err
 
 
-def test_the_shipped_example_training_config_is_valid() -> None:
-    example = Path(__file__).resolve().parents[2] / "deploy" / "train.example.yaml"
-    config = load_train_config(example, {})
-    assert config.preprocess.color.value == "gray" and config.train.schedule == "onecycle"
+def test_the_shipped_example_training_config_is_the_accuracy_reports_recipe() -> None:
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("accuracy_bench", root / "benchmarks" / "accuracy.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    example = load_train_config(root / "deploy" / "train.example.yaml", {})
+    assert example == TrainConfig.model_validate(bench.MAGNETIC_TILE)
 
 
 def test_transpose_needs_a_square_input(tmp_path: Path) -> None:

@@ -276,9 +276,9 @@ def test_with_tta_the_reported_figures_are_those_of_the_exported_model(parts: Pa
     from inspector.replay.metrics import roc_auc
 
     run = tmp_path / "r"
-    code, _, err = train_cli(capsys, str(parts), "--out", str(run), "--epochs", "1", "--tta", "flips", *FAST)
+    code, out, err = train_cli(capsys, str(parts), "--out", str(run), "--epochs", "1", "--tta", "flips", *FAST)
     assert code == 0, err
-    assert '"event": "tta_validated"' in err
+    assert '"event": "tta_validated"' in err and "validation ROC-AUC" in out and "with test-time flips" in out
     summary = json.loads((run / "summary.json").read_text())
     final = json.loads((run / "metrics.json").read_text())["final"]
     ckpt = torch.load(run / "best.pt", weights_only=True)
