@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -115,19 +116,45 @@ def _relabelled_layout(data: Path, relabel: dict[str, str], dest: Path) -> Path:
     return dest.resolve()
 
 
+# Exposures of one magnetic-tile tile carry nearby numbers (num_M); more than this between neighbours starts a new tile.
+# Found by eye on the tiles of the label audit, whose exposures lie 8-65 apart; merging two tiles only makes the split stricter.
+TILE_GAP = 200
+
+
+def tile_groups(samples: Any) -> Callable[[Any], str]:
+    """magnetic-tile: a sample's tile, from runs of exposure numbers no more than TILE_GAP apart."""
+    pattern = re.compile(r"num_(\d+)")
+    nums = sorted({int(m[1]) for s in samples.samples if (m := pattern.search(s.key))})
+    tile: dict[int, int] = {}
+    start = prev = None
+    for n in nums:
+        if prev is None or n - prev > TILE_GAP:
+            start = n
+        tile[n] = start  # type: ignore[assignment]
+        prev = n
+
+    def group_of(sample: Any) -> str:
+        m = pattern.search(sample.key)
+        return f"tile:{tile[int(m[1])]}" if m else f"frame:{sample.key}"
+
+    return group_of
+
+
 @contextlib.contextmanager
-def _split_as_shipped(relabel: dict[str, str]) -> Iterator[None]:
-    """Make the trainer draw its validation split from the shipped labels, so both labellings validate on the same images."""
+def _split_as_shipped(relabel: dict[str, str], by_tile: bool = False) -> Iterator[None]:
+    """Make the trainer draw its validation split from the shipped labels, so both labellings validate on the same images;
+    with `by_tile`, whole tiles (all their exposures) go to one side."""
     from inspector.training import run as run_mod
 
     original = run_mod.stratified_split
     back = _relabelled_keys(relabel)
 
-    def split(samples: Any, val_fraction: float, seed: int) -> Any:
+    def split(samples: Any, val_fraction: float, seed: int, group_of: Any = None) -> Any:
         shipped = tuple(
             dataclasses.replace(s, key=back[s.key], label="ok", stratum="ok") if s.key in back else s for s in samples.samples
         )
-        return original(dataclasses.replace(samples, samples=shipped), val_fraction, seed)
+        as_shipped = dataclasses.replace(samples, samples=shipped)
+        return original(as_shipped, val_fraction, seed, tile_groups(as_shipped) if by_tile else group_of)
 
     run_mod.stratified_split = split
     try:
@@ -184,7 +211,10 @@ def _validation_frames(ckpt: dict[str, Any], data: Path, dest: Path) -> Path:
     return out
 
 
-def run(name: str, data: Path, recipe: dict[str, Any], out: Path, threads: int, relabel: dict[str, str], rescore: Path | None = None) -> dict[str, Any]:
+def run(
+    name: str, data: Path, recipe: dict[str, Any], out: Path, threads: int, relabel: dict[str, str], rescore: Path | None = None,
+    by_tile: bool = False,
+) -> dict[str, Any]:
     """Train, export and replay one dataset; the figures that count are replay's, on the exported ONNX model.
 
     With `rescore` (an earlier run's folder for this dataset) nothing is trained: its best.pt is exported with this
@@ -209,7 +239,7 @@ def run(name: str, data: Path, recipe: dict[str, Any], out: Path, threads: int, 
         shutil.copytree(rescore / "train", out / "train")
         summary = json.loads((out / "train" / "summary.json").read_text())
     else:
-        with _split_as_shipped(relabel):
+        with _split_as_shipped(relabel, by_tile):
             summary = run_training(data, out / "train", config, log=log)
     train_s = time.monotonic() - t0
     model = out / "model.onnx"
@@ -236,6 +266,7 @@ def run(name: str, data: Path, recipe: dict[str, Any], out: Path, threads: int, 
         "recipe": config.model_dump(mode="json"),
         "training_seconds": summary["training_seconds"] if rescore is not None else round(train_s, 1),
         "rescored_from": str(rescore) if rescore is not None else None,
+        "split": "tiles" if by_tile else "images",
         "epochs_run": summary["epochs_run"],
         "best_epoch": summary["best_epoch"],
         "validation_frames": at_target.summary["frames"],
@@ -296,6 +327,11 @@ def main() -> int:
         "--rescore", type=Path, metavar="RUN",
         help="train nothing: export RUN/<dataset>/train/best.pt (an earlier report's output) with this recipe's test-time views and replay it",
     )
+    p.add_argument(
+        "--split", choices=("images", "tiles"), default="images",
+        help="images (default): the stratified per-image split; tiles (magnetic-tile): all exposures of a tile on one side, "
+        "so validation scores tiles the model never saw",
+    )
     args = p.parse_args()
     from inspector.logs import configure_logging
 
@@ -323,7 +359,8 @@ def main() -> int:
             if not (rescore / "train" / "best.pt").is_file():
                 print(f"accuracy: {rescore / 'train' / 'best.pt'} not found; --rescore expects the --out of an earlier run", file=sys.stderr)
                 return 2
-        results.append(run(name, data, recipe, out, args.threads, relabel, rescore))
+        by_tile = args.split == "tiles" and name == "magnetic-tile"
+        results.append(run(name, data, recipe, out, args.threads, relabel, rescore, by_tile))
     doc = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version()},
         "results": results,

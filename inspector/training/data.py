@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,15 +101,38 @@ def collect_samples(root: Path, spec: PreprocessSpec, *, labels_csv: Path | None
     return SampleSet(tuple(samples), classes, root)
 
 
-def stratified_split(samples: SampleSet, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+GroupOf = Callable[[Sample], str]
+
+
+def regex_groups(pattern: str | None) -> GroupOf | None:
+    """Group by `pattern` searched in each frame id (path under DATA): its first capture group, or the whole match.
+
+    Frames it does not match stay groups of their own. None for no pattern.
+    """
+    if pattern is None:
+        return None
+    compiled = re.compile(pattern)
+
+    def group_of(sample: Sample) -> str:
+        frame = sample.key.split("#", 1)[0]
+        m = compiled.search(frame)
+        if m is None:
+            return f"frame:{frame}"
+        return "group:" + (m.group(1) if compiled.groups else m.group(0))
+
+    return group_of
+
+
+def stratified_split(samples: SampleSet, val_fraction: float, seed: int, group_of: GroupOf | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Train and validation indices: the same share of every stratum (class, defect type) held out, reproducibly.
 
-    The ROIs of one frame stay together, so validation frames are frames the model never saw.
+    The ROIs of one frame stay together, and with `group_of` every frame of one group (one part photographed
+    several times), so validation frames are parts the model never saw.
     """
     train, val = [], []
-    for stratum, groups in _strata(samples).items():
+    for stratum, groups in _strata(samples, group_of).items():
         if len(groups) < 2:
-            raise InputError(f"class {stratum!r} has {len(groups)} sample; a train/validation split needs at least 2 of each")
+            raise InputError(f"class {stratum!r} has {_count(groups, group_of)}; a train/validation split needs at least 2 of each")
         order = np.random.default_rng(seed).permutation(len(groups))
         n_val = min(len(groups) - 1, max(1, round(len(groups) * val_fraction)))
         val += [i for g in order[:n_val] for i in groups[g]]
@@ -115,12 +140,12 @@ def stratified_split(samples: SampleSet, val_fraction: float, seed: int) -> tupl
     return np.array(sorted(train)), np.array(sorted(val))
 
 
-def kfold_splits(samples: SampleSet, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """k stratified (train, validation) index pairs; each sample is validated exactly once."""
+def kfold_splits(samples: SampleSet, k: int, seed: int, group_of: GroupOf | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """k stratified (train, validation) index pairs; each sample is validated exactly once, a group within one fold."""
     folds: list[list[int]] = [[] for _ in range(k)]
-    for stratum, groups in _strata(samples).items():
+    for stratum, groups in _strata(samples, group_of).items():
         if len(groups) < k:
-            raise InputError(f"class {stratum!r} has {len(groups)} samples; {k}-fold cross-validation needs at least {k} of each")
+            raise InputError(f"class {stratum!r} has {_count(groups, group_of)}; {k}-fold cross-validation needs at least {k} of each")
         order = np.random.default_rng(seed).permutation(len(groups))
         for j, g in enumerate(order):
             folds[j % k] += groups[g]
@@ -128,15 +153,21 @@ def kfold_splits(samples: SampleSet, k: int, seed: int) -> list[tuple[np.ndarray
     return [(np.array(sorted(every - set(f))), np.array(sorted(f))) for f in folds]
 
 
-def _strata(samples: SampleSet) -> dict[str, list[list[int]]]:
-    """Sample indices grouped by frame, the groups by stratum; a frame with several ROIs is 'ng' when any ROI is."""
-    frames: dict[Path, list[int]] = {}
+def _count(groups: list[list[int]], group_of: GroupOf | None) -> str:
+    n = len(groups)
+    return f"{n} group{'s' * (n != 1)} (train.group_by)" if group_of is not None else f"{n} sample{'s' * (n != 1)}"
+
+
+def _strata(samples: SampleSet, group_of: GroupOf | None = None) -> dict[str, list[list[int]]]:
+    """Sample indices grouped by frame (or by `group_of`), the groups by stratum: the first defect stratum among them, else ok."""
+    groups: dict[str, list[int]] = {}
     for i, s in enumerate(samples.samples):
-        frames.setdefault(s.path, []).append(i)
+        groups.setdefault(group_of(s) if group_of is not None else str(s.path), []).append(i)
     by: dict[str, list[tuple[str, list[int]]]] = {}
-    for idx in frames.values():
+    for idx in groups.values():
         members = [samples.samples[i] for i in idx]
-        stratum = members[0].stratum if len(members) == 1 else ("ok" if all(m.label == OK_CLASS for m in members) else "ng")
+        defects = sorted({m.stratum for m in members if m.label != OK_CLASS})
+        stratum = defects[0] if defects else OK_CLASS  # a part with any defect is held out among its defect's parts
         by.setdefault(stratum, []).append((min(m.key for m in members), idx))
     # Sorted by key so that the split depends on the data, not on the file system's listing order.
     return {k: [idx for _, idx in sorted(v)] for k, v in sorted(by.items())}

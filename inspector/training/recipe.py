@@ -99,6 +99,12 @@ class TrainRecipe(_Strict):
     # data and selection
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed for the split, initialisation, sampling and augmentation.")
     val_fraction: float = Field(default=0.2, gt=0, lt=1, description="Stratified share of each class (and defect type) held out for validation.")
+    group_by: str | None = Field(
+        default=None, min_length=1, max_length=500,
+        description="Regular expression searched in each frame's path under DATA (e.g. ok/SN123_cam2.png); frames with the same "
+        "first capture group (or whole match) are one part and stay on one side of the split and in one fold, so validation "
+        "scores parts the model never saw. Frames it does not match are parts of their own. Unset: every frame is its own part.",
+    )
     folds: int | None = Field(default=None, ge=2, le=20, description="k-fold cross-validation: train k models, each validated on one fold; unset uses val_fraction.")
     early_stop: int | None = Field(default=None, ge=1, le=1000, description="Stop after this many epochs without a better validation ROC-AUC; unset trains all epochs.")
     target_recall: float = Field(default=0.99, gt=0, le=1, description="NG recall the reported operating point must reach on validation (fraction).")
@@ -109,6 +115,11 @@ class TrainRecipe(_Strict):
     def _check(self) -> TrainRecipe:
         if self.unfreeze_after is not None and self.freeze == "none":
             raise ValueError("unfreeze_after needs a freeze policy (backbone or layer1..layer4)")
+        if self.group_by is not None:
+            try:
+                re.compile(self.group_by)
+            except re.error as exc:
+                raise ValueError(f"group_by is not a valid regular expression: {exc}") from exc
         if self.tta == "flips" and not (self.augment.hflip or self.augment.vflip):
             raise ValueError("tta=flips averages over the flips the model was trained with; turn on augment.hflip and/or augment.vflip, or use tta=none")
         return self

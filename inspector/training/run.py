@@ -18,6 +18,7 @@ from inspector.training.data import (
     SampleSet,
     collect_samples,
     kfold_splits,
+    regex_groups,
     stratified_split,
 )
 from inspector.training.export import load_checkpoint
@@ -91,7 +92,7 @@ def run_training(
         val_idx = np.array([i for i, s in enumerate(samples.samples) if s.key in keys])
         train_idx = np.array([i for i, s in enumerate(samples.samples) if s.key not in keys])
     else:
-        train_idx, val_idx = stratified_split(samples, recipe.val_fraction, recipe.seed)
+        train_idx, val_idx = stratified_split(samples, recipe.val_fraction, recipe.seed, regex_groups(recipe.group_by))
     result = train(samples, spec, recipe, out_dir, train_idx=train_idx, val_idx=val_idx, resume=state, progress=progress, log=log)
     _write_config(out_dir, config.model_copy(update={"preprocess": spec, "train": recipe}))
     return finish(result, samples, recipe, log)
@@ -151,7 +152,7 @@ def finish(result: TrainResult, samples: SampleSet, recipe: TrainRecipe, log: An
 
 
 def _cross_validate(samples: SampleSet, spec: Any, recipe: TrainRecipe, config: TrainConfig, out_dir: Path, progress: bool | None, log: Any) -> dict[str, Any]:
-    folds = kfold_splits(samples, recipe.folds or 2, recipe.seed)
+    folds = kfold_splits(samples, recipe.folds or 2, recipe.seed, regex_groups(recipe.group_by))
     per_fold = []
     for k, (train_idx, val_idx) in enumerate(folds, 1):
         log.info("fold_started", fold=k, folds=len(folds))
@@ -173,7 +174,7 @@ def run_lr_find(data: Path, out_dir: Path, config: TrainConfig, *, labels_csv: P
     """The LR range test on the training split; writes lr_find.png and lr_find.json."""
     spec, recipe = config.preprocess, config.train
     samples = collect_samples(data, spec, labels_csv=labels_csv, multi=multi)
-    train_idx, _ = stratified_split(samples, recipe.val_fraction, recipe.seed)
+    train_idx, _ = stratified_split(samples, recipe.val_fraction, recipe.seed, regex_groups(recipe.group_by))
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)

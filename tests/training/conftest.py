@@ -66,3 +66,23 @@ def square_part(root: Path, size: int = 64) -> Path:
     mask[8:24, 36:52] = 255
     gray_png(root / "masks" / "ng" / "crack" / "sq.png", mask)
     return root
+
+
+def flat_png(path: Path) -> None:
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.full((16, 16), 128, np.uint8))
+
+
+def two_camera_parts(root: Path) -> Path:
+    """20 OK parts and 8 cracked ones, two images each (cam1, cam2), and part 99 whose crack only cam2 shows."""
+    for i in range(20):
+        for cam in (1, 2):
+            flat_png(root / "ok" / f"SN{i:03d}_cam{cam}.png")
+    for i in range(50, 58):
+        for cam in (1, 2):
+            flat_png(root / "ng" / "crack" / f"SN{i:03d}_cam{cam}.png")
+    flat_png(root / "ok" / "SN099_cam1.png")
+    flat_png(root / "ng" / "crack" / "SN099_cam2.png")
+    return root

@@ -16,10 +16,11 @@ from inspector.training.data import (
     augment,
     collect_samples,
     kfold_splits,
+    regex_groups,
     stratified_split,
 )
 from inspector.training.recipe import Augment
-from tests.training.conftest import square_part
+from tests.training.conftest import flat_png, square_part, two_camera_parts
 
 GRAY32 = PreprocessSpec(color="gray", resize={"width": 32, "height": 32})
 ROI_SPEC = PreprocessSpec(
@@ -61,22 +62,15 @@ def test_roi_labels_without_roi_boxes_are_refused(roi_frames: tuple[Path, Path])
     ("make", "message"),
     [
         (lambda r: None, "no images found"),
-        (lambda r: (r / "ok").mkdir() or _png(r / "ok" / "a.png"), "every sample is 'ok'; training needs both ok and ng"),
-        (lambda r: (r / "ng" / "x").mkdir(parents=True) or _png(r / "ng" / "x" / "a.png"), "every sample is 'ng'"),
-        (lambda r: _png(r / "loose.png"), "no labels found; expected ok/ and ng/<defect>/ folders"),
+        (lambda r: (r / "ok").mkdir() or flat_png(r / "ok" / "a.png"), "every sample is 'ok'; training needs both ok and ng"),
+        (lambda r: (r / "ng" / "x").mkdir(parents=True) or flat_png(r / "ng" / "x" / "a.png"), "every sample is 'ng'"),
+        (lambda r: flat_png(r / "loose.png"), "no labels found; expected ok/ and ng/<defect>/ folders"),
     ],
 )
 def test_unusable_datasets_are_explained(tmp_path: Path, make, message: str) -> None:
     make(tmp_path)
     with pytest.raises(InputError, match=message):
         collect_samples(tmp_path, GRAY32)
-
-
-def _png(path: Path) -> None:
-    import cv2
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), np.full((16, 16), 128, np.uint8))
 
 
 def test_split_is_stratified_by_defect_and_reproducible(parts: Path) -> None:
@@ -92,8 +86,8 @@ def test_split_is_stratified_by_defect_and_reproducible(parts: Path) -> None:
 
 def test_a_class_too_small_to_split_is_named(tmp_path: Path) -> None:
     for i in range(4):
-        _png(tmp_path / "ok" / f"{i}.png")
-    _png(tmp_path / "ng" / "chip" / "0.png")
+        flat_png(tmp_path / "ok" / f"{i}.png")
+    flat_png(tmp_path / "ng" / "chip" / "0.png")
     s = collect_samples(tmp_path, GRAY32)
     with pytest.raises(InputError, match="class 'ng/chip' has 1 sample; a train/validation split needs at least 2"):
         stratified_split(s, 0.2, 0)
@@ -113,8 +107,8 @@ def test_k_folds_validate_every_sample_exactly_once(parts: Path) -> None:
 
 def test_unreadable_images_are_all_listed(tmp_path: Path) -> None:
     for i in range(3):
-        _png(tmp_path / "ok" / f"{i}.png")
-    _png(tmp_path / "ng" / "a.png")
+        flat_png(tmp_path / "ok" / f"{i}.png")
+    flat_png(tmp_path / "ng" / "a.png")
     (tmp_path / "ng" / "notes.png").write_text("not an image")
     good = (tmp_path / "ok" / "0.png").read_bytes()
     (tmp_path / "ok" / "cut.png").write_bytes(good[: len(good) // 2])
@@ -200,3 +194,37 @@ def test_a_mask_that_does_not_fit_its_image_is_named(tmp_path: Path) -> None:
     cache.load([s.path for s in samples.samples])
     with pytest.raises(InputError, match=r"1 defect mask\(s\) cannot be used:\n  .*masks/ng/crack/sq.png: 20x10, expected a 64x64 image"):
         cache.load_masks(samples.samples, root)
+
+
+def _sides(s: object, val: np.ndarray) -> dict[str, set[bool]]:
+    held = set(val.tolist())
+    parts: dict[str, set[bool]] = {}
+    for i, sample in enumerate(s.samples):  # type: ignore[attr-defined]
+        parts.setdefault(Path(sample.key).name.split("_")[0], set()).add(i in held)
+    return parts
+
+
+def test_images_of_one_part_stay_on_one_side_of_the_split_and_in_one_fold(tmp_path: Path) -> None:
+    s = collect_samples(two_camera_parts(tmp_path), GRAY32)
+    by_part = regex_groups(r"(SN\d+)_cam")
+    ungrouped = _sides(s, stratified_split(s, 0.25, seed=0)[1])
+    assert any(len(v) == 2 for v in ungrouped.values())  # per image, some parts land on both sides
+    train, val = stratified_split(s, 0.25, seed=0, group_of=by_part)
+    assert all(len(v) == 1 for v in _sides(s, val).values())
+    assert sorted([*train, *val]) == list(range(len(s.samples)))
+    held = {s.samples[i].key.split("/")[-1].split("_")[0] for i in val}
+    assert len(held & {f"SN{i:03d}" for i in range(50, 58)} | held & {"SN099"}) >= 2  # NG parts are held out too
+    for _, fold_val in kfold_splits(s, 3, seed=0, group_of=by_part):
+        assert all(len(v) == 1 for v in _sides(s, fold_val).values())
+
+
+def test_group_by_errors_name_the_setting(tmp_path: Path) -> None:
+    from inspector.errors import ConfigError
+    from inspector.training.recipe import load_train_config
+
+    with pytest.raises(ConfigError) as err:
+        load_train_config(None, {"train.group_by": "(SN"})
+    assert "group_by is not a valid regular expression: missing ), unterminated subpattern" in " ".join(err.value.errors)
+    s = collect_samples(two_camera_parts(tmp_path), GRAY32)
+    with pytest.raises(InputError, match=r"class 'ng/crack' has 1 group \(train.group_by\); a train/validation split needs at least 2"):
+        stratified_split(s, 0.25, 0, group_of=regex_groups(r"^ng/"))  # every NG image one part

@@ -15,7 +15,13 @@ from inspector.samples import GRID_ROIS, write_labelled_folder
 from inspector.training.data import collect_samples, stratified_split
 from inspector.training.recipe import TrainRecipe
 from inspector.training.trainer import train
-from tests.training.conftest import FAST, export_cli, square_part, train_cli
+from tests.training.conftest import (
+    FAST,
+    export_cli,
+    square_part,
+    train_cli,
+    two_camera_parts,
+)
 
 EPOCH_KEYS = {
     "epoch", "lr", "seconds", "train_loss", "val_loss", "accuracy", "precision", "recall", "f1", "roc_auc",
@@ -292,3 +298,14 @@ def test_with_tta_the_reported_figures_are_those_of_the_exported_model(parts: Pa
     paths = [Path(v["path"]) for v in ckpt["validation"]]
     scores = [float(1 - clf.predict(pre(pre.decode(p.read_bytes())))[0, 0]) for p in paths]
     assert roc_auc(scores, ["/ng/" in p.as_posix() for p in paths]) == pytest.approx(summary["roc_auc"], abs=1e-9)
+
+
+def test_group_by_holds_out_whole_parts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = two_camera_parts(tmp_path / "data")
+    code, _, err = train_cli(capsys, str(data), "--out", str(tmp_path / "r"), "--epochs", "1", "--group-by", r"(SN\d+)_cam", *FAST)
+    assert code == 0, err
+    ckpt = torch.load(tmp_path / "r" / "best.pt", weights_only=True)
+    held = {Path(v["key"]).name for v in ckpt["validation"]}
+    parts = {name.split("_")[0] for name in held}
+    assert parts and all(f"{p}_cam1.png" in held and f"{p}_cam2.png" in held for p in parts)
+    assert TrainRecipe.model_validate(ckpt["recipe"]).group_by == r"(SN\d+)_cam"
