@@ -126,11 +126,11 @@ def tile_groups(samples: Any) -> Callable[[Any], str]:
     pattern = re.compile(r"num_(\d+)")
     nums = sorted({int(m[1]) for s in samples.samples if (m := pattern.search(s.key))})
     tile: dict[int, int] = {}
-    start = prev = None
+    start, prev = 0, None
     for n in nums:
         if prev is None or n - prev > TILE_GAP:
             start = n
-        tile[n] = start  # type: ignore[assignment]
+        tile[n] = start
         prev = n
 
     def group_of(sample: Any) -> str:
