@@ -20,7 +20,7 @@ from inspector.training.export import (
     model_from_checkpoint,
     parity_gate,
 )
-from tests.training.conftest import export_cli
+from tests.training.conftest import FAST, export_cli, train_cli
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -151,8 +151,6 @@ def test_tta_flips_exports_the_mean_over_the_flipped_views_and_records_it(traine
 
 
 def test_tta_that_the_training_augmentations_cannot_support_is_refused(parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.training.conftest import FAST, train_cli
-
     code, _, err = train_cli(capsys, str(parts), "--out", str(tmp_path / "r"), "--epochs", "1", "--no-hflip", "--no-vflip", *FAST)
     assert code == 0, err
     code, _, err = export_cli(capsys, str(tmp_path / "r" / "best.pt"), "--out", str(tmp_path / "m.onnx"), "--tta", "flips")
