@@ -95,7 +95,11 @@ class TrainRecipe(_Strict):
     )
     imbalance: Literal["loss", "sampler", "both", "none"] = Field(default="loss", description="Class imbalance: loss (class-weighted cross-entropy), sampler (weighted sampling), both, or none.")
     augment: Augment = Field(default_factory=Augment, description="Training augmentations.")
-    amp: bool = Field(default=True, description="Mixed precision (bfloat16 autocast) on CUDA and on CPUs with AVX512-BF16 or AMX (about 1.7x faster there); fp32 elsewhere.")
+    amp: bool = Field(
+        default=True,
+        description="Mixed precision: bfloat16 autocast on GPUs and CPUs that compute it natively (CUDA from Ampere on; AVX512-BF16 "
+        "or AMX, about 1.7x faster there), float16 with loss scaling on older CUDA GPUs, fp32 on other CPUs. summary.json names it.",
+    )
     # data and selection
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed for the split, initialisation, sampling and augmentation.")
     val_fraction: float = Field(default=0.2, gt=0, lt=1, description="Stratified share of each class (and defect type) held out for validation.")

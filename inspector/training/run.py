@@ -143,6 +143,7 @@ def finish(result: TrainResult, samples: SampleSet, recipe: TrainRecipe, log: An
         "checkpoint": str(result.best),
         "dataset_fingerprint": result.fingerprint,
         "device": str(device),
+        "precision": result.precision,
         "threads": torch.get_num_threads(),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -101,6 +101,7 @@ class TrainResult:
     cache: ImageCache = field(repr=False)  # the decoded, equalized frames, for the report
     fingerprint: str = ""  # SampleSet.fingerprint() of the data trained on
     final: dict[str, Any] = field(default_factory=dict, repr=False)  # evaluate() of the kept model as exported (test-time views included)
+    precision: str = "fp32"  # Precision.name of the training steps
 
 
 def pick_device(choice: str) -> torch.device:
@@ -120,6 +121,41 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How training steps compute: the autocast dtype, or None for fp32."""
+
+    dtype: torch.dtype | None
+
+    @property
+    def scaled(self) -> bool:
+        """fp16 needs loss scaling: its narrow range flushes small gradients to zero."""
+        return self.dtype is torch.float16
+
+    @property
+    def name(self) -> str:
+        """bf16, fp16 or fp32, as logged and written to the summary."""
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32")
+
+
+def choose_precision(amp: bool, device_type: str, bf16_native: bool) -> Precision:
+    """bf16 where the hardware computes it natively; fp16 with loss scaling on CUDA GPUs without it (before Ampere); else fp32.
+
+    A CPU without AVX512-BF16/AMX emulates both half types more slowly than fp32, so it stays fp32.
+    """
+    if not amp:
+        return Precision(None)
+    if bf16_native:
+        return Precision(torch.bfloat16)
+    return Precision(torch.float16) if device_type == "cuda" else Precision(None)
+
+
+def training_precision(amp: bool, device: torch.device) -> Precision:
+    """`choose_precision` for this machine's device."""
+    native = torch.cuda.is_bf16_supported(including_emulation=False) if device.type == "cuda" else cpu_has_bf16()
+    return choose_precision(amp, device.type, native)
 
 
 def versions() -> dict[str, str]:
@@ -433,12 +469,15 @@ def train(
     judged = ema.module if ema is not None else model  # what is validated, kept in best.pt and exported
     x_val = batches.plain(val_idx)
     y_val = targets[val_idx]
-    amp = recipe.amp and (device.type == "cuda" or cpu_has_bf16())
+    precision = training_precision(recipe.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.scaled)
+    if resume is not None and "scaler" in resume:
+        scaler.load_state_dict(resume["scaler"])
     stopped_early = False
     log.info(
         "training_started", samples=len(samples.samples), train=len(train_idx), validation=len(val_idx),
         classes=list(samples.classes), backbone=recipe.backbone, weights=recipe.weights, device=str(device),
-        epochs=recipe.epochs, threads=torch.get_num_threads(), bf16_autocast=amp,
+        epochs=recipe.epochs, threads=torch.get_num_threads(), precision=precision.name,
         **({"defect_masks": cache.mask_count} if recipe.seg_weight > 0 else {}),
     )
     for epoch in range(start_epoch, recipe.epochs):
@@ -459,14 +498,18 @@ def train(
                 bar.advance()
                 continue  # BatchNorm cannot train on a batch of one
             batch = batches.augmented(idx, rng).to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            with torch.autocast(device.type, dtype=precision.dtype or torch.float32, enabled=precision.dtype is not None):
                 loss = batch_loss(model, batch, batch.y, loss_fn, recipe.seg_weight)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if ema is not None:
+            scaler.scale(loss).backward()  # without fp16 the scaler passes everything through unchanged
+            scale = scaler.get_scale() if precision.scaled else 0.0
+            scaler.step(opt)
+            scaler.update()
+            # A step the scaler skipped (inf/nan gradients, its scale then drops) does not advance the schedule either.
+            stepped = not precision.scaled or scaler.get_scale() >= scale
+            if ema is not None and stepped:
                 ema.update_parameters(model)
-            if recipe.schedule != "plateau":
+            if recipe.schedule != "plateau" and stepped:
                 sched.step()
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
@@ -491,6 +534,7 @@ def train(
         resumable = {
             **payload, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": [asdict(h) for h in history],
             "best_key": best_key, "best_epoch": best_epoch, "torch_rng": torch.get_rng_state(),
+            **({"scaler": scaler.state_dict()} if precision.scaled else {}),
             **({"model_state": _cpu_state(model), "ema": ema.state_dict()} if ema is not None else {}),
         }
         _save(resumable, out_dir / LAST)
@@ -523,7 +567,7 @@ def train(
     return TrainResult(
         out_dir=out_dir, best=out_dir / BEST, last=out_dir / LAST, history=history, best_epoch=best_epoch,
         stopped_early=stopped_early, seconds=time.monotonic() - started, model=model, predictions=predictions, val_idx=val_idx,
-        cache=cache, fingerprint=fingerprint, final=final,
+        cache=cache, fingerprint=fingerprint, final=final, precision=precision.name,
     )
 
 

@@ -12,6 +12,7 @@ import torch
 
 from inspector.preprocess import PreprocessSpec
 from inspector.samples import GRID_ROIS, write_labelled_folder
+from inspector.training import trainer
 from inspector.training.data import collect_samples, stratified_split
 from inspector.training.recipe import TrainRecipe
 from inspector.training.trainer import train
@@ -75,8 +76,12 @@ def test_rois_from_a_labels_csv_each_train_as_one_sample(roi_frames: tuple[Path,
     assert {v["key"].split("#")[1] for v in ckpt["validation"]} <= set(GRID_ROIS)
 
 
-@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
-def test_an_interrupted_run_resumes_to_the_same_result(parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], ema_decay: float) -> None:
+@pytest.mark.parametrize(("ema_decay", "fp16"), [(0.0, False), (0.9, False), (0.0, True)], ids=["plain", "ema", "fp16-scaled"])
+def test_an_interrupted_run_resumes_to_the_same_result(
+    parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, ema_decay: float, fp16: bool
+) -> None:
+    if fp16:  # what a pre-Ampere CUDA GPU trains with; the same autocast and loss scaling run on the CPU
+        monkeypatch.setattr(trainer, "training_precision", lambda amp, device: trainer.Precision(torch.float16))
     spec = PreprocessSpec(color="gray", clahe={"enabled": True}, resize={"width": 32, "height": 32})
     recipe = TrainRecipe(epochs=2, threads=1, batch_size=16, ema_decay=ema_decay)
     samples = collect_samples(parts, spec)
@@ -96,6 +101,42 @@ def test_an_interrupted_run_resumes_to_the_same_result(parts: Path, tmp_path: Pa
     assert [e["epoch"] for e in resumed] == [1, 2]
     assert resumed[1]["train_loss"] == pytest.approx(straight[1]["train_loss"], rel=1e-5)
     assert resumed[1]["val_loss"] == pytest.approx(straight[1]["val_loss"], rel=1e-5)
+    assert np.isfinite([e["train_loss"] for e in resumed]).all()
+    scaler = torch.load(tmp_path / "cut" / "last.pt", weights_only=True).get("scaler")
+    assert (scaler is not None and 0 < scaler["scale"] <= 2.0**16) == fp16  # the loss scale travels with the checkpoint
+    expected = "fp16" if fp16 else trainer.training_precision(True, torch.device("cpu")).name
+    assert json.loads((tmp_path / "cut" / "summary.json").read_text())["precision"] == expected
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_training_runs_in_mixed_precision_and_exports_through_the_gate(
+    parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = train_cli(capsys, str(parts), "--out", str(tmp_path / "g"), "--epochs", "2", "--device", "cuda", *FAST)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "g" / "summary.json").read_text())
+    assert summary["device"].startswith("cuda")
+    assert summary["precision"] == ("bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16")
+    code, _, err = export_cli(capsys, str(tmp_path / "g" / "best.pt"), "--out", str(tmp_path / "g.onnx"))
+    assert code == 0, err  # a model trained on the GPU passes the same parity gate on the CPU
+
+
+@pytest.mark.parametrize(
+    ("amp", "device", "bf16_native", "expected"),
+    [
+        (True, "cuda", True, "bf16"),  # Ampere and later
+        (True, "cuda", False, "fp16"),  # Turing, Volta: bf16 only emulated
+        (True, "cpu", True, "bf16"),  # AVX512-BF16 or AMX
+        (True, "cpu", False, "fp32"),  # half types emulated: slower than fp32
+        (False, "cuda", True, "fp32"),
+        (False, "cpu", True, "fp32"),
+    ],
+)
+def test_mixed_precision_follows_what_the_hardware_computes(amp: bool, device: str, bf16_native: bool, expected: str) -> None:
+    precision = trainer.choose_precision(amp, device, bf16_native)
+    assert precision.name == expected
+    assert precision.scaled == (expected == "fp16")
 
 
 def test_resume_keeps_the_recipe_and_may_only_extend_epochs(trained: Path, parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
