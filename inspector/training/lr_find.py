@@ -45,7 +45,7 @@ def lr_range_test(
     """Train a throwaway copy for up to `steps` batches from `start` to `end`; stop when the loss explodes."""
     model = copy.deepcopy(model).to(device).train()
     opt = make_optimizer(model, recipe.model_copy(update={"lr": start, "backbone_lr_mult": 1.0}))
-    loss_fn = make_loss(targets[train_idx], int(targets.max()) + 1, recipe, device)
+    loss_fn = make_loss(batches.class_counts(train_idx), recipe, device)
     rng = np.random.default_rng(recipe.seed)
     gamma = (end / start) ** (1 / max(1, steps - 1))
     lrs, losses = [], []

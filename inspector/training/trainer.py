@@ -195,6 +195,17 @@ class Batches:
         # Defects to paste come from training samples only: a validation defect pasted into training would leak.
         self._donors = [int(i) for i in train_idx if cache.has_mask(samples.samples[int(i)])] if recipe.augment.paste_defects > 0 else []
 
+    def class_counts(self, train_idx: np.ndarray) -> np.ndarray:
+        """Expected samples per class in one epoch as trained: pasting moves its share of the OK samples to the donors' classes."""
+        targets = self.samples.targets
+        counts = np.bincount(targets[train_idx], minlength=len(self.samples.classes)).astype(np.float64)
+        if self._donors:
+            ok = self.samples.classes.index(OK_CLASS)
+            moved = counts[ok] * self.recipe.augment.paste_defects
+            counts[ok] -= moved
+            counts += moved * np.bincount(targets[self._donors], minlength=len(counts)) / len(self._donors)
+        return counts
+
     def plain(self, idx: np.ndarray) -> torch.Tensor:
         """Un-augmented rows, exactly what the runtime computes, cached."""
         for i in idx:
@@ -289,23 +300,22 @@ def load_cache(samples: SampleSet, spec: PreprocessSpec, recipe: TrainRecipe, pa
     return cache
 
 
-def class_weights(targets: np.ndarray, n_classes: int) -> np.ndarray:
-    """Inverse-frequency weights, mean 1 over samples."""
-    counts = np.bincount(targets, minlength=n_classes).astype(np.float64)
-    return len(targets) / (n_classes * np.maximum(counts, 1))
+def class_weights(counts: np.ndarray) -> np.ndarray:
+    """Inverse-frequency weights from samples per class, mean 1 over samples."""
+    return counts.sum() / (len(counts) * np.where(counts > 0, counts, 1.0))  # a class never trained on gets a finite weight
 
 
-def make_loss(train_targets: np.ndarray, n_classes: int, recipe: TrainRecipe, device: torch.device) -> nn.CrossEntropyLoss:
-    """Cross-entropy, class-weighted when the recipe handles imbalance in the loss."""
+def make_loss(counts: np.ndarray, recipe: TrainRecipe, device: torch.device) -> nn.CrossEntropyLoss:
+    """Cross-entropy, class-weighted by `counts` (samples per class as trained) when the recipe handles imbalance in the loss."""
     weighted = recipe.imbalance in ("loss", "both")
-    weight = torch.tensor(class_weights(train_targets, n_classes), dtype=torch.float32, device=device) if weighted else None
+    weight = torch.tensor(class_weights(counts), dtype=torch.float32, device=device) if weighted else None
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=recipe.label_smoothing)
 
 
 def epoch_order(targets: np.ndarray, train_idx: np.ndarray, recipe: TrainRecipe, rng: np.random.Generator) -> np.ndarray:
     """This epoch's sample order: a permutation, or a class-balanced draw with replacement for the weighted sampler."""
     if recipe.imbalance in ("sampler", "both"):
-        w = class_weights(targets[train_idx], int(targets.max()) + 1)[targets[train_idx]]
+        w = class_weights(np.bincount(targets[train_idx], minlength=int(targets.max()) + 1).astype(np.float64))[targets[train_idx]]
         return rng.choice(train_idx, size=len(train_idx), replace=True, p=w / w.sum())
     return rng.permutation(train_idx)
 
@@ -444,7 +454,9 @@ def train(
     frozen = frozen_names(model, recipe.freeze)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once data, model and recipe are known to work
     set_frozen(model, frozen)
-    loss_fn = make_loss(targets[train_idx], n_classes, recipe, device)
+    # Weighted by the classes as trained: with pasting on, half the OK tiles may train as NG, and weights from the
+    # labels alone would then push the loss further towards NG instead of balancing it.
+    loss_fn = make_loss(batches.class_counts(train_idx), recipe, device)
     val_loss_fn = nn.CrossEntropyLoss(weight=loss_fn.weight)
     opt = make_optimizer(model, recipe)
     steps = math.ceil(len(train_idx) / recipe.batch_size)
@@ -478,6 +490,7 @@ def train(
         "training_started", samples=len(samples.samples), train=len(train_idx), validation=len(val_idx),
         classes=list(samples.classes), backbone=recipe.backbone, weights=recipe.weights, device=str(device),
         epochs=recipe.epochs, threads=torch.get_num_threads(), precision=precision.name,
+        class_weights=None if loss_fn.weight is None else [round(w, 3) for w in loss_fn.weight.tolist()],
         **({"defect_masks": cache.mask_count} if recipe.seg_weight > 0 else {}),
     )
     for epoch in range(start_epoch, recipe.epochs):

@@ -308,6 +308,33 @@ def test_pasted_defects_make_ng_parts_of_ok_ones_from_training_donors_only(tmp_p
     assert torch.equal(batch.x, kept.plain(np.array(ok)))
 
 
+def test_with_pasting_the_loss_is_weighted_by_the_classes_as_trained(tmp_path: Path) -> None:
+    from inspector.training.data import ImageCache
+    from inspector.training.recipe import Augment
+    from inspector.training.trainer import Batches, make_loss
+
+    root = square_part(tmp_path)  # 2 OK, 2 NG (crack), one of them with a mask: the one donor
+    spec = PreprocessSpec(color="gray", resize={"width": 32, "height": 32})
+    samples = collect_samples(root, spec)
+    cache = ImageCache(spec)
+    cache.load([s.path for s in samples.samples])
+    cache.load_masks(samples.samples, root)
+    everything = np.arange(len(samples.samples))
+    ok, ng = samples.classes.index("ok"), samples.classes.index("ng")
+    recipe = TrainRecipe(augment=Augment(paste_defects=0.75))
+    batches = Batches(samples, cache, recipe, everything)
+
+    counts = batches.class_counts(everything)
+    assert counts[ok] == pytest.approx(0.5) and counts[ng] == pytest.approx(3.5)  # 2 OK, three quarters of them pasted
+    rng = np.random.default_rng(0)
+    drawn = np.mean([np.bincount(batches.augmented(everything, rng).y.numpy(), minlength=2) for _ in range(400)], axis=0)
+    np.testing.assert_allclose(drawn, counts, atol=0.1)  # what training sees, on average
+    weight = make_loss(counts, recipe, torch.device("cpu")).weight
+    assert weight is not None and weight[ok] / weight[ng] == pytest.approx(7.0)  # OK, now the minority, weighs more
+    plain = Batches(samples, cache, recipe.model_copy(update={"augment": Augment(paste_defects=0.0)}), everything)
+    assert plain.class_counts(everything).tolist() == [2.0, 2.0]
+
+
 def test_pasting_defects_without_masks_is_refused_before_anything_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = write_labelled_folder(tmp_path / "data", n_ok=8, n_ng=8, width=48, height=48)
     code, _, err = train_cli(capsys, str(data), "--out", str(tmp_path / "out"), "--epochs", "1", "--paste-defects", "0.5", *FAST)
