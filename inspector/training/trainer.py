@@ -198,7 +198,7 @@ class Batches:
     def class_counts(self, train_idx: np.ndarray) -> np.ndarray:
         """Expected samples per class in one epoch as trained: pasting moves its share of the OK samples to the donors' classes."""
         targets = self.samples.targets
-        counts = np.bincount(targets[train_idx], minlength=len(self.samples.classes)).astype(np.float64)
+        counts = label_counts(targets, train_idx, len(self.samples.classes))
         if self._donors:
             ok = self.samples.classes.index(OK_CLASS)
             moved = counts[ok] * self.recipe.augment.paste_defects
@@ -300,6 +300,11 @@ def load_cache(samples: SampleSet, spec: PreprocessSpec, recipe: TrainRecipe, pa
     return cache
 
 
+def label_counts(targets: np.ndarray, idx: np.ndarray, n_classes: int) -> np.ndarray:
+    """Samples per class among `idx`, by their labels."""
+    return np.bincount(targets[idx], minlength=n_classes).astype(np.float64)
+
+
 def class_weights(counts: np.ndarray) -> np.ndarray:
     """Inverse-frequency weights from samples per class, mean 1 over samples."""
     return counts.sum() / (len(counts) * np.where(counts > 0, counts, 1.0))  # a class never trained on gets a finite weight
@@ -315,7 +320,7 @@ def make_loss(counts: np.ndarray, recipe: TrainRecipe, device: torch.device) -> 
 def epoch_order(targets: np.ndarray, train_idx: np.ndarray, recipe: TrainRecipe, rng: np.random.Generator) -> np.ndarray:
     """This epoch's sample order: a permutation, or a class-balanced draw with replacement for the weighted sampler."""
     if recipe.imbalance in ("sampler", "both"):
-        w = class_weights(np.bincount(targets[train_idx], minlength=int(targets.max()) + 1).astype(np.float64))[targets[train_idx]]
+        w = class_weights(label_counts(targets, train_idx, int(targets.max()) + 1))[targets[train_idx]]
         return rng.choice(train_idx, size=len(train_idx), replace=True, p=w / w.sum())
     return rng.permutation(train_idx)
 
@@ -457,7 +462,8 @@ def train(
     # Weighted by the classes as trained: with pasting on, half the OK tiles may train as NG, and weights from the
     # labels alone would then push the loss further towards NG instead of balancing it.
     loss_fn = make_loss(batches.class_counts(train_idx), recipe, device)
-    val_loss_fn = nn.CrossEntropyLoss(weight=loss_fn.weight)
+    # Validation has no pasting: its loss is balanced over its labels (the split keeps training's class shares).
+    val_loss_fn = make_loss(label_counts(targets, train_idx, n_classes), recipe.model_copy(update={"label_smoothing": 0.0}), device)
     opt = make_optimizer(model, recipe)
     steps = math.ceil(len(train_idx) / recipe.batch_size)
     sched = make_schedule(opt, recipe, steps)
