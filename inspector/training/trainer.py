@@ -463,7 +463,7 @@ def train(
     # labels alone would then push the loss further towards NG instead of balancing it.
     loss_fn = make_loss(batches.class_counts(train_idx), recipe, device)
     # Validation has no pasting: its loss is balanced over its labels (the split keeps training's class shares).
-    val_loss_fn = make_loss(label_counts(targets, train_idx, n_classes), recipe.model_copy(update={"label_smoothing": 0.0}), device)
+    val_loss_fn = nn.CrossEntropyLoss(weight=make_loss(label_counts(targets, train_idx, n_classes), recipe, device).weight)
     opt = make_optimizer(model, recipe)
     steps = math.ceil(len(train_idx) / recipe.batch_size)
     sched = make_schedule(opt, recipe, steps)
@@ -521,11 +521,11 @@ def train(
                 loss = batch_loss(model, batch, batch.y, loss_fn, recipe.seg_weight)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()  # without fp16 the scaler passes everything through unchanged
-            scale = scaler.get_scale() if precision.scaled else 0.0
+            scale = scaler.get_scale()  # 1.0 throughout when the scaler is off
             scaler.step(opt)
             scaler.update()
             # A step the scaler skipped (inf/nan gradients, its scale then drops) does not advance the schedule either.
-            stepped = not precision.scaled or scaler.get_scale() >= scale
+            stepped = scaler.get_scale() >= scale
             if ema is not None and stepped:
                 ema.update_parameters(model)
             if recipe.schedule != "plateau" and stepped:
