@@ -43,7 +43,7 @@ def lr_range_test(
     steps: int = 100,
 ) -> LrFinding:
     """Train a throwaway copy for up to `steps` batches from `start` to `end`; stop when the loss explodes."""
-    model = copy.deepcopy(model).to(device).train()
+    model = copy.deepcopy(model).to(device, memory_format=torch.channels_last).train()
     opt = make_optimizer(model, recipe.model_copy(update={"lr": start, "backbone_lr_mult": 1.0}))
     loss_fn = make_loss(batches.class_counts(train_idx), recipe, device)
     rng = np.random.default_rng(recipe.seed)
