@@ -93,7 +93,7 @@ class TrainRecipe(_Strict):
         "the training augmented with (hflip, vflip, both: up to 4 views, so up to 4x the inference). The final validation figures "
         "and the exported model include it; per-epoch validation does not (it would cost 4x per epoch).",
     )
-    imbalance: Literal["loss", "sampler", "both", "none"] = Field(default="loss", description="Class imbalance: loss (cross-entropy weighted inverse to the classes as trained, pasted OK tiles counted as their defect), sampler (weighted sampling), both, or none.")
+    imbalance: Literal["loss", "sampler", "both", "none"] = Field(default="loss", description="Class imbalance: loss (cross-entropy weighted inverse to the classes as trained, pasted OK tiles counted as their defect), sampler (each class drawn equally often), both (the sampler balances the labels, the loss what pasting then unbalances), or none.")
     augment: Augment = Field(default_factory=Augment, description="Training augmentations.")
     amp: bool = Field(
         default=True,

@@ -203,9 +203,12 @@ class Batches:
         self._donors = [int(i) for i in train_idx if cache.has_mask(samples.samples[int(i)])] if recipe.augment.paste_defects > 0 else []
 
     def class_counts(self, train_idx: np.ndarray) -> np.ndarray:
-        """Expected samples per class in one epoch as trained: pasting moves its share of the OK samples to the donors' classes."""
+        """Expected samples per class in one epoch as trained: after the sampler, pasting moves its share of the OK samples to the donors' classes."""
         targets = self.samples.targets
         counts = label_counts(targets, train_idx, len(self.samples.classes))
+        if self.recipe.imbalance in ("sampler", "both"):
+            # The sampler draws every class equally often; with `both`, a loss weighted by the labels would correct twice.
+            counts = np.where(counts > 0, counts.sum() / np.count_nonzero(counts), 0.0)
         if self._donors:
             ok = self.samples.classes.index(OK_CLASS)
             moved = counts[ok] * self.recipe.augment.paste_defects

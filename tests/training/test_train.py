@@ -335,6 +335,27 @@ def test_with_pasting_the_loss_is_weighted_by_the_classes_as_trained(tmp_path: P
     assert plain.class_counts(everything).tolist() == [2.0, 2.0]
 
 
+@pytest.mark.parametrize(("imbalance", "ok_over_ng"), [("loss", 1 / 3), ("both", 1.0)])
+def test_with_the_sampler_on_the_loss_does_not_correct_the_labels_twice(tmp_path: Path, imbalance: str, ok_over_ng: float) -> None:
+    from inspector.training.data import ImageCache
+    from inspector.training.trainer import Batches, epoch_order, make_loss
+
+    root = write_labelled_folder(tmp_path / "data", n_ok=12, n_ng=4, width=32, height=32)
+    spec = PreprocessSpec(color="gray", resize={"width": 32, "height": 32})
+    samples = collect_samples(root, spec)
+    cache = ImageCache(spec)
+    cache.load([s.path for s in samples.samples])
+    everything = np.arange(len(samples.samples))
+    ok = samples.classes.index("ok")
+    recipe = TrainRecipe(imbalance=imbalance)
+    counts = Batches(samples, cache, recipe, everything).class_counts(everything)
+    rng = np.random.default_rng(0)
+    drawn = np.mean([np.bincount(samples.targets[epoch_order(samples.targets, everything, recipe, rng)], minlength=2) for _ in range(400)], axis=0)
+    np.testing.assert_allclose(drawn, counts, atol=0.25)  # the counts are what the epochs draw, labels 12 OK / 4 NG
+    weight = make_loss(counts, recipe, torch.device("cpu")).weight
+    assert weight is not None and float(weight[ok] / weight[1 - ok]) == pytest.approx(ok_over_ng)
+
+
 def test_pasting_defects_without_masks_is_refused_before_anything_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = write_labelled_folder(tmp_path / "data", n_ok=8, n_ng=8, width=48, height=48)
     code, _, err = train_cli(capsys, str(data), "--out", str(tmp_path / "out"), "--epochs", "1", "--paste-defects", "0.5", *FAST)
