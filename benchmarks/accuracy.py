@@ -36,7 +36,9 @@ MAGNETIC_TILE = {
     },
     "train": {
         "backbone": "resnet18",
-        "epochs": 100,
+        # 150, not 100: at 100 the models still improved at the last epochs. Five splits, 2026-11-24: ROC-AUC >= 0.99 and
+        # <= 10% false rejects at 99% recall on all five (mean 0.997 / 2.9%), against 4 and 3 of 5 at 100 (0.994 / 8.0%).
+        "epochs": 150,
         "batch_size": 32,
         "lr": 2e-3,
         "weight_decay": 0.05,
