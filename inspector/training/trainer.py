@@ -181,7 +181,7 @@ class TrainBatch:
     known: torch.Tensor | None = None  # (n,) bool: the row's mask is known (OK parts, NG parts with a mask file)
 
     def to(self, device: torch.device) -> TrainBatch:
-        """The same batch on `device`."""
+        """The same batch on `device`, its images channels-last like the model."""
         move = (lambda t: None if t is None else t.to(device))
         return TrainBatch(channels_last(self.x.to(device)), self.y.to(device), move(self.masks), move(self.known))
 
