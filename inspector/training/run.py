@@ -44,6 +44,7 @@ from inspector.training.trainer import (
     Batches,
     TrainResult,
     load_cache,
+    loader_workers,
     pick_device,
     train,
 )
@@ -145,6 +146,7 @@ def finish(result: TrainResult, samples: SampleSet, recipe: TrainRecipe, log: An
         "device": str(device),
         "precision": result.precision,
         "threads": torch.get_num_threads(),
+        "workers": loader_workers(recipe.workers, device),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     report = write_html(out, summary, result.history, [CURVES, ROC, CONFUSION, MOST_CONFUSED, GRADCAM])

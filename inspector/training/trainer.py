@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -181,9 +185,14 @@ class TrainBatch:
     known: torch.Tensor | None = None  # (n,) bool: the row's mask is known (OK parts, NG parts with a mask file)
 
     def to(self, device: torch.device) -> TrainBatch:
-        """The same batch on `device`, its images channels-last like the model."""
-        move = (lambda t: None if t is None else t.to(device))
-        return TrainBatch(channels_last(self.x.to(device)), self.y.to(device), move(self.masks), move(self.known))
+        """The same batch on `device`, its images channels-last like the model; from pinned memory the copy is asynchronous."""
+        move = (lambda t: None if t is None else t.to(device, non_blocking=True))
+        return TrainBatch(channels_last(move(self.x)), move(self.y), move(self.masks), move(self.known))
+
+    def pinned(self) -> TrainBatch:
+        """The same batch in page-locked memory, from which a CUDA copy overlaps the step before it."""
+        pin = (lambda t: None if t is None else t.pin_memory())
+        return TrainBatch(pin(self.x), pin(self.y), pin(self.masks), pin(self.known))
 
 
 def channels_last(t: torch.Tensor) -> torch.Tensor:
@@ -256,6 +265,45 @@ class Batches:
         blank = np.zeros(x.shape[-2:], np.uint8)
         stacked = np.stack([blank if m is None else m for m in masks])[:, None].astype(np.float32) / 255.0
         return TrainBatch(x, y_t, torch.from_numpy(stacked), known)
+
+
+T = TypeVar("T")
+
+
+def loader_workers(workers: int | None, device: torch.device) -> int:
+    """The recipe's batch threads, or for unset: 1 beside a CPU that trains, up to 8 (cores - 1) feeding a GPU."""
+    if workers is not None:
+        return workers
+    return max(1, min(8, (os.cpu_count() or 2) - 1)) if device.type == "cuda" else 1
+
+
+def _prepare(batches: Batches, plan: list[np.ndarray], seed: tuple[int, int], device: torch.device, k: int) -> TrainBatch:
+    """Batch k of an epoch's plan, augmented with its own generator; pinned when it goes to a CUDA device."""
+    batch = batches.augmented(plan[k], np.random.default_rng([*seed, k]))
+    return batch.pinned() if device.type == "cuda" else batch
+
+
+def prefetched(make: Callable[[int], T], n: int, workers: int) -> Iterator[T]:
+    """make(0), ..., make(n - 1) in order; with workers > 0 computed on that many threads, at most two per thread ahead.
+
+    Threads, not processes: OpenCV and numpy release the GIL, and the decoded frames are shared without copying.
+    An exception in make() is raised here, at its turn; closing the iterator cancels what has not started.
+    """
+    if workers == 0:
+        yield from (make(i) for i in range(n))
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="inspector-batches") as pool:
+        pending: deque[Future[T]] = deque()
+        try:
+            for i in range(n):
+                pending.append(pool.submit(make, i))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def paste_defect(image: np.ndarray, cache: ImageCache, donor: Sample) -> tuple[np.ndarray, np.ndarray]:
@@ -447,11 +495,55 @@ def train(
     on_epoch: Callable[[EpochMetrics], None] | None = None,
 ) -> TrainResult:
     """Train one model, validating every epoch; keeps best.pt (highest validation ROC-AUC) and last.pt (to resume)."""
-    log = log or structlog.get_logger("inspector.train")
+    device = pick_device(recipe.device)
+    with cuda_kernels(recipe.deterministic, device):
+        return _train(samples, spec, recipe, out_dir, device, train_idx=train_idx, val_idx=val_idx, resume=resume,
+                      progress=progress, log=log or structlog.get_logger("inspector.train"), on_epoch=on_epoch)
+
+
+@contextlib.contextmanager
+def cuda_kernels(deterministic: bool, device: torch.device) -> Iterator[None]:
+    """On CUDA, for the duration: kernels that repeat their results bit for bit, or else cuDNN's autotuned fastest ones.
+
+    The settings are process-wide, so the previous ones come back afterwards. On the CPU this does nothing:
+    its kernels repeat their results at a fixed thread count.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    saved = (cudnn.deterministic, cudnn.benchmark, torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled())
+    # cuBLAS reads this when it creates its handle, at the first matmul: its default workspace splits reductions
+    # differently from run to run. The value is the one NVIDIA documents for reproducibility.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    cudnn.deterministic, cudnn.benchmark = deterministic, not deterministic
+    # warn_only: an op with no deterministic CUDA kernel warns once instead of failing the run.
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark = saved[0], saved[1]
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+
+
+def _train(
+    samples: SampleSet,
+    spec: PreprocessSpec,
+    recipe: TrainRecipe,
+    out_dir: Path,
+    device: torch.device,
+    *,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    resume: dict[str, Any] | None,
+    progress: bool | None,
+    log: structlog.typing.FilteringBoundLogger,
+    on_epoch: Callable[[EpochMetrics], None] | None,
+) -> TrainResult:
     started = time.monotonic()
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
-    device = pick_device(recipe.device)
     torch.manual_seed(recipe.seed)
     fingerprint = samples.fingerprint()
     if resume is not None and resume["dataset"]["fingerprint"] != fingerprint:
@@ -498,6 +590,7 @@ def train(
     x_val = batches.plain(val_idx)
     y_val = targets[val_idx]
     precision = training_precision(recipe.amp, device)
+    workers = loader_workers(recipe.workers, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.scaled)
     if resume is not None and "scaler" in resume:
         scaler.load_state_dict(resume["scaler"])
@@ -505,7 +598,7 @@ def train(
     log.info(
         "training_started", samples=len(samples.samples), train=len(train_idx), validation=len(val_idx),
         classes=list(samples.classes), backbone=recipe.backbone, weights=recipe.weights, device=str(device),
-        epochs=recipe.epochs, threads=torch.get_num_threads(), precision=precision.name,
+        epochs=recipe.epochs, threads=torch.get_num_threads(), workers=workers, precision=precision.name,
         class_weights=None if loss_fn.weight is None else [round(w, 3) for w in loss_fn.weight.tolist()],
         **({"defect_masks": cache.mask_count} if recipe.seg_weight > 0 else {}),
     )
@@ -515,34 +608,34 @@ def train(
             set_frozen(model, [])
             frozen = []
             log.info("backbone_unfrozen", epoch=epoch + 1)
-        rng = np.random.default_rng([recipe.seed, epoch])
-        order = epoch_order(targets, train_idx, recipe, rng)
+        order = epoch_order(targets, train_idx, recipe, np.random.default_rng([recipe.seed, epoch]))
+        plan = [order[b : b + recipe.batch_size] for b in range(0, len(order), recipe.batch_size)]
+        plan = [idx for idx in plan if len(idx) >= 2 or len(order) <= 2]  # BatchNorm cannot train on a batch of one
         model.train()
         keep_frozen_bn_eval(model)
         total, seen = 0.0, 0
-        bar = Progress(steps, f"epoch {epoch + 1}/{recipe.epochs}", enabled=progress)
-        for b in range(0, len(order), recipe.batch_size):
-            idx = order[b : b + recipe.batch_size]
-            if len(idx) < 2 and len(order) > 2:
+        bar = Progress(len(plan), f"epoch {epoch + 1}/{recipe.epochs}", enabled=progress)
+        # Each batch has its own generator, so the batches are the same whichever thread makes them, and in what order.
+        make = functools.partial(_prepare, batches, plan, (recipe.seed, epoch), device)
+        with contextlib.closing(prefetched(make, len(plan), workers)) as prepared:
+            for idx, ready in zip(plan, prepared, strict=True):
+                batch = ready.to(device)
+                with torch.autocast(device.type, dtype=precision.dtype or torch.float32, enabled=precision.dtype is not None):
+                    loss = batch_loss(model, batch, batch.y, loss_fn, recipe.seg_weight)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()  # without fp16 the scaler passes everything through unchanged
+                scale = scaler.get_scale()  # 1.0 throughout when the scaler is off
+                scaler.step(opt)
+                scaler.update()
+                # A step the scaler skipped (inf/nan gradients, its scale then drops) does not advance the schedule either.
+                stepped = scaler.get_scale() >= scale
+                if ema is not None and stepped:
+                    ema.update_parameters(model)
+                if recipe.schedule != "plateau" and stepped:
+                    sched.step()
+                total += loss.detach() * len(idx)  # summed on the device: reading it each step would stall a GPU
+                seen += len(idx)
                 bar.advance()
-                continue  # BatchNorm cannot train on a batch of one
-            batch = batches.augmented(idx, rng).to(device)
-            with torch.autocast(device.type, dtype=precision.dtype or torch.float32, enabled=precision.dtype is not None):
-                loss = batch_loss(model, batch, batch.y, loss_fn, recipe.seg_weight)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()  # without fp16 the scaler passes everything through unchanged
-            scale = scaler.get_scale()  # 1.0 throughout when the scaler is off
-            scaler.step(opt)
-            scaler.update()
-            # A step the scaler skipped (inf/nan gradients, its scale then drops) does not advance the schedule either.
-            stepped = scaler.get_scale() >= scale
-            if ema is not None and stepped:
-                ema.update_parameters(model)
-            if recipe.schedule != "plateau" and stepped:
-                sched.step()
-            total += float(loss.detach()) * len(idx)
-            seen += len(idx)
-            bar.advance()
         bar.close()
         probs = predict(judged, x_val, device)
         val_loss = float(val_loss_fn(torch.log(torch.from_numpy(probs).clamp_min(1e-12)).float(), torch.from_numpy(y_val)))
@@ -550,7 +643,7 @@ def train(
             sched.step(val_loss)
         m = EpochMetrics(
             epoch=epoch + 1, lr=opt.param_groups[-1]["lr"], seconds=round(time.monotonic() - t0, 2),
-            train_loss=total / max(seen, 1), val_loss=val_loss, **evaluate(probs, y_val, recipe.target_recall),
+            train_loss=float(total) / max(seen, 1), val_loss=val_loss, **evaluate(probs, y_val, recipe.target_recall),
         )
         history.append(m)
         # Highest ROC-AUC wins; among equals (small validation sets often reach 1.0 early) the lower loss, which is better calibrated.

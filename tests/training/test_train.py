@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -108,18 +109,81 @@ def test_an_interrupted_run_resumes_to_the_same_result(
     assert json.loads((tmp_path / "cut" / "summary.json").read_text())["precision"] == expected
 
 
+def test_batch_threads_train_the_same_model_as_the_training_loop(parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = {}
+    for workers in (0, 3):
+        out = tmp_path / f"w{workers}"
+        code, _, err = train_cli(capsys, str(parts), "--out", str(out), "--epochs", "2", "--workers", str(workers),
+                                 "--paste-defects", "0.5", "--erasing", "0.5", "--brightness", "0.2", *FAST)
+        assert code == 0, err
+        assert json.loads((out / "summary.json").read_text())["workers"] == workers
+        runs[workers] = (torch.load(out / "last.pt", weights_only=True), json.loads((out / "metrics.json").read_text())["epochs"])
+    (plain, plain_epochs), (threaded, threaded_epochs) = runs[0], runs[3]
+    assert [e["train_loss"] for e in threaded_epochs] == [e["train_loss"] for e in plain_epochs]
+    assert all(torch.equal(plain["state_dict"][k], threaded["state_dict"][k]) for k in plain["state_dict"])
+
+
+def test_prefetched_keeps_order_stays_bounded_and_raises_at_the_failing_batch() -> None:
+    made: list[int] = []
+
+    def make(i: int) -> int:
+        made.append(i)
+        if i == 5:
+            raise ValueError("batch 5 cannot be made")
+        return i * 10
+
+    batches = trainer.prefetched(make, 50, 2)
+    assert next(batches) == 0
+    assert len(made) <= 4  # two per thread ahead, not the whole epoch
+    got = [0]
+    with pytest.raises(ValueError, match="batch 5"):
+        got.extend(batches)
+    assert got == [0, 10, 20, 30, 40]
+    assert len(made) < 50  # the rest of the epoch was cancelled, not computed
+
+
+@pytest.mark.parametrize(("workers", "device", "cores", "expected"), [
+    (None, "cpu", 16, 1),  # the CPU's cores train the model
+    (None, "cuda", 16, 8),
+    (None, "cuda", 4, 3),
+    (None, "cuda", 1, 1),
+    (0, "cuda", 16, 0),
+    (5, "cpu", 2, 5),
+])
+def test_unset_workers_depend_on_what_trains(workers: int | None, device: str, cores: int, expected: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trainer.os, "cpu_count", lambda: cores)
+    assert trainer.loader_workers(workers, torch.device(device)) == expected
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_on_cuda_training_runs_in_mixed_precision_and_exports_through_the_gate(
     parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = train_cli(capsys, str(parts), "--out", str(tmp_path / "g"), "--epochs", "2", "--device", "cuda", *FAST)
-    assert code == 0, err
+    for run in ("g", "again"):
+        code, _, err = train_cli(capsys, str(parts), "--out", str(tmp_path / run), "--epochs", "2", "--device", "cuda", "--workers", "3", *FAST)
+        assert code == 0, err
     summary = json.loads((tmp_path / "g" / "summary.json").read_text())
-    assert summary["device"].startswith("cuda")
+    assert summary["device"].startswith("cuda") and summary["workers"] == 3
     assert summary["precision"] == ("bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16")
+    first, again = (torch.load(tmp_path / run / "last.pt", weights_only=True)["state_dict"] for run in ("g", "again"))
+    assert all(torch.equal(first[k], again[k]) for k in first)  # deterministic kernels: the seed reproduces the run
     code, _, err = export_cli(capsys, str(tmp_path / "g" / "best.pt"), "--out", str(tmp_path / "g.onnx"))
     assert code == 0, err  # a model trained on the GPU passes the same parity gate on the CPU
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_on_cuda_deterministic_picks_the_kernels_and_the_settings_come_back(deterministic: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    cudnn = torch.backends.cudnn
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = (cudnn.deterministic, cudnn.benchmark, torch.are_deterministic_algorithms_enabled())
+    with trainer.cuda_kernels(deterministic, torch.device("cpu")):
+        assert (cudnn.deterministic, cudnn.benchmark, torch.are_deterministic_algorithms_enabled()) == before
+    with trainer.cuda_kernels(deterministic, torch.device("cuda")):
+        assert cudnn.deterministic is deterministic and cudnn.benchmark is not deterministic
+        assert torch.are_deterministic_algorithms_enabled() is deterministic
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert (cudnn.deterministic, cudnn.benchmark, torch.are_deterministic_algorithms_enabled()) == before
 
 
 @pytest.mark.parametrize(
