@@ -121,8 +121,8 @@ class TrainRecipe(_Strict):
     )
     deterministic: bool = Field(
         default=True,
-        description="On CUDA, kernels that repeat their results bit for bit, so a seed reproduces a run; off lets cuDNN pick the "
-        "fastest kernel per layer (not repeatable). The CPU repeats its results either way.",
+        description="On CUDA, cuDNN's deterministic kernels and a fixed cuBLAS workspace, so a seed repeats a run; off lets cuDNN "
+        "autotune the fastest kernel per layer, which may differ from run to run. The CPU repeats its results either way.",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Training device: auto (CUDA when present), cpu or cuda.")
 

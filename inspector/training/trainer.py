@@ -277,7 +277,7 @@ def loader_workers(workers: int | None, device: torch.device) -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1)) if device.type == "cuda" else 1
 
 
-def _prepare(batches: Batches, plan: list[np.ndarray], seed: tuple[int, int], device: torch.device, k: int) -> TrainBatch:
+def prepare_batch(batches: Batches, plan: list[np.ndarray], seed: tuple[int, int], device: torch.device, k: int) -> TrainBatch:
     """Batch k of an epoch's plan, augmented with its own generator; pinned when it goes to a CUDA device."""
     batch = batches.augmented(plan[k], np.random.default_rng([*seed, k]))
     return batch.pinned() if device.type == "cuda" else batch
@@ -503,28 +503,27 @@ def train(
 
 @contextlib.contextmanager
 def cuda_kernels(deterministic: bool, device: torch.device) -> Iterator[None]:
-    """On CUDA, for the duration: kernels that repeat their results bit for bit, or else cuDNN's autotuned fastest ones.
+    """On CUDA, for the duration: cuDNN's deterministic kernels and a fixed cuBLAS workspace, or else cuDNN's autotuned fastest ones.
 
-    The settings are process-wide, so the previous ones come back afterwards. On the CPU this does nothing:
-    its kernels repeat their results at a fixed thread count.
+    The cuDNN settings are process-wide, so the previous ones come back afterwards. On the CPU this does nothing: its
+    kernels repeat their results at a fixed thread count. As fastai's `set_seed(reproducible=True)`, and not
+    `torch.use_deterministic_algorithms`: that one fails or warns on every op with atomic adds in its backward,
+    among them ResNet's global average pool, whose 1x1 output adds each gradient once and so repeats anyway.
     """
     if device.type != "cuda":
         yield
         return
     cudnn = torch.backends.cudnn
-    saved = (cudnn.deterministic, cudnn.benchmark, torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled())
-    # cuBLAS reads this when it creates its handle, at the first matmul: its default workspace splits reductions
+    saved = (cudnn.deterministic, cudnn.benchmark)
+    # cuBLAS reads this when it creates its handle, at the first matmul: with its default workspace a reduction may split
     # differently from run to run. The value is the one NVIDIA documents for reproducibility.
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     cudnn.deterministic, cudnn.benchmark = deterministic, not deterministic
-    # warn_only: an op with no deterministic CUDA kernel warns once instead of failing the run.
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
     try:
         yield
     finally:
-        cudnn.deterministic, cudnn.benchmark = saved[0], saved[1]
-        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+        cudnn.deterministic, cudnn.benchmark = saved
 
 
 def _train(
@@ -616,7 +615,7 @@ def _train(
         total, seen = 0.0, 0
         bar = Progress(len(plan), f"epoch {epoch + 1}/{recipe.epochs}", enabled=progress)
         # Each batch has its own generator, so the batches are the same whichever thread makes them, and in what order.
-        make = functools.partial(_prepare, batches, plan, (recipe.seed, epoch), device)
+        make = functools.partial(prepare_batch, batches, plan, (recipe.seed, epoch), device)
         with contextlib.closing(prefetched(make, len(plan), workers)) as prepared:
             for idx, ready in zip(plan, prepared, strict=True):
                 batch = ready.to(device)
