@@ -54,7 +54,7 @@ def main() -> int:
     cache = trainer.load_cache(samples, spec, recipe, [s.path for s in samples.samples])
     batches = trainer.Batches(samples, cache, recipe, train_idx)
     order = np.random.default_rng(0).permutation(train_idx)
-    plan = [order[b : b + recipe.batch_size] for b in range(0, len(order), recipe.batch_size)] * 3
+    plan = trainer.epoch_plan(order, recipe.batch_size) * 3
     make = functools.partial(trainer.prepare_batch, batches, plan, (recipe.seed, 0), torch.device("cpu"))
     rates: dict[int, list[float]] = {w: [] for w in counts}
     for r in range(args.rounds):

@@ -277,6 +277,12 @@ def loader_workers(workers: int | None, device: torch.device) -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1)) if device.type == "cuda" else 1
 
 
+def epoch_plan(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """The epoch's sample order cut into batches; a last batch of one is left out, as BatchNorm cannot train on it."""
+    plan = [order[b : b + batch_size] for b in range(0, len(order), batch_size)]
+    return [idx for idx in plan if len(idx) >= 2 or len(order) <= 2]
+
+
 def prepare_batch(batches: Batches, plan: list[np.ndarray], seed: tuple[int, int], device: torch.device, k: int) -> TrainBatch:
     """Batch k of an epoch's plan, augmented with its own generator; pinned when it goes to a CUDA device."""
     batch = batches.augmented(plan[k], np.random.default_rng([*seed, k]))
@@ -608,8 +614,7 @@ def _train(
             frozen = []
             log.info("backbone_unfrozen", epoch=epoch + 1)
         order = epoch_order(targets, train_idx, recipe, np.random.default_rng([recipe.seed, epoch]))
-        plan = [order[b : b + recipe.batch_size] for b in range(0, len(order), recipe.batch_size)]
-        plan = [idx for idx in plan if len(idx) >= 2 or len(order) <= 2]  # BatchNorm cannot train on a batch of one
+        plan = epoch_plan(order, recipe.batch_size)
         model.train()
         keep_frozen_bn_eval(model)
         total, seen = 0.0, 0
