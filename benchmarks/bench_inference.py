@@ -35,6 +35,7 @@ DEFAULT_DATA = REPO / ".." / "shared" / "datasets" / "magnetic-tile"
 INPUT_SIZE = 224
 CLASSES = ("ok", "ng")
 THRESHOLD = 0.5
+SPINNING = ("off", "run", "always")  # model.spinning
 TARGETS = {"p50_ratio_max": 0.55, "p99_ratio_max": 0.5, "load_to_first_verdict_max_ms": 1000.0}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -102,7 +103,7 @@ def loadavg() -> list[float] | None:
 # --- the two paths ------------------------------------------------------------------------------
 
 
-def inspector_settings(threads: int, spinning: bool | None) -> Any:
+def inspector_settings(threads: int, spinning: str | None) -> Any:
     from inspector.config import load_settings
 
     model: dict[str, Any] = {"providers": ["cpu"], "intra_op_threads": threads}
@@ -167,7 +168,7 @@ def probe_load(model: str, image: str, threads: int, spinning: str) -> None:
 
     t_import1 = time.perf_counter()
     configure_logging("warning", "json")
-    settings = inspector_settings(threads, None if spinning == "default" else spinning == "on")
+    settings = inspector_settings(threads, None if spinning == "default" else spinning)
     t_build = time.perf_counter()
     pipeline = build_pipeline(settings, model_path=Path(model))
     t_built = time.perf_counter()
@@ -327,7 +328,7 @@ class BackgroundDecoder:
         self._thread.join()
 
 
-def study_pipeline(model: Path, threads: int, spinning: bool, backend: str) -> Any:
+def study_pipeline(model: Path, threads: int, spinning: str, backend: str) -> Any:
     """The daemon's pipeline for one study cell: onnxruntime as configured, or OpenVINO at a fixed precision."""
     from inspector.pipeline import build_pipeline
 
@@ -350,7 +351,7 @@ def threads_study(
     model: Path, paths: list[Path], frames: int, block: int, settle: int, gaps_ms: list[float], backend: str = "onnxruntime"
 ) -> dict[str, Any]:
     # OpenVINO has no spinning switch of its own (its LATENCY hint decides): threads only.
-    configs = [(t, s) for t in (1, 2) for s in ((False, True) if backend == "onnxruntime" else (False,))]
+    configs = [(t, s) for t in (1, 2) for s in (SPINNING if backend == "onnxruntime" else ("off",))]
     pipelines = {c: study_pipeline(model, c[0], c[1], backend) for c in configs}
     blobs = [p.read_bytes() for p in paths]
     decoder = BackgroundDecoder(blobs)
@@ -424,7 +425,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--settle", type=int, default=3, help="unmeasured frames at the start of each block (default 3)")
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads for both paths (default 2)")
     ap.add_argument(
-        "--spinning", choices=("default", "on", "off"), default="default", help="inspector's model.spinning for the comparison (default: the package default)"
+        "--spinning", choices=("default", *SPINNING), default="default", help="inspector's model.spinning for the comparison (default: the package default)"
     )
     ap.add_argument("--seed", type=int, default=0, help="weights and image sample seed (default 0)")
     ap.add_argument("--load-repeats", type=int, default=5, help="fresh processes for load-to-first-verdict (default 5)")
@@ -469,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     from inspector.training.onnx_export import export_classifier
 
     configure_logging("warning", "json")
-    spinning = None if args.spinning == "default" else args.spinning == "on"
+    spinning = None if args.spinning == "default" else args.spinning
 
     torch.manual_seed(args.seed)
     module = torchvision.models.resnet18(weights=None, num_classes=len(CLASSES)).eval()

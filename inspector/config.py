@@ -49,6 +49,19 @@ class GraphOptimization(StrEnum):
     ALL = "all"
 
 
+class Spinning(StrEnum):
+    """How onnxruntime's worker threads wait for their next piece of work."""
+
+    OFF = "off"
+    RUN = "run"
+    ALWAYS = "always"
+
+
+# YAML 1.1 reads on/off/yes/no as booleans, and `spinning` was a boolean before it had a third value.
+_SPINNING_WORDS = {"true": Spinning.ALWAYS, "on": Spinning.ALWAYS, "yes": Spinning.ALWAYS, "1": Spinning.ALWAYS,
+                   "false": Spinning.OFF, "no": Spinning.OFF, "0": Spinning.OFF}
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
@@ -70,9 +83,11 @@ class ModelSettings(_Section):
     intra_op_threads: int = Field(
         default=2, ge=0, le=256, description="Threads inside one inference (count); 0 lets onnxruntime use every physical core."
     )
-    spinning: bool = Field(
-        default=False,
-        description="Let onnxruntime's worker threads spin-wait between runs; costs a core while idle, which decode needs on small CPUs.",
+    spinning: Spinning = Field(
+        default=Spinning.OFF,
+        description="How onnxruntime's worker threads wait: off (sleep between the model's layers), run (spin-wait while a "
+        "frame is inferred, sleep as soon as it is done), always (spin between frames too: costs a core while idle, which "
+        "decode needs on small CPUs). true/false read as always/off.",
     )
     graph_optimization: GraphOptimization = Field(
         default=GraphOptimization.ALL, description="onnxruntime graph optimization level: disabled, basic, extended or all."
@@ -126,6 +141,13 @@ class ModelSettings(_Section):
     output: Literal["logits", "probabilities"] = Field(
         default="logits", description="What a model without a manifest outputs: logits or probabilities."
     )
+
+    @field_validator("spinning", mode="before")
+    @classmethod
+    def _spinning_bool(cls, v: Any) -> Any:
+        if isinstance(v, str | int) and str(v).lower() in _SPINNING_WORDS:  # bool is an int: True -> "true"
+            return _SPINNING_WORDS[str(v).lower()]
+        return v
 
     @field_validator("providers")
     @classmethod

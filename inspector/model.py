@@ -15,7 +15,7 @@ import onnxruntime as ort
 import structlog
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from inspector.config import GraphOptimization, ModelSettings, Provider
+from inspector.config import GraphOptimization, ModelSettings, Provider, Spinning
 from inspector.errors import ModelError
 from inspector.gpu import (
     BoundRunner,
@@ -134,7 +134,10 @@ class OnnxClassifier:
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = _GRAPH_LEVEL[settings.graph_optimization]
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.spinning else "0")
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0" if settings.spinning is Spinning.OFF else "1")
+        if settings.spinning is Spinning.RUN:
+            # Parks the workers the moment Run returns, so the spinning between layers never takes the core from decode.
+            so.add_session_config_entry("session.force_spinning_stop", "1")
         so.log_severity_level = _LOG_QUIET
         built = set(ort.get_available_providers())
         chain: list[Provider] = []

@@ -166,3 +166,21 @@ def test_daemon_sections_are_strict(tmp_path: Path, text: str, expected: str) ->
 def test_the_shipped_example_config_is_valid() -> None:
     s = load_settings(Path(__file__).parents[1] / "deploy" / "inspector.example.yaml")
     assert s.source.kind == "folder" and s.mqtt.username == "station-line1-station1"
+
+
+@pytest.mark.parametrize(
+    ("yaml_value", "env_value", "expected"),
+    [("run", None, "run"), ("true", None, "always"), ("off", None, "off"), ("on", None, "always"), ("off", "true", "always"), ("always", "0", "off")],
+)
+def test_spinning_takes_its_three_modes_and_the_old_booleans(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, yaml_value: str, env_value: str | None, expected: str
+) -> None:
+    if env_value is not None:
+        monkeypatch.setenv("INSPECTOR_MODEL__SPINNING", env_value)
+    assert load_settings(_write(tmp_path, f"model:\n  spinning: {yaml_value}\n")).model.spinning == expected
+
+
+def test_an_unknown_spinning_mode_names_the_allowed_ones(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, "model:\n  spinning: sometimes\n"))
+    assert any(line.startswith("model.spinning: ") and "'off', 'run' or 'always'" in line for line in info.value.errors)

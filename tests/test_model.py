@@ -119,3 +119,17 @@ def test_predict_runs_all_rois_as_one_batch_and_returns_probabilities(models: di
     assert probs.shape == (4, 3)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     assert probs[2, 0] < 0.01 and probs[0, 0] > 0.99
+
+
+@pytest.mark.parametrize(
+    ("spinning", "allow", "stop"), [("off", "0", None), ("run", "1", "1"), ("always", "1", None)]
+)
+def test_spinning_sets_how_onnxruntime_workers_wait(models: dict[str, Path], spinning: str, allow: str, stop: str | None) -> None:
+    clf = OnnxClassifier(models["multi"], ModelSettings(providers=["cpu"], spinning=spinning))
+    options = clf.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == allow
+    if stop is None:
+        with pytest.raises(RuntimeError, match="does not have configuration"):
+            options.get_session_config_entry("session.force_spinning_stop")
+    else:
+        assert options.get_session_config_entry("session.force_spinning_stop") == stop
