@@ -43,6 +43,7 @@ from common import (  # benchmarks/ is on sys.path when run as a script
     stats,
 )
 
+from inspector.config import Spinning
 from inspector.demo import stop_process
 from inspector.model import file_sha256
 
@@ -698,7 +699,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--rate", type=float, default=30.0, help="paced mode frames per second (default 30)")
     ap.add_argument("--inflight", type=int, default=8, help="sustained mode: most frames renamed but not yet decided (default 8)")
     ap.add_argument("--threads", type=int, default=2, help="model.intra_op_threads (default 2)")
-    ap.add_argument("--spinning", choices=("off", "run", "always"), default="off", help="model.spinning (default off)")
+    ap.add_argument("--spinning", choices=[s.value for s in Spinning], default="off", help="model.spinning (default off)")
     ap.add_argument("--queue-size", type=int, default=64, help="pipeline.queue_size (default 64)")
     ap.add_argument("--deadline-ms", type=int, default=5000, help="decision.deadline_ms (default 5000: no deadline rejects expected)")
     ap.add_argument("--lost-after", type=float, default=10.0, help="a frame without a decision this many seconds after its rename is lost (default 10)")

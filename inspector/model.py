@@ -136,7 +136,7 @@ class OnnxClassifier:
         so.graph_optimization_level = _GRAPH_LEVEL[settings.graph_optimization]
         so.add_session_config_entry("session.intra_op.allow_spinning", "0" if settings.spinning is Spinning.OFF else "1")
         if settings.spinning is Spinning.RUN:
-            # Parks the workers the moment Run returns, so the spinning between layers never takes the core from decode.
+            # Parks the workers the moment Run returns: spinning between layers must not go on into the time between frames.
             so.add_session_config_entry("session.force_spinning_stop", "1")
         so.log_severity_level = _LOG_QUIET
         built = set(ort.get_available_providers())
