@@ -103,12 +103,14 @@ def loadavg() -> list[float] | None:
 # --- the two paths ------------------------------------------------------------------------------
 
 
-def inspector_settings(threads: int, spinning: str | None) -> Any:
+def inspector_settings(threads: int, spinning: str | None, pin: bool | None = None) -> Any:
     from inspector.config import load_settings
 
     model: dict[str, Any] = {"providers": ["cpu"], "intra_op_threads": threads}
     if spinning is not None:
         model["spinning"] = spinning
+    if pin is not None:
+        model["pin_threads"] = pin
     return load_settings(None, model=model)
 
 
@@ -328,12 +330,12 @@ class BackgroundDecoder:
         self._thread.join()
 
 
-def study_pipeline(model: Path, threads: int, spinning: str, backend: str) -> Any:
+def study_pipeline(model: Path, threads: int, spinning: str, pin: bool, backend: str) -> Any:
     """The daemon's pipeline for one study cell: onnxruntime as configured, or OpenVINO at a fixed precision."""
     from inspector.pipeline import build_pipeline
 
     if backend == "onnxruntime":
-        return build_pipeline(inspector_settings(threads, spinning), model_path=model)
+        return build_pipeline(inspector_settings(threads, spinning, pin), model_path=model)
     from inspector.config import DecisionSettings, ModelSettings
     from inspector.decision import Thresholds
     from inspector.model_openvino import OpenVinoClassifier
@@ -350,12 +352,16 @@ def study_pipeline(model: Path, threads: int, spinning: str, backend: str) -> An
 def threads_study(
     model: Path, paths: list[Path], frames: int, block: int, settle: int, gaps_ms: list[float], backend: str = "onnxruntime"
 ) -> dict[str, Any]:
-    # OpenVINO has no spinning switch of its own (its LATENCY hint decides): threads only.
-    configs = [(t, s) for t in (1, 2) for s in (SPINNING if backend == "onnxruntime" else ("off",))]
-    pipelines = {c: study_pipeline(model, c[0], c[1], backend) for c in configs}
+    # (threads, spinning, pinned). One thread has no workers to spin or pin. OpenVINO pins its own
+    # threads and has no spinning switch (its LATENCY hint decides): threads only.
+    if backend == "onnxruntime":
+        configs = [(1, "off", False)] + [(2, s, False) for s in SPINNING] + [(2, "off", True)]
+    else:
+        configs = [(1, "off", False), (2, "off", False)]
+    pipelines = {c: study_pipeline(model, *c, backend) for c in configs}
     blobs = [p.read_bytes() for p in paths]
     decoder = BackgroundDecoder(blobs)
-    cells = [(t, s, bg, gap) for gap in gaps_ms for (t, s) in configs for bg in (False, True)]
+    cells = [(*c, bg, gap) for gap in gaps_ms for c in configs for bg in (False, True)]
     data: dict[tuple, dict[str, Any]] = {c: {"inference": [], "total": [], "cpu_s": 0.0, "wall_s": 0.0, "decodes": 0, "n": 0} for c in cells}
     rounds = max(1, frames // block)
     rng = random.Random(1)
@@ -364,8 +370,8 @@ def threads_study(
         order = cells[:]
         rng.shuffle(order)  # a different cell order each round: drifts in machine load spread over all cells
         for cell in order:
-            t, s, bg, gap = cell
-            pipeline = pipelines[(t, s)]
+            t, s, pin, bg, gap = cell
+            pipeline = pipelines[(t, s, pin)]
             chunk = [paths[(r * block + i) % len(paths)] for i in range(block)]
             d = data[cell]
             time.sleep(0.1)  # let the previous cell's spinning workers park
@@ -386,12 +392,13 @@ def threads_study(
                 d["n"] += len(chunk)
     rows = []
     for cell in cells:
-        t, s, bg, gap = cell
+        t, s, pin, bg, gap = cell
         d = data[cell]
         rows.append(
             {
                 "intra_op_threads": t,
                 "spinning": s if backend == "onnxruntime" else None,
+                "pin_threads": pin if backend == "onnxruntime" else None,
                 "background_decoder": bg,
                 "gap_ms": gap,
                 "frames": d["n"],
@@ -427,9 +434,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--spinning", choices=("default", *SPINNING), default="default", help="inspector's model.spinning for the comparison (default: the package default)"
     )
+    ap.add_argument("--pin", action="store_true", help="inspector's model.pin_threads on for the comparison (default: off, the package default)")
     ap.add_argument("--seed", type=int, default=0, help="weights and image sample seed (default 0)")
     ap.add_argument("--load-repeats", type=int, default=5, help="fresh processes for load-to-first-verdict (default 5)")
-    ap.add_argument("--skip-threads-study", action="store_true", help="skip the intra_op_threads x spinning study")
+    ap.add_argument("--skip-threads-study", action="store_true", help="skip the intra_op_threads x spinning x pin_threads study")
     ap.add_argument(
         "--study-backend", choices=("onnxruntime", "openvino-fp32", "openvino-bf16"), default="onnxruntime",
         help="runtime of the threads study (default onnxruntime; the comparison is always onnxruntime fp32)",
@@ -480,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"exporting resnet18 to {model_path}")
         export_classifier(module, spec, CLASSES, model_path)
 
-        settings = inspector_settings(args.threads, spinning)
+        settings = inspector_settings(args.threads, spinning, True if args.pin else None)
         pipeline = build_pipeline(settings, model_path=model_path)
         baseline = Baseline(module, args.threads)
 
@@ -518,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
             "model": f"torchvision resnet18, random init (seed {args.seed}), {len(CLASSES)} classes, 1x3x{INPUT_SIZE}x{INPUT_SIZE}, batch 1",
             "threads": args.threads,
             "inspector_model_settings": {
-                k: v for k, v in settings.model.model_dump(mode="json").items() if k in ("providers", "intra_op_threads", "spinning", "graph_optimization", "warmup_runs")
+                k: v for k, v in settings.model.model_dump(mode="json").items() if k in ("providers", "intra_op_threads", "spinning", "pin_threads", "graph_optimization", "warmup_runs")
             },
             "frames_per_path": len(paths),
             "block": args.block,

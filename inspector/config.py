@@ -89,6 +89,14 @@ class ModelSettings(_Section):
         "frame is inferred, sleep as soon as it is done), always (spin between frames too: costs a core while idle, which "
         "decode needs on small CPUs). true/false read as always/off.",
     )
+    pin_threads: bool = Field(
+        default=False,
+        description="Pin each onnxruntime worker thread to a physical core of its own among the CPUs this process may use "
+        "(systemd CPUAffinity=, taskset), leaving the first core to the calling thread, as onnxruntime does when it picks the "
+        "thread count itself (intra_op_threads 0). Unpinned, the scheduler may put a worker woken after an idle gap on the "
+        "caller's core; pinned, a worker cannot leave a core that other work keeps busy. Measure both on the line PC. "
+        "Skipped, with a warning, when there are fewer cores than threads.",
+    )
     graph_optimization: GraphOptimization = Field(
         default=GraphOptimization.ALL, description="onnxruntime graph optimization level: disabled, basic, extended or all."
     )

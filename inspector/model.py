@@ -16,6 +16,7 @@ import structlog
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from inspector.config import GraphOptimization, ModelSettings, Provider, Spinning
+from inspector.cpu_affinity import allowed_cores, worker_affinities
 from inspector.errors import ModelError
 from inspector.gpu import (
     BoundRunner,
@@ -138,6 +139,8 @@ class OnnxClassifier:
         if settings.spinning is Spinning.RUN:
             # Parks the workers the moment Run returns: spinning between layers must not go on into the time between frames.
             so.add_session_config_entry("session.force_spinning_stop", "1")
+        if settings.pin_threads and settings.intra_op_threads > 1:
+            self._pin_workers(so, settings.intra_op_threads)
         so.log_severity_level = _LOG_QUIET
         built = set(ort.get_available_providers())
         chain: list[Provider] = []
@@ -182,6 +185,19 @@ class OnnxClassifier:
             f"none of the configured providers could load ({', '.join(p.value for p in settings.providers)}); "
             "add cpu to model.providers to allow the CPU fallback"
         )
+
+    def _pin_workers(self, so: ort.SessionOptions, threads: int) -> None:
+        cores = allowed_cores()
+        affinities = worker_affinities(threads, cores)
+        if affinities is None:
+            self.log.warning(
+                "threads_not_pinned",
+                reason=f"model.intra_op_threads is {threads} but this process may run on {len(cores)} physical core(s)",
+                consequence="onnxruntime's worker threads float; set model.intra_op_threads to at most the cores given to inspector",
+            )
+            return
+        so.add_session_config_entry("session.intra_op_thread_affinities", affinities)
+        self.log.info("threads_pinned", workers=threads - 1, cpus=affinities, caller_core=list(cores[0]))
 
     def _provider_entry(self, provider: Provider, data: bytes, settings: ModelSettings, gpu: GpuIdentity | None) -> str | tuple[str, dict]:
         """The provider's name, with options for the GPU providers when a GPU is there to use them."""

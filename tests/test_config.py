@@ -184,3 +184,10 @@ def test_an_unknown_spinning_mode_names_the_allowed_ones(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as info:
         load_settings(_write(tmp_path, "model:\n  spinning: sometimes\n"))
     assert any(line.startswith("model.spinning: ") and "'off', 'run' or 'always'" in line for line in info.value.errors)
+
+
+def test_worker_threads_are_pinned_only_when_the_file_or_the_environment_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings(None).model.pin_threads is False
+    assert load_settings(_write(tmp_path, "model:\n  pin_threads: true\n")).model.pin_threads is True
+    monkeypatch.setenv("INSPECTOR_MODEL__PIN_THREADS", "true")
+    assert load_settings(None).model.pin_threads is True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import onnx
 import pytest
 
 from inspector.config import ModelSettings
+from inspector.cpu_affinity import allowed_cores
 from inspector.errors import ModelError
 from inspector.logs import configure_logging
 from inspector.manifest import MANIFEST_KEY
@@ -119,6 +121,45 @@ def test_predict_runs_all_rois_as_one_batch_and_returns_probabilities(models: di
     assert probs.shape == (4, 3)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     assert probs[2, 0] < 0.01 and probs[0, 0] > 0.99
+
+
+def _threads() -> set[int]:
+    return {int(t) for t in os.listdir("/proc/self/task")}
+
+
+def _new_thread_cpus(before: set[int]) -> list[set[int]]:
+    """CPU sets of the threads started since `before`, in thread-id order."""
+    return [os.sched_getaffinity(t) for t in sorted(_threads() - before)]
+
+
+@pytest.mark.skipif(len(allowed_cores()) < 2, reason="needs two physical cores to pin a worker beside the caller")
+def test_the_worker_thread_is_pinned_to_its_own_core_beside_the_callers(models: dict[str, Path]) -> None:
+    cores = allowed_cores()
+    before = _threads()
+    clf = OnnxClassifier(models["multi"], ModelSettings(providers=["cpu"], intra_op_threads=2, pin_threads=True))
+    assert _new_thread_cpus(before) == [set(cores[1])]  # one worker; the caller's core stays its own
+    assert clf.predict(np.zeros((1, *clf.spec.input_shape), np.float32)).shape == (1, len(clf.classes))
+
+
+def test_by_default_every_worker_is_free_to_move(models: dict[str, Path]) -> None:
+    before = _threads()
+    clf = OnnxClassifier(models["multi"], ModelSettings(providers=["cpu"], intra_op_threads=2))
+    new = _new_thread_cpus(before)  # while clf lives: its pool's threads end with it
+    assert new and all(cpus == os.sched_getaffinity(0) for cpus in new)
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        clf.session.get_session_options().get_session_config_entry("session.intra_op_thread_affinities")
+
+
+def test_more_threads_than_cores_runs_unpinned_with_a_warning_that_says_why(models: dict[str, Path]) -> None:
+    logs = io.StringIO()
+    configure_logging("info", "json", stream=logs)
+    threads = len(allowed_cores()) + 1
+    clf = OnnxClassifier(models["multi"], ModelSettings(providers=["cpu"], intra_op_threads=threads, pin_threads=True))
+    [warning] = [e for e in _events(logs) if e["event"] == "threads_not_pinned"]
+    assert f"model.intra_op_threads is {threads}" in warning["reason"] and warning["level"] == "warning"
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        clf.session.get_session_options().get_session_config_entry("session.intra_op_thread_affinities")
+    assert clf.predict(np.zeros((1, *clf.spec.input_shape), np.float32)).shape == (1, len(clf.classes))
 
 
 @pytest.mark.parametrize(
