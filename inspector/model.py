@@ -197,7 +197,8 @@ class OnnxClassifier:
             )
             return
         so.add_session_config_entry("session.intra_op_thread_affinities", affinities)
-        self.log.info("threads_pinned", workers=threads - 1, cpus=affinities, caller_core=list(cores[0]))
+        # Linux's CPU numbers, as taskset and CPUAffinity= use them (onnxruntime's string counts from 1).
+        self.log.info("threads_pinned", worker_cores=[list(c) for c in cores[1:threads]], caller_core=list(cores[0]))
 
     def _provider_entry(self, provider: Provider, data: bytes, settings: ModelSettings, gpu: GpuIdentity | None) -> str | tuple[str, dict]:
         """The provider's name, with options for the GPU providers when a GPU is there to use them."""
