@@ -1,8 +1,8 @@
 """Which CPUs onnxruntime's worker threads are pinned to: one physical core each, as onnxruntime does when it picks the thread count itself.
 
 onnxruntime pins its workers only when `intra_op_num_threads` is left at 0; an explicit count
-leaves them floating, and then the scheduler can stack a worker woken after an idle gap on the
-calling thread's core, so a paced frame runs at one-thread speed.
+leaves them floating, and then the scheduler can put a worker woken after an idle gap on the
+calling thread's core, where that inference runs at one-thread speed.
 """
 
 from __future__ import annotations
