@@ -636,7 +636,7 @@ def print_report(doc: dict[str, Any]) -> None:
     print("\ninspector run, end to end: rename into the watched folder -> decision received on MQTT (QoS 1, loopback mosquitto)")
     print(f"{doc['settings']['model']}; {m['cpu']}, {m['cpu_count']} cores, onnxruntime {m['onnxruntime']}; "
           f"intra_op_threads {doc['settings']['threads']}, spinning {doc['settings']['spinning']}, "
-          f"pin_threads {doc['settings'].get('pin_threads', False)}; journal on {doc['settings']['journal_fs']['type']} "
+          f"pin_threads {doc['settings'].get('pin_threads', 'auto')}; journal on {doc['settings']['journal_fs']['type']} "
           f"(one SQLite commit p50 {_f(doc['fsync_probe_ms']['p50'])} ms)")
     print()
     head = f"{'mode':<18}{'sent':>7}{'lost':>6}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}{'infer50':>9}{'p50-inf':>9}{'outside':>9}{'fps':>8}"
@@ -702,7 +702,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--inflight", type=int, default=8, help="sustained mode: most frames renamed but not yet decided (default 8)")
     ap.add_argument("--threads", type=int, default=2, help="model.intra_op_threads (default 2)")
     ap.add_argument("--spinning", choices=[s.value for s in Spinning], default="off", help="model.spinning (default off)")
-    ap.add_argument("--pin", action="store_true", help="model.pin_threads: true (default: false, the package default)")
+    ap.add_argument("--pin", choices=("auto", "true", "false"), default="auto", help="model.pin_threads (default auto, the package default)")
     ap.add_argument("--queue-size", type=int, default=64, help="pipeline.queue_size (default 64)")
     ap.add_argument("--deadline-ms", type=int, default=5000, help="decision.deadline_ms (default 5000: no deadline rejects expected)")
     ap.add_argument("--lost-after", type=float, default=10.0, help="a frame without a decision this many seconds after its rename is lost (default 10)")

@@ -103,7 +103,7 @@ def loadavg() -> list[float] | None:
 # --- the two paths ------------------------------------------------------------------------------
 
 
-def inspector_settings(threads: int, spinning: str | None, pin: bool | None = None) -> Any:
+def inspector_settings(threads: int, spinning: str | None, pin: bool | str | None = None) -> Any:
     from inspector.config import load_settings
 
     model: dict[str, Any] = {"providers": ["cpu"], "intra_op_threads": threads}
@@ -355,7 +355,7 @@ def threads_study(
     # (threads, spinning, pinned). One thread has no workers to spin or pin. OpenVINO pins its own
     # threads and has no spinning switch (its LATENCY hint decides): threads only.
     if backend == "onnxruntime":
-        configs = [(1, "off", False)] + [(2, s, False) for s in SPINNING] + [(2, "off", True)]
+        configs = [(1, "off", False)] + [(2, s, False) for s in SPINNING] + [(2, "off", True), (2, "run", True)]
     else:
         configs = [(1, "off", False), (2, "off", False)]
     pipelines = {c: study_pipeline(model, *c, backend) for c in configs}
@@ -434,7 +434,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--spinning", choices=("default", *SPINNING), default="default", help="inspector's model.spinning for the comparison (default: the package default)"
     )
-    ap.add_argument("--pin", action="store_true", help="inspector's model.pin_threads on for the comparison (default: off, the package default)")
+    ap.add_argument("--pin", choices=("auto", "true", "false"), default="auto", help="inspector's model.pin_threads for the comparison (default: auto, the package default)")
     ap.add_argument("--seed", type=int, default=0, help="weights and image sample seed (default 0)")
     ap.add_argument("--load-repeats", type=int, default=5, help="fresh processes for load-to-first-verdict (default 5)")
     ap.add_argument("--skip-threads-study", action="store_true", help="skip the intra_op_threads x spinning x pin_threads study")
@@ -488,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"exporting resnet18 to {model_path}")
         export_classifier(module, spec, CLASSES, model_path)
 
-        settings = inspector_settings(args.threads, spinning, True if args.pin else None)
+        settings = inspector_settings(args.threads, spinning, args.pin)
         pipeline = build_pipeline(settings, model_path=model_path)
         baseline = Baseline(module, args.threads)
 

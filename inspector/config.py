@@ -57,9 +57,10 @@ class Spinning(StrEnum):
     ALWAYS = "always"
 
 
+_BOOL_WORDS = {"true": True, "on": True, "yes": True, "1": True, "false": False, "off": False, "no": False, "0": False}
+
 # YAML 1.1 reads on/off/yes/no as booleans, and `spinning` was a boolean before it had a third value.
-_SPINNING_WORDS = {"true": Spinning.ALWAYS, "on": Spinning.ALWAYS, "yes": Spinning.ALWAYS, "1": Spinning.ALWAYS,
-                   "false": Spinning.OFF, "no": Spinning.OFF, "0": Spinning.OFF}
+_SPINNING_WORDS = {word: Spinning.ALWAYS if on else Spinning.OFF for word, on in _BOOL_WORDS.items()}
 
 
 class _Section(BaseModel):
@@ -89,12 +90,14 @@ class ModelSettings(_Section):
         "frame is inferred, sleep as soon as it is done), always (spin between frames too: costs a core while idle, which "
         "decode needs on small CPUs). true/false read as always/off.",
     )
-    pin_threads: bool = Field(
-        default=False,
+    pin_threads: bool | Literal["auto"] = Field(
+        default="auto",
         description="Pin each onnxruntime worker thread to a physical core of its own among the CPUs this process may use "
-        "(systemd CPUAffinity=, taskset), leaving the first core to the calling thread, as onnxruntime does when it picks the "
-        "thread count itself (intra_op_threads 0). Unpinned, the scheduler may put a worker woken after an idle gap on the "
-        "caller's core; pinned, a worker cannot leave a core that other work keeps busy. Measure both on the line PC. "
+        "(systemd CPUAffinity=, taskset), and hold the calling thread on the first core while it runs the model. Unpinned, "
+        "the scheduler often puts the caller and a worker woken after an idle gap on one core, and that frame runs at "
+        "one-thread speed. auto: pin when intra_op_threads equals the physical cores this process may use (a 2-core PC, "
+        "or a station given its own cores with CPUAffinity=); with cores to spare the threads float, so that stations "
+        "sharing a PC without CPUAffinity= do not all pin to the same cores. true: pin whenever there are enough cores. "
         "Skipped, with a warning, when there are fewer cores than threads.",
     )
     graph_optimization: GraphOptimization = Field(
@@ -149,6 +152,15 @@ class ModelSettings(_Section):
     output: Literal["logits", "probabilities"] = Field(
         default="logits", description="What a model without a manifest outputs: logits or probabilities."
     )
+
+    @field_validator("pin_threads", mode="before")
+    @classmethod
+    def _pin_words(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.lower() == "auto":
+            return "auto"
+        if isinstance(v, str | int) and str(v).lower() in _BOOL_WORDS:  # bool is an int: True -> "true"
+            return _BOOL_WORDS[str(v).lower()]
+        raise ValueError(f"expected true, false or auto, got {v!r}")
 
     @field_validator("spinning", mode="before")
     @classmethod

@@ -187,6 +187,8 @@ def _one_type(v: dict[str, Any], defs: dict[str, Any]) -> tuple[str, str]:
     r = _resolve(v, defs)
     if "enum" in r:
         return "string", "one of " + ", ".join(f"`{_inline(e)}`" for e in r["enum"])
+    if "const" in r:  # Literal["auto"] beside another type
+        return "string", f"only `{_inline(r['const'])}`"
     t = r.get("type")
     if t == "string":
         fmt = r.get("format")

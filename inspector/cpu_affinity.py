@@ -2,7 +2,8 @@
 
 onnxruntime pins its workers only when `intra_op_num_threads` is left at 0; an explicit count
 leaves them floating, and then the scheduler can put a worker woken after an idle gap on the
-calling thread's core, where that inference runs at one-thread speed.
+calling thread's core, where that inference runs at one-thread speed. The calling thread takes
+the first core (`model.py` holds it there during each run).
 """
 
 from __future__ import annotations

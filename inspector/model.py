@@ -94,6 +94,7 @@ class OnnxClassifier:
         self.log = log or structlog.get_logger("inspector.model")
         self._rois = rois  # the station's ROIs per frame, when the config overrides the model's: the GPU engine's batch
         self._runner: BoundRunner | None = None
+        self._caller_cpus: set[int] | None = None  # set when the workers are pinned: where each run's calling thread goes
         self.precision = "fp32"
         started = time.perf_counter()
         try:
@@ -139,8 +140,8 @@ class OnnxClassifier:
         if settings.spinning is Spinning.RUN:
             # Parks the workers the moment Run returns: spinning between layers must not go on into the time between frames.
             so.add_session_config_entry("session.force_spinning_stop", "1")
-        if settings.pin_threads and settings.intra_op_threads > 1:
-            self._pin_workers(so, settings.intra_op_threads)
+        if settings.pin_threads is not False and settings.intra_op_threads > 1:
+            self._pin_workers(so, settings.intra_op_threads, auto=settings.pin_threads == "auto")
         so.log_severity_level = _LOG_QUIET
         built = set(ort.get_available_providers())
         chain: list[Provider] = []
@@ -186,8 +187,15 @@ class OnnxClassifier:
             "add cpu to model.providers to allow the CPU fallback"
         )
 
-    def _pin_workers(self, so: ort.SessionOptions, threads: int) -> None:
+    def _pin_workers(self, so: ort.SessionOptions, threads: int, *, auto: bool) -> None:
         cores = allowed_cores()
+        if auto and len(cores) > threads:
+            self.log.info(
+                "threads_not_pinned",
+                reason=f"model.pin_threads is auto and this process may run on {len(cores)} physical cores for {threads} threads",
+                consequence="onnxruntime's worker threads float; set model.pin_threads: true for a single station on this PC",
+            )
+            return
         affinities = worker_affinities(threads, cores)
         if affinities is None:
             self.log.warning(
@@ -197,6 +205,7 @@ class OnnxClassifier:
             )
             return
         so.add_session_config_entry("session.intra_op_thread_affinities", affinities)
+        self._caller_cpus = set(cores[0])
         # Linux's CPU numbers, as taskset and CPUAffinity= use them (onnxruntime's string counts from 1).
         self.log.info("threads_pinned", worker_cores=[list(c) for c in cores[1:threads]], caller_core=list(cores[0]))
 
@@ -261,7 +270,24 @@ class OnnxClassifier:
     def _run(self, x: np.ndarray) -> np.ndarray:
         if self._runner is not None:
             return self._runner(np.ascontiguousarray(x))
+        if self._caller_cpus is not None:
+            return self._run_on_caller_core(x, self._caller_cpus)
         return self.session.run([self._output_name], {self._input_name: x})[0]
+
+    def _run_on_caller_core(self, x: np.ndarray, cpus: set[int]) -> np.ndarray:
+        # Pinning the workers alone is not enough: after an idle gap the scheduler often wakes the calling thread on a
+        # worker's core, and the two then share it for the whole frame. The caller keeps its own CPU set outside runs.
+        before = os.sched_getaffinity(0)
+        try:
+            os.sched_setaffinity(0, cpus)
+        except OSError as exc:  # the process's CPU set changed under us (taskset -p): run as before, unpinned
+            self.log.warning("caller_not_pinned", cpus=sorted(cpus), error=str(exc), consequence="runs continue with the caller unpinned")
+            self._caller_cpus = None
+            return self.session.run([self._output_name], {self._input_name: x})[0]
+        try:
+            return self.session.run([self._output_name], {self._input_name: x})[0]
+        finally:
+            os.sched_setaffinity(0, before)
 
     def _resolve_manifest(self, settings: ModelSettings, config_spec: PreprocessSpec | None) -> ModelManifest:
         metadata = self._metadata()

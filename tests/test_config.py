@@ -186,8 +186,18 @@ def test_an_unknown_spinning_mode_names_the_allowed_ones(tmp_path: Path) -> None
     assert any(line.startswith("model.spinning: ") and "'off', 'run' or 'always'" in line for line in info.value.errors)
 
 
-def test_worker_threads_are_pinned_only_when_the_file_or_the_environment_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert load_settings(None).model.pin_threads is False
+def test_thread_pinning_is_auto_unless_the_file_or_the_environment_says_otherwise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings(None).model.pin_threads == "auto"
     assert load_settings(_write(tmp_path, "model:\n  pin_threads: true\n")).model.pin_threads is True
-    monkeypatch.setenv("INSPECTOR_MODEL__PIN_THREADS", "true")
-    assert load_settings(None).model.pin_threads is True
+    assert load_settings(_write(tmp_path, "model:\n  pin_threads: off\n")).model.pin_threads is False  # YAML 1.1's off
+    monkeypatch.setenv("INSPECTOR_MODEL__PIN_THREADS", "false")
+    assert load_settings(None).model.pin_threads is False
+    monkeypatch.setenv("INSPECTOR_MODEL__PIN_THREADS", "auto")
+    assert load_settings(None).model.pin_threads == "auto"
+
+
+def test_an_unknown_pinning_mode_names_the_allowed_ones(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, "model:\n  pin_threads: sometimes\n"))
+    [line] = [line for line in info.value.errors if line.startswith("model.pin_threads")]
+    assert line.endswith("expected true, false or auto, got 'sometimes'")

@@ -7,6 +7,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -146,13 +147,85 @@ def test_the_worker_thread_is_pinned_to_its_own_core_beside_the_callers(models: 
     assert clf.predict(np.zeros((1, *clf.spec.input_shape), np.float32)).shape == (1, len(clf.classes))
 
 
-def test_by_default_every_worker_is_free_to_move(models: dict[str, Path]) -> None:
-    before = _threads()
+class _AffinitySpy:
+    """The real session, noting the calling thread's CPU set at each run."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.seen: list[set[int]] = []
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        self.seen.append(os.sched_getaffinity(0))
+        return self.session.run(*args, **kwargs)
+
+
+@pytest.mark.skipif(len(allowed_cores()) < 2, reason="needs two physical cores to pin a worker beside the caller")
+def test_pinned_runs_hold_the_calling_thread_on_the_first_core_and_then_give_its_cpus_back(models: dict[str, Path]) -> None:
+    cores = allowed_cores()
+    clf = OnnxClassifier(models["multi"], ModelSettings(providers=["cpu"], intra_op_threads=2, pin_threads=True))
+    clf.session = spy = _AffinitySpy(clf.session)
+    own = os.sched_getaffinity(0)
+    batch = np.zeros((1, *clf.spec.input_shape), np.float32)
+    assert clf.predict(batch).shape == (1, len(clf.classes))
+    clf.predict(batch)
+    assert spy.seen == [set(cores[0])] * 2  # never on the worker's core while the worker computes
+    assert os.sched_getaffinity(0) == own
+
+
+def test_a_caller_core_that_cannot_be_had_any_more_gives_one_warning_and_unpinned_runs(models: dict[str, Path]) -> None:
+    logs = io.StringIO()
+    configure_logging("info", "json", stream=logs)
+    clf = OnnxClassifier(models["multi"], ModelSettings(providers=["cpu"], intra_op_threads=2, pin_threads=True))
+    # Stands for a CPU set shrunk after load (taskset -p, a cgroup change), which a test cannot do to its own process.
+    clf._caller_cpus = {(os.cpu_count() or 1) + 4096}  # no such CPU: the kernel refuses it
+    clf.session = spy = _AffinitySpy(clf.session)
+    own = os.sched_getaffinity(0)
+    batch = np.zeros((1, *clf.spec.input_shape), np.float32)
+    for _ in range(3):
+        assert clf.predict(batch).shape == (1, len(clf.classes))
+    assert spy.seen == [own] * 3
+    [warning] = [e for e in _events(logs) if e["event"] == "caller_not_pinned"]
+    assert warning["level"] == "warning" and "unpinned" in warning["consequence"]
+
+
+@pytest.mark.skipif(len(allowed_cores()) < 2, reason="needs two physical cores to pin a worker beside the caller")
+def test_by_default_threads_that_take_every_core_are_pinned(models: dict[str, Path]) -> None:
+    logs = io.StringIO()
+    configure_logging("info", "json", stream=logs)
+    cores = allowed_cores()
+    clf = OnnxClassifier(models["multi"], ModelSettings(providers=["cpu"], intra_op_threads=len(cores)))
+    [pinned] = [e for e in _events(logs) if e["event"] == "threads_pinned"]
+    assert pinned["caller_core"] == list(cores[0]) and pinned["worker_cores"] == [list(c) for c in cores[1:]]
+    clf.session = spy = _AffinitySpy(clf.session)
+    clf.predict(np.zeros((1, *clf.spec.input_shape), np.float32))
+    assert spy.seen == [set(cores[0])]
+
+
+def test_by_default_threads_with_cores_to_spare_float_and_the_log_says_how_to_pin(
+    models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logs = io.StringIO()
+    configure_logging("info", "json", stream=logs)
+    # A PC with three cores for two threads, which this machine may not be.
+    monkeypatch.setattr("inspector.model.allowed_cores", lambda: [(0,), (1,), (2,)])
     clf = OnnxClassifier(models["multi"], ModelSettings(providers=["cpu"], intra_op_threads=2))
+    [floating] = [e for e in _events(logs) if e["event"] == "threads_not_pinned"]
+    assert floating["level"] == "info" and "3 physical cores for 2 threads" in floating["reason"]
+    assert "pin_threads: true" in floating["consequence"]
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        clf.session.get_session_options().get_session_config_entry("session.intra_op_thread_affinities")
+
+
+def test_unpinned_every_worker_is_free_to_move(models: dict[str, Path]) -> None:
+    before = _threads()
+    clf = OnnxClassifier(models["multi"], ModelSettings(providers=["cpu"], intra_op_threads=2, pin_threads=False))
     new = _new_thread_cpus(before)  # while clf lives: its pool's threads end with it
     assert new and all(cpus == os.sched_getaffinity(0) for cpus in new)
     with pytest.raises(RuntimeError, match="does not have configuration"):
         clf.session.get_session_options().get_session_config_entry("session.intra_op_thread_affinities")
+    clf.session = spy = _AffinitySpy(clf.session)
+    clf.predict(np.zeros((1, *clf.spec.input_shape), np.float32))
+    assert spy.seen == [os.sched_getaffinity(0)]  # the caller is left where the scheduler puts it
 
 
 def test_more_threads_than_cores_runs_unpinned_with_a_warning_that_says_why(models: dict[str, Path]) -> None:
