@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -270,22 +272,28 @@ class OnnxClassifier:
     def _run(self, x: np.ndarray) -> np.ndarray:
         if self._runner is not None:
             return self._runner(np.ascontiguousarray(x))
-        if self._caller_cpus is not None:
-            return self._run_on_caller_core(x, self._caller_cpus)
-        return self.session.run([self._output_name], {self._input_name: x})[0]
+        with self._on_caller_core():
+            return self.session.run([self._output_name], {self._input_name: x})[0]
 
-    def _run_on_caller_core(self, x: np.ndarray, cpus: set[int]) -> np.ndarray:
+    @contextlib.contextmanager
+    def _on_caller_core(self) -> Iterator[None]:
+        """Hold the calling thread on the first core while pinned workers compute; nothing when they are not pinned."""
         # Pinning the workers alone is not enough: after an idle gap the scheduler often wakes the calling thread on a
         # worker's core, and the two then share it for the whole frame. The caller keeps its own CPU set outside runs.
+        cpus = self._caller_cpus
+        if cpus is None:
+            yield
+            return
         before = os.sched_getaffinity(0)
         try:
             os.sched_setaffinity(0, cpus)
         except OSError as exc:  # the process's CPU set changed under us (taskset -p): run as before, unpinned
             self.log.warning("caller_not_pinned", cpus=sorted(cpus), error=str(exc), consequence="runs continue with the caller unpinned")
             self._caller_cpus = None
-            return self.session.run([self._output_name], {self._input_name: x})[0]
+            yield
+            return
         try:
-            return self.session.run([self._output_name], {self._input_name: x})[0]
+            yield
         finally:
             os.sched_setaffinity(0, before)
 
