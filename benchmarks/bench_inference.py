@@ -103,7 +103,7 @@ def loadavg() -> list[float] | None:
 # --- the two paths ------------------------------------------------------------------------------
 
 
-def inspector_settings(threads: int, spinning: str | None, pin: bool | str | None = None) -> Any:
+def inspector_settings(threads: int, spinning: str | None, pin: bool | str | None = None, cpu_latency: str = "default") -> Any:
     from inspector.config import load_settings
 
     model: dict[str, Any] = {"providers": ["cpu"], "intra_op_threads": threads}
@@ -111,7 +111,8 @@ def inspector_settings(threads: int, spinning: str | None, pin: bool | str | Non
         model["spinning"] = spinning
     if pin is not None:
         model["pin_threads"] = pin
-    return load_settings(None, model=model)
+    pipeline = {} if cpu_latency == "default" else {"cpu_latency_us": cpu_latency}
+    return load_settings(None, model=model, pipeline=pipeline)
 
 
 class Baseline:
@@ -435,6 +436,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--spinning", choices=("default", *SPINNING), default="default", help="inspector's model.spinning for the comparison (default: the package default)"
     )
     ap.add_argument("--pin", choices=("auto", "true", "false"), default="auto", help="inspector's model.pin_threads for the comparison (default: auto, the package default)")
+    ap.add_argument(
+        "--cpu-latency", default="default", metavar="US|off",
+        help="pipeline.cpu_latency_us held for the whole run, as `inspector run` holds it (default: the package default, none)",
+    )
     ap.add_argument("--seed", type=int, default=0, help="weights and image sample seed (default 0)")
     ap.add_argument("--load-repeats", type=int, default=5, help="fresh processes for load-to-first-verdict (default 5)")
     ap.add_argument("--skip-threads-study", action="store_true", help="skip the intra_op_threads x spinning x pin_threads study")
@@ -472,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torchvision
 
+    from inspector.cpu_latency import CpuLatencyRequest
     from inspector.logs import configure_logging
     from inspector.pipeline import build_pipeline
     from inspector.preprocess import PreprocessSpec
@@ -483,12 +489,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     module = torchvision.models.resnet18(weights=None, num_classes=len(CLASSES)).eval()
     spec = PreprocessSpec(color="rgb", resize={"width": INPUT_SIZE, "height": INPUT_SIZE})
-    with tempfile.TemporaryDirectory(prefix="inspector-bench-") as tmp:
+    settings = inspector_settings(args.threads, spinning, args.pin, args.cpu_latency)
+    # Machine-wide, so the baseline runs under it too: both paths see the CPU state the daemon would leave.
+    qos = CpuLatencyRequest(settings.pipeline.cpu_latency_us)
+    with tempfile.TemporaryDirectory(prefix="inspector-bench-") as tmp, qos:
         model_path = Path(tmp) / "resnet18.onnx"
         log(f"exporting resnet18 to {model_path}")
         export_classifier(module, spec, CLASSES, model_path)
+        held_latency_us = qos.held_us
 
-        settings = inspector_settings(args.threads, spinning, args.pin)
         pipeline = build_pipeline(settings, model_path=model_path)
         baseline = Baseline(module, args.threads)
 
@@ -528,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
             "inspector_model_settings": {
                 k: v for k, v in settings.model.model_dump(mode="json").items() if k in ("providers", "intra_op_threads", "spinning", "pin_threads", "graph_optimization", "warmup_runs")
             },
+            "cpu_latency_us": {"setting": settings.pipeline.cpu_latency_us, "held": held_latency_us},
             "frames_per_path": len(paths),
             "block": args.block,
             "settle": args.settle,

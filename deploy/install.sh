@@ -19,6 +19,8 @@
 #   - /var/lib/inspector (inspector, 0750) with models/ (root:inspector: the daemon reads, cannot replace)
 #   - /srv/inspector/incoming, the example config's watched folder (inspector, setgid 2770: add the
 #     acquisition program's user to group inspector); the units let the daemon write under /srv/inspector
+#   - /etc/udev/rules.d/60-inspector-cpu-latency.rules, applied at once: group inspector may write
+#     /dev/cpu_dma_latency, where the daemon holds its CPU wake-up latency request when pipeline.cpu_latency_us is set
 #
 # Environment:
 #   PYTHON    interpreter for the venv (default: python3.11, else python3; must be >= 3.11)
@@ -50,7 +52,8 @@ package=$(realpath "$1")
 if [[ -d $package && ! -f $package/pyproject.toml ]]; then
     die "$package is a folder without pyproject.toml: not an inspector source checkout"
 fi
-for f in "$repo/systemd/inspector.service" "$repo/systemd/inspector@.service" "$here/inspector.example.yaml"; do
+UDEV_RULE=$here/udev/60-inspector-cpu-latency.rules
+for f in "$repo/systemd/inspector.service" "$repo/systemd/inspector@.service" "$here/inspector.example.yaml" "$UDEV_RULE"; do
     [[ -f $f ]] || die "missing $f: run this script from an inspector checkout"
 done
 
@@ -115,6 +118,19 @@ install -d -m 0750 -o root -g "$USER_NAME" "$STATE_DIR/models"
 install -d -m 0755 /srv
 install -d -m 0750 -o root -g "$USER_NAME" "$WATCH_DIR"
 install -d -m 2770 -o "$USER_NAME" -g "$USER_NAME" "$WATCH_DIR/incoming"
+
+say "installing the udev rule for /dev/cpu_dma_latency"
+install -d -m 0755 /etc/udev/rules.d
+install -m 0644 "$UDEV_RULE" /etc/udev/rules.d/
+if [[ -e /dev/cpu_dma_latency ]]; then
+    if command -v udevadm >/dev/null && [[ -S /run/udev/control ]]; then
+        udevadm control --reload
+        udevadm trigger --action=change --sysname-match=cpu_dma_latency --settle || true
+    fi
+    # Without a running udev (a container, a chroot) the rule waits for the next boot: set it now too.
+    chgrp "$USER_NAME" /dev/cpu_dma_latency && chmod 0620 /dev/cpu_dma_latency ||
+        say "could not give group $USER_NAME /dev/cpu_dma_latency: the daemon will warn cpu_latency_not_held"
+fi
 
 say "installing the units into $UNIT_DIR"
 install -m 0644 "$repo/systemd/inspector.service" "$repo/systemd/inspector@.service" "$UNIT_DIR/"

@@ -326,6 +326,26 @@ class PipelineSettings(_Section):
     shutdown_timeout_s: float = Field(
         default=10.0, gt=0, le=600, description="On SIGTERM: time allowed to finish in-flight frames and flush to the broker (s)."
     )
+    cpu_latency_us: int | None = Field(
+        default=None,
+        ge=0,
+        le=1_000_000,
+        description="Longest wake-up latency the daemon lets idle CPU cores have while it runs (µs), asked of the kernel through "
+        "/dev/cpu_dma_latency for the daemon's lifetime: 0 keeps idle cores polling (the fastest wake-up, and the only value "
+        "that changes anything in a VM; idle cores draw more power); 1-100 allows only shallow idle states on bare metal; "
+        "null (or off, the default) asks for nothing. Measure before setting it (README, Benchmark). Without write access to "
+        "the device: one warning, and the kernel's default.",
+    )
+
+    @field_validator("cpu_latency_us", mode="before")
+    @classmethod
+    def _latency_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads `off` as false, which an int field would take as 0: the opposite of what it says.
+        if v is False or (isinstance(v, str) and v.strip().lower() in ("off", "null", "none", "false", "no")):
+            return None
+        if v is True or (isinstance(v, str) and not v.strip().isdigit()):
+            raise ValueError(f"expected whole microseconds (0 to 1000000) or null/off, got {v!r}")
+        return v
 
 
 class TlsSettings(_Section):

@@ -20,6 +20,7 @@ import structlog
 from inspector import __version__
 from inspector.calibration.record import summary_line
 from inspector.config import InspectorSettings, run_errors
+from inspector.cpu_latency import CpuLatencyRequest
 from inspector.decision import PASS, REJECT
 from inspector.errors import ConfigError
 from inspector.frame import Frame, Reason
@@ -59,11 +60,17 @@ class Daemon:
         self.metrics = Metrics(settings.metrics.window)
         self.failed: str | None = None
         self._deadline_s = settings.decision.deadline_ms / 1000
+        self.cpu_latency = CpuLatencyRequest(settings.pipeline.cpu_latency_us, log=self.log)
 
     # --- setup --------------------------------------------------------------------------------
 
     def run(self) -> int:
         """Load, connect, report ready, judge frames until stopped, drain, report offline. Returns the exit code."""
+        # Held from before the model's warm-up until the journal is closed; the kernel drops it with the process.
+        with self.cpu_latency:
+            return self._run()
+
+    def _run(self) -> int:
         s = self.settings
         self.notifier.status("loading the model")
         self.pipeline = build_pipeline(s, log=self.log)
@@ -142,6 +149,7 @@ class Daemon:
             "calibration": self._calibration(),
             "deadline_ms": self.settings.decision.deadline_ms,
             "overload": self.settings.pipeline.overload,
+            "cpu_latency_us": self.cpu_latency.held_us,
             "source": self.source.describe(),
         }
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 import structlog
 
+from inspector.cpu_latency import DEVICE as CPU_LATENCY_DEVICE
 from inspector.logs import configure_logging
 from inspector.preprocess import PreprocessSpec
 from inspector.samples import write_labelled_folder, write_roi_frames
@@ -224,3 +227,14 @@ def loop_model(path: Path, trips_per_unit: float) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def effective_latency_us() -> int:
+    """The kernel's aggregate CPU latency request (µs): the lowest of every open one (reading needs the access writing does)."""
+    return struct.unpack("=i", CPU_LATENCY_DEVICE.read_bytes()[:4])[0]
+
+
+needs_cpu_latency_device = pytest.mark.skipif(
+    not (CPU_LATENCY_DEVICE.exists() and os.access(CPU_LATENCY_DEVICE, os.R_OK | os.W_OK)),
+    reason=f"needs read/write access to {CPU_LATENCY_DEVICE} (root, or deploy/udev/60-inspector-cpu-latency.rules)",
+)

@@ -201,3 +201,32 @@ def test_an_unknown_pinning_mode_names_the_allowed_ones(tmp_path: Path) -> None:
         load_settings(_write(tmp_path, "model:\n  pin_threads: sometimes\n"))
     [line] = [line for line in info.value.errors if line.startswith("model.pin_threads")]
     assert line.endswith("expected true, false or auto, got 'sometimes'")
+
+
+def test_cpu_latency_asks_for_nothing_unless_set_and_off_means_no_request_not_zero(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings(None).pipeline.cpu_latency_us is None
+    assert load_settings(_write(tmp_path, "pipeline:\n  cpu_latency_us: 0\n")).pipeline.cpu_latency_us == 0
+    assert load_settings(_write(tmp_path, "pipeline:\n  cpu_latency_us: 20\n")).pipeline.cpu_latency_us == 20
+    # YAML 1.1 reads off as false, which an int field would otherwise take as 0, the strongest request.
+    assert load_settings(_write(tmp_path, "pipeline:\n  cpu_latency_us: off\n")).pipeline.cpu_latency_us is None
+    assert load_settings(_write(tmp_path, "pipeline:\n  cpu_latency_us: null\n")).pipeline.cpu_latency_us is None
+    monkeypatch.setenv("INSPECTOR_PIPELINE__CPU_LATENCY_US", "null")
+    assert load_settings(None).pipeline.cpu_latency_us is None
+    monkeypatch.setenv("INSPECTOR_PIPELINE__CPU_LATENCY_US", "5")
+    assert load_settings(None).pipeline.cpu_latency_us == 5
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("on", "expected whole microseconds (0 to 1000000) or null/off, got True"),
+        ("fast", "expected whole microseconds (0 to 1000000) or null/off, got 'fast'"),
+        ("-1", "Input should be greater than or equal to 0"),
+        ("2000000", "Input should be less than or equal to 1000000"),
+    ],
+)
+def test_a_bad_cpu_latency_names_what_is_allowed(tmp_path: Path, value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, f"pipeline:\n  cpu_latency_us: {value}\n"))
+    [line] = [line for line in info.value.errors if line.startswith("pipeline.cpu_latency_us")]
+    assert line.endswith(message)

@@ -17,7 +17,12 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import loop_model, write_parts
+from tests.conftest import (
+    effective_latency_us,
+    loop_model,
+    needs_cpu_latency_device,
+    write_parts,
+)
 from tests.mqtt_helpers import (
     Broker,
     DaemonProcess,
@@ -120,6 +125,24 @@ def test_folder_to_mqtt_decisions_payloads_properties_ack_and_clean_stop(
     assert all(r["delivery"]["record_sent_at"] for r in rows)
     sub.close()
     late_sub.close()
+
+
+@needs_cpu_latency_device
+def test_the_cpu_latency_request_lasts_exactly_as_long_as_the_daemon(tmp_path: Path, broker: Broker, models: dict[str, Path], daemons: list) -> None:
+    before = effective_latency_us()
+    if before <= 9:
+        pytest.skip(f"another process already holds {before} µs, as low as this test's request")
+    sub = Subscriber(broker, (f"{PREFIX}/state",))
+    daemon = DaemonProcess(station_config(tmp_path, broker, models["dark"], pipeline={"cpu_latency_us": 9}))
+    daemons.append(daemon)
+    daemon.wait_event("daemon_ready")
+    assert daemon.saw("cpu_latency_held")[0]["latency_us"] == 9
+    assert effective_latency_us() == 9
+    assert wait_until(lambda: sub.on("state"), 5) and sub.on("state")[-1].json()["cpu_latency_us"] == 9
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(15) == 0
+    assert effective_latency_us() == before
+    sub.close()
 
 
 def test_broker_killed_mid_stream_record_stream_has_no_gaps_and_stale_decisions_are_late(

@@ -212,6 +212,23 @@ def test_credential_is_optional_and_devices_stay_visible() -> None:
         assert {"char-video4linux", "char-nvidia-frontend", "char-nvidia-uvm"} <= allowed
 
 
+def test_the_daemon_user_may_write_the_cpu_latency_device() -> None:
+    """pipeline.cpu_latency_us needs the device in the unit's ACL and the udev rule giving the unit's group write access."""
+    rule_file = SYSTEMD.parent / "deploy" / "udev" / "60-inspector-cpu-latency.rules"
+    [rule] = [line for line in rule_file.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    keys = dict(re.findall(r'(\w+)=?="([^"]*)"', rule))
+    assert keys["KERNEL"] == "cpu_dma_latency" and keys["SUBSYSTEM"] == "misc"
+    assert re.search(r'\bKERNEL=="cpu_dma_latency"', rule) and re.search(r'\bGROUP="\w+"', rule)  # match (==) vs assign (=)
+    mode = int(keys["MODE"], 8)
+    assert mode & 0o020 and not mode & 0o002, f"group write, nothing for others: {keys['MODE']}"
+    for name in UNITS:
+        service = unit(name)["Service"]
+        assert service["Group"] == [keys["GROUP"]]
+        assert "/dev/cpu_dma_latency w" in service["DeviceAllow"]
+    install = (SYSTEMD.parent / "deploy" / "install.sh").read_text()
+    assert "60-inspector-cpu-latency.rules" in install and "/etc/udev/rules.d" in install
+
+
 def test_precheck_command_runs(tmp_path: Path) -> None:
     """The unit's ExecStartPre, pointed at this venv and a config in tmp_path: exit 0 when usable, 2 with one line per problem."""
     (pre,) = unit("inspector.service")["Service"]["ExecStartPre"]
