@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any, Self
 
 from common import (  # benchmarks/ is on sys.path when run as a script
+    add_cpu_latency_arg,
+    cpu_latency_section,
     cpu_model,
     find_images,
     log,
@@ -381,7 +383,7 @@ def write_config(tmp: Path, broker: Broker, model: Path, args: argparse.Namespac
         "station": {"line": LINE, "name": STATION},
         "source": {"kind": "folder", "path": str(tmp / "in"), "after_decision": "delete"},
         "decision": {"deadline_ms": args.deadline_ms},
-        "pipeline": {"queue_size": args.queue_size, **({} if args.cpu_latency == "default" else {"cpu_latency_us": args.cpu_latency})},
+        "pipeline": {"queue_size": args.queue_size, **cpu_latency_section(args.cpu_latency)},
         "mqtt": {"host": broker.host, "port": broker.port, "connect_timeout_s": 10},
         "journal": {"path": str(tmp / "journal.sqlite3")},
         "metrics": {"interval_s": 0},
@@ -703,9 +705,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2, help="model.intra_op_threads (default 2)")
     ap.add_argument("--spinning", choices=[s.value for s in Spinning], default="off", help="model.spinning (default off)")
     ap.add_argument("--pin", choices=("auto", "true", "false"), default="auto", help="model.pin_threads (default auto, the package default)")
-    ap.add_argument(
-        "--cpu-latency", default="default", metavar="US|off", help="pipeline.cpu_latency_us (default: the package default, none)"
-    )
+    add_cpu_latency_arg(ap, "pipeline.cpu_latency_us")
     ap.add_argument("--queue-size", type=int, default=64, help="pipeline.queue_size (default 64)")
     ap.add_argument("--deadline-ms", type=int, default=5000, help="decision.deadline_ms (default 5000: no deadline rejects expected)")
     ap.add_argument("--lost-after", type=float, default=10.0, help="a frame without a decision this many seconds after its rename is lost (default 10)")
@@ -849,9 +849,7 @@ def main(argv: list[str] | None = None) -> int:
                 # The daemon logs at warning here: a request it could not hold shows as cpu_latency_not_held.
                 "cpu_latency_held_us": None
                 if any(e.get("event") == "cpu_latency_not_held" for e in events)
-                else PipelineSettings.model_validate(
-                    {} if args.cpu_latency == "default" else {"cpu_latency_us": args.cpu_latency}
-                ).cpu_latency_us,
+                else PipelineSettings.model_validate(cpu_latency_section(args.cpu_latency)).cpu_latency_us,
                 "queue_size": args.queue_size,
                 "deadline_ms": args.deadline_ms,
                 "lost_after_s": args.lost_after,

@@ -28,7 +28,7 @@ import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from common import find_images, log, stats  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from common import add_cpu_latency_arg, cpu_latency_section, find_images, log, stats  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "datasets" / "magnetic-tile"
@@ -111,8 +111,7 @@ def inspector_settings(threads: int, spinning: str | None, pin: bool | str | Non
         model["spinning"] = spinning
     if pin is not None:
         model["pin_threads"] = pin
-    pipeline = {} if cpu_latency == "default" else {"cpu_latency_us": cpu_latency}
-    return load_settings(None, model=model, pipeline=pipeline)
+    return load_settings(None, model=model, pipeline=cpu_latency_section(cpu_latency))
 
 
 class Baseline:
@@ -436,10 +435,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--spinning", choices=("default", *SPINNING), default="default", help="inspector's model.spinning for the comparison (default: the package default)"
     )
     ap.add_argument("--pin", choices=("auto", "true", "false"), default="auto", help="inspector's model.pin_threads for the comparison (default: auto, the package default)")
-    ap.add_argument(
-        "--cpu-latency", default="default", metavar="US|off",
-        help="pipeline.cpu_latency_us held for the whole run, as `inspector run` holds it (default: the package default, none)",
-    )
+    add_cpu_latency_arg(ap, "pipeline.cpu_latency_us held for the whole run, as `inspector run` holds it")
     ap.add_argument("--seed", type=int, default=0, help="weights and image sample seed (default 0)")
     ap.add_argument("--load-repeats", type=int, default=5, help="fresh processes for load-to-first-verdict (default 5)")
     ap.add_argument("--skip-threads-study", action="store_true", help="skip the intra_op_threads x spinning x pin_threads study")

@@ -10,6 +10,16 @@ from pathlib import Path
 from typing import Any
 
 
+def add_cpu_latency_arg(ap: Any, help_: str) -> None:
+    """`--cpu-latency US|off|default` (default: the package default), as both benchmarks take it."""
+    ap.add_argument("--cpu-latency", default="default", metavar="US|off", help=f"{help_} (default: the package default, none)")
+
+
+def cpu_latency_section(arg: str) -> dict[str, Any]:
+    """The `pipeline` settings that `--cpu-latency` stands for: nothing for `default`, else pipeline.cpu_latency_us."""
+    return {} if arg == "default" else {"cpu_latency_us": arg}
+
+
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
