@@ -174,12 +174,13 @@ class Thresholds:
             top = classes[max(defect_idx, key=lambda i: row[i])]
             threshold = self.by_roi[name]
             high = self.band_high.get(name)
-            if score >= (threshold if high is None else high):
-                verdict: VerdictValue = REJECT
-            elif score >= threshold:
+            # Written so that a score that compares false with everything (NaN) falls through to a reject.
+            if score < threshold:
+                verdict: VerdictValue = PASS
+            elif high is not None and score < high:
                 verdict = UNCERTAIN
             else:
-                verdict = PASS
+                verdict = REJECT
             results.append(
                 RoiResult(
                     name=name,

@@ -103,6 +103,10 @@ class FramePipeline:
         except Exception as exc:
             raise FrameFault(Reason.INFERENCE_ERROR, f"{type(exc).__name__}: {exc}") from exc
         stamps[2] = time.perf_counter()
+        if not np.isfinite(probabilities).all():
+            # NaN compares false with any threshold: unchecked, an overflowing model (fp16, INT8) would pass every part.
+            bad = [name for name, row in zip(self.roi_names, probabilities, strict=False) if not np.isfinite(row).all()]
+            raise FrameFault(Reason.INFERENCE_ERROR, f"the model returned NaN or infinite probabilities for ROI {', '.join(bad)}")
         return self.thresholds.decide(self.roi_names, self.classifier.classes, probabilities)
 
     def _verdict(

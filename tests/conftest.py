@@ -95,6 +95,16 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     broken.metadata_props.add(key="inspector.manifest", value=onnx.load(str(out["dark"])).metadata_props[0].value)
     out["broken"] = root / "broken.onnx"
     onnx.save(broken, str(out["broken"]))
+
+    # Runs, but every logit is NaN: what an fp16 or INT8 model that overflows returns.
+    nan = onnx.load(str(out["dark"]))
+    final = nan.graph.output[0].name
+    for node in nan.graph.node:
+        node.output[:] = [f"{final}_finite" if o == final else o for o in node.output]
+    nan.graph.initializer.append(helper.make_tensor("nan", TensorProto.FLOAT, [], [float("nan")]))
+    nan.graph.node.append(helper.make_node("Mul", [f"{final}_finite", "nan"], [final]))
+    out["nan"] = root / "nan.onnx"
+    onnx.save(nan, str(out["nan"]))
     return out
 
 

@@ -49,6 +49,13 @@ def test_uncertain_band_gives_uncertain_between_its_ends_and_reject_above() -> N
     assert verdicts[1].uncertain_band == (0.25, 0.75) and verdicts[0].threshold == 0.25
 
 
+def test_a_nan_score_rejects_with_or_without_an_uncertain_band() -> None:
+    nan = np.array([[np.nan, 0.5]], np.float32)
+    plain = Thresholds(DecisionSettings(threshold=0.5), ("a",))
+    banded = Thresholds(DecisionSettings(), ("a",), calibration=calibration_record({"*": (0.25, (0.25, 0.75))}))
+    assert [t.decide(("a",), ("ok", "ng"), nan)[0].verdict for t in (plain, banded)] == ["reject", "reject"]
+
+
 def test_per_roi_calibration_sets_each_roi_and_must_cover_them_all() -> None:
     t = Thresholds(DecisionSettings(), ROIS, calibration=calibration_record({"a": (0.125, None), "b": (0.5, (0.5, 0.875))}))
     assert t.by_roi == {"a": 0.125, "b": 0.5} and t.band_high == {"b": 0.875} and t.default == 0.125

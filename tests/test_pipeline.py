@@ -87,6 +87,14 @@ def test_an_inference_error_is_a_reject_not_a_crash(models: dict[str, Path], til
     assert "Reshape" in v.detail or "reshape" in v.detail
 
 
+def test_nan_from_the_model_is_a_reject_never_a_pass(models: dict[str, Path], tiles: Path) -> None:
+    pipe = _pipeline(models["nan"])
+    for path in (tiles / "ok" / "ok_0001.png", next((tiles / "ng").rglob("*.png"))):
+        v = pipe.process(read_file_frame(path))
+        assert (v.verdict, v.reason.value) == ("reject", "inference_error")
+        assert "NaN" in v.detail and "frame" in v.detail
+
+
 def test_a_model_that_fails_its_warm_up_is_refused_at_load(models: dict[str, Path]) -> None:
     with pytest.raises(ModelError, match="fails its warm-up inference"):
         _pipeline(models["broken"])
