@@ -27,6 +27,7 @@ from pydantic_settings import (
 
 from inspector.errors import ConfigError
 from inspector.preprocess import PreprocessSpec, Roi
+from inspector.strict_numbers import NumbersNotBools
 
 DEFAULT_CONFIG = Path("/etc/inspector/inspector.yaml")
 ENV_PREFIX = "INSPECTOR_"
@@ -63,7 +64,7 @@ _BOOL_WORDS = {"true": True, "on": True, "yes": True, "1": True, "false": False,
 _SPINNING_WORDS = {word: Spinning.ALWAYS if on else Spinning.OFF for word, on in _BOOL_WORDS.items()}
 
 
-class _Section(BaseModel):
+class _Section(NumbersNotBools):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
@@ -517,7 +518,7 @@ def format_errors(exc: ValidationError, root: type[BaseModel]) -> list[str]:
     lines = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             allowed = _fields_at(root, err["loc"][:-1])
             msg = f"unknown key; allowed: {', '.join(allowed)}" if allowed else "unknown key"

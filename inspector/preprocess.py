@@ -12,9 +12,10 @@ from typing import Annotated, Literal, Protocol
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from inspector.frame import FrameFault, Reason
+from inspector.strict_numbers import NumbersNotBools
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -47,7 +48,7 @@ _CV_INTERPOLATION = {
 }
 
 
-class _Strict(BaseModel):
+class _Strict(NumbersNotBools):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 

@@ -37,13 +37,14 @@ def test_flags_override_the_yaml_file(tmp_path: Path) -> None:
 
 def test_unknown_keys_and_bad_values_are_reported_with_their_paths(tmp_path: Path) -> None:
     cfg = tmp_path / "train.yaml"
-    cfg.write_text("train:\n  epoch: 3\n  lr: -1\n  augment: {flip: true}\n")
+    cfg.write_text("train:\n  epoch: 3\n  lr: -1\n  batch_size: yes\n  augment: {flip: true}\n")
     with pytest.raises(ConfigError) as err:
         load_train_config(cfg, {})
     lines = "\n".join(err.value.errors)
     assert "train.epoch: unknown key; allowed: backbone, weights" in lines
     assert "train.lr: Input should be greater than 0" in lines
     assert "train.augment.flip: unknown key; allowed: hflip, vflip" in lines
+    assert "train.batch_size: expected a number, got true" in lines  # not a batch of 1
 
 
 def test_unfreeze_after_needs_a_freeze_policy_and_the_cli_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
