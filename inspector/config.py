@@ -26,7 +26,7 @@ from pydantic_settings import (
 )
 
 from inspector.errors import ConfigError
-from inspector.preprocess import PreprocessSpec, Roi
+from inspector.preprocess import MAX_ROIS, PreprocessSpec, Roi
 from inspector.strict_numbers import NumbersNotBools
 
 DEFAULT_CONFIG = Path("/etc/inspector/inspector.yaml")
@@ -463,6 +463,22 @@ class InspectorSettings(BaseSettings):
     journal: JournalSettings = Field(default_factory=JournalSettings, description="The local decision journal (`inspector run`).")
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Metrics (`inspector run`).")
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
+
+    @field_validator("rois")
+    @classmethod
+    def _station_rois(cls, v: tuple[Roi, ...] | None) -> tuple[Roi, ...] | None:
+        if v is None:
+            return v
+        if not v:
+            # An empty list would silently judge the whole frame as one ROI in place of the model's.
+            raise ValueError("give at least one ROI, or leave rois out to use the model's ROIs")
+        if len(v) > MAX_ROIS:
+            raise ValueError(f"at most {MAX_ROIS} ROIs, got {len(v)}")
+        names = [r.name for r in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"ROI names must be unique, repeated: {', '.join(dupes)}")
+        return v
 
     @classmethod
     def settings_customise_sources(

@@ -20,6 +20,7 @@ from inspector.strict_numbers import NumbersNotBools
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 WHOLE_FRAME = "frame"  # the ROI name used when a spec names no ROI
+MAX_ROIS = 64
 
 
 class ColorMode(StrEnum):
@@ -126,7 +127,7 @@ class PreprocessSpec(_Strict):
 
     color: ColorMode = Field(default=ColorMode.RGB, description="Channels the model sees: gray (1) or rgb (3).")
     clahe: Clahe = Field(default_factory=Clahe, description="Optional CLAHE on the whole frame.")
-    rois: tuple[Roi, ...] = Field(default=(), max_length=64, description="Named ROI crops; empty: the whole frame, named 'frame'.")
+    rois: tuple[Roi, ...] = Field(default=(), max_length=MAX_ROIS, description="Named ROI crops; empty: the whole frame, named 'frame'.")
     resize: Resize = Field(default_factory=Resize, description="Resize of each crop to the model input.")
     normalize: Normalize = Field(default_factory=Normalize, description="Scaling to 0..1 then (x - mean) / std.")
 

@@ -163,6 +163,9 @@ def test_config_check_for_run_names_what_the_daemon_needs(tmp_path: Path, capsys
         ("decision:\n  roi_thresholds: {roi1: 0.2, roi2: on}\n", "decision.roi_thresholds: expected a number for roi2, got true"),
         ("model:\n  intra_op_threads: off\n", "model.intra_op_threads: expected a number, got false"),
         ("rois:\n  - {name: a, box: [0, 0, true, 1], units: fraction}\n", "rois.0.box: expected a number at position 2, got true"),
+        ("rois:\n  - {name: a, box: [0, 0, 4, 4]}\n  - {name: a, box: [4, 0, 8, 4]}\n", "rois: ROI names must be unique, repeated: a"),
+        ("rois: []\n", "rois: give at least one ROI, or leave rois out to use the model's ROIs"),
+        ("rois: [" + ", ".join(f"{{name: r{i}, box: [0, 0, 4, 4]}}" for i in range(65)) + "]\n", "rois: at most 64 ROIs, got 65"),
     ],
 )
 def test_daemon_sections_are_strict(tmp_path: Path, text: str, expected: str) -> None:
