@@ -15,6 +15,7 @@ import numpy as np
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from inspector.frame import FrameFault, Reason
+from inspector.stderr_capture import Fd2Capture, forward
 from inspector.strict_numbers import NumbersNotBools
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -219,12 +220,32 @@ def decode(data: bytes, color: ColorMode) -> np.ndarray:
     flags |= cv2.IMREAD_GRAYSCALE if color is ColorMode.GRAY else cv2.IMREAD_ANYCOLOR
     buf = np.frombuffer(data, np.uint8)
     try:
-        image = cv2.imdecode(buf, flags)
+        image, printed = _STDERR.call(lambda: cv2.imdecode(buf, flags))
     except cv2.error as exc:
         raise FrameFault(Reason.DECODE_FAILED, f"{fmt}: {exc.err or exc}") from exc
+    lines = printed.splitlines()
     if image is None or image.size == 0:
-        raise FrameFault(Reason.DECODE_FAILED, f"OpenCV could not decode this {fmt} file")
+        said = f": {'; '.join(line.strip() for line in lines)}" if lines else ""
+        raise FrameFault(Reason.DECODE_FAILED, f"OpenCV could not decode this {fmt} file{said}")
+    # libjpeg only warns about damaged entropy-coded data and fills in what it could not decode: a frame that ends
+    # with its EOI can still be half a part, shifted.
+    corrupt = [line for line in lines if fmt == "jpeg" and line.startswith(_LIBJPEG_CORRUPT)]
+    forward("".join(line + "\n" for line in lines if line not in corrupt))
+    if corrupt:
+        raise FrameFault(Reason.DECODE_FAILED, f"damaged JPEG data (libjpeg: {corrupt[0].strip()})")
     return _to_color(image, color)
+
+
+# libjpeg's warnings about the image data itself (jerror.h: JWRN_HIT_MARKER, JWRN_HUFF_BAD_CODE, JWRN_MUST_RESYNC,
+# JWRN_EXTRANEOUS_DATA, JWRN_JPEG_EOF, JWRN_NOT_SEQUENTIAL, JWRN_BOGUS_PROGRESSION); the others are about metadata.
+_LIBJPEG_CORRUPT = (
+    "Corrupt JPEG data",
+    "Premature end of JPEG file",
+    "Invalid SOS parameters for sequential JPEG",
+    "Inconsistent progression sequence",
+)
+# fd 2 is one per process, so is the capture that borrows it.
+_STDERR = Fd2Capture()
 
 
 def _to_color(image: np.ndarray, color: ColorMode) -> np.ndarray:

@@ -187,6 +187,56 @@ def test_decode_faults_name_their_reason(tmp_path: Path, make, reason: Reason) -
     assert info.value.detail
 
 
+def _damaged_jpeg(tmp_path: Path) -> bytes:
+    """A JPEG with its end marker whose scan has a run of zeros in the middle: a bad sector, not a partial write."""
+    path = tmp_path / "x.jpg"
+    cv2.imwrite(str(path), np.random.default_rng(1).integers(0, 255, (256, 256), dtype=np.uint8))
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 2000] = bytes(2000)
+    return bytes(data)
+
+
+def test_a_jpeg_damaged_inside_is_a_decode_fault_though_it_ends_with_its_end_marker(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    data = _damaged_jpeg(tmp_path)
+    assert check_complete(data) == "jpeg"
+    assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE) is not None, "OpenCV alone hands back a picture"
+    capfd.readouterr()
+    with pytest.raises(FrameFault) as info:
+        decode(data, ColorMode.GRAY)
+    assert info.value.reason is Reason.DECODE_FAILED
+    assert info.value.detail.startswith("damaged JPEG data (libjpeg: Corrupt JPEG data: ")
+    assert capfd.readouterr().err == "", "libjpeg's warning becomes the fault's detail, not noise on stderr"
+
+
+def test_what_other_threads_print_while_a_jpeg_decodes_still_reaches_stderr(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    import os
+    import threading
+
+    data = _jpeg(tmp_path)
+    stop = threading.Event()
+    written = []
+
+    def chatter() -> None:
+        while not stop.is_set():
+            os.write(2, b"other thread\n")
+            written.append(1)
+
+    capfd.readouterr()
+    thread = threading.Thread(target=chatter)
+    thread.start()
+    try:
+        for _ in range(200):
+            assert decode(data, ColorMode.GRAY).shape == (32, 32)
+    finally:
+        stop.set()
+        thread.join()
+    err = capfd.readouterr().err
+    assert err.splitlines() == ["other thread"] * len(written), "none lost, though some were written while fd 2 was borrowed"
+
+
 def test_complete_files_pass_the_end_marker_check_even_with_zero_padding(tmp_path: Path) -> None:
     assert check_complete(_jpeg(tmp_path) + b"\x00" * 16) == "jpeg"
     assert check_complete(_png(tmp_path)) == "png"
