@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from inspector.config import (
 )
 from inspector.errors import ConfigError, InputError, InspectorError
 from inspector.logs import configure_logging
+from inspector.outputs import check_output
 
 EXIT_USAGE = 2
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug, reported without a traceback unless --debug
@@ -100,6 +102,16 @@ def _positive(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
 def _number_or(words: tuple[str, ...], word: str, expected: str) -> Callable[[str], float | str]:
     """A flag parser for a number or a keyword: any of `words` gives `word`."""
 
@@ -161,7 +173,7 @@ def _add_journal(sub: Any) -> None:
         a.add_argument("--since", type=_when, help="from this time: ISO 8601 (2026-11-23T08:00) or an age (30m, 12h, 7d)")
         a.add_argument("--until", type=_when, help="up to this time (same forms as --since)")
         if name == "list":
-            a.add_argument("--limit", type=int, default=50, help="newest N decisions (default 50)")
+            a.add_argument("--limit", type=_count, default=50, help="newest N decisions (default 50)")
         else:
             a.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="jsonl (full records) or csv (one row per decision)")
             a.add_argument("--out", type=Path, help="file to write (default stdout)")
@@ -269,9 +281,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("inspector: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader left (`inspector journal list | head`): nothing more to say, and nowhere to say it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what the shell reports for a writer the pipe killed
     except Exception as exc:
         if args.debug:
             raise
+        if isinstance(exc, OSError) and exc.filename is not None:
+            # A path the file system refused (permissions, a full disk, a file where a folder was expected): the user's to fix.
+            print(f"inspector: error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_USAGE
         print(f"inspector: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
         return EXIT_INTERNAL
     return 0
@@ -377,6 +397,8 @@ def _journal(args: argparse.Namespace) -> int:
     from inspector.journal import Journal
 
     path = args.journal or _load(args.config).journal.path
+    if args.journal_command == "export" and args.out:
+        check_output(args.out, "--out", folder=False)
     journal = Journal(path, readonly=True)
     try:
         if args.journal_command == "list":

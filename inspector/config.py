@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import types
 import typing
 from enum import StrEnum
@@ -22,6 +24,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     YamlConfigSettingsSource,
 )
 
@@ -497,25 +500,58 @@ def load_settings(path: Path | None = None, **overrides: Any) -> InspectorSettin
     """Load the YAML file (default /etc/inspector/inspector.yaml, when present) and the environment; ConfigError on any problem."""
     if path is None:
         path = DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+    elif path.is_dir():
+        raise ConfigError(f"config file expected, got a folder: {path}", [f"{path}: is a folder; expected a YAML file"])
     elif not path.is_file():
         raise ConfigError(f"config file not found: {path}", [f"{path}: no such file"])
     if path is not None:
         _check_yaml(path)
+    where = f" in {path}" if path else ""
+    errors = env_errors(os.environ)
     # pydantic-settings reads the YAML path from the class config, so bind it on a throwaway subclass.
     bound = type(
         "InspectorSettings", (InspectorSettings,), {"model_config": {**InspectorSettings.model_config, "yaml_file": path}}
     )
     try:
-        return bound(**overrides)
+        settings = bound(**overrides)
     except ValidationError as exc:
-        errors = format_errors(exc, InspectorSettings)
-        where = f" in {path}" if path else ""
-        raise ConfigError(f"{len(errors)} configuration error(s){where}", errors) from exc
+        errors += format_errors(exc, InspectorSettings)
+    except SettingsError as exc:
+        # Raised before validation, when a section's variable holds something that is not JSON.
+        errors += _unparsable_env(exc, os.environ)
+    if errors:
+        raise ConfigError(f"{len(errors)} configuration error(s){where}", errors)
+    return settings
+
+
+def env_errors(environ: typing.Mapping[str, str]) -> list[str]:
+    """An `INSPECTOR_*` variable that names no section: pydantic-settings ignores it, and the override with it.
+
+    A wrong key inside a known section reaches validation, which names it as an unknown key.
+    """
+    sections = InspectorSettings.model_fields
+    return [
+        f"{var}: no such setting; allowed at the top level: {', '.join(sections)}"
+        for var in sorted(environ)
+        if var.upper().startswith(ENV_PREFIX) and var[len(ENV_PREFIX) :].lower().split("__")[0] not in sections
+    ]
+
+
+def _unparsable_env(exc: SettingsError, environ: typing.Mapping[str, str]) -> list[str]:
+    field = re.search(r'field "(\w+)"', str(exc))
+    prefix = f"{ENV_PREFIX}{field.group(1).upper()}" if field else ENV_PREFIX
+    names = sorted(v for v in environ if v.upper() == prefix or v.upper().startswith(prefix + "__")) or [prefix + "*"]
+    return [
+        f"{name}: cannot read {environ.get(name, '')!r}: lists and mappings are JSON, like INSPECTOR_MODEL__PROVIDERS='[\"cpu\"]'"
+        for name in names
+    ]
 
 
 def _check_yaml(path: Path) -> None:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text", [f"{path}: byte 0x{exc.object[exc.start]:02x} at offset {exc.start} is not UTF-8"]) from exc
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}", [f"{path}: {exc.strerror}"]) from exc
     except yaml.YAMLError as exc:

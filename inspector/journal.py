@@ -106,6 +106,11 @@ class Journal:
             if not self.path.is_file():
                 raise InputError(f"no journal at {self.path}; set journal.path or pass --journal")
             self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            try:
+                self._db.execute("SELECT seq FROM records LIMIT 1").fetchall()
+            except sqlite3.Error as exc:
+                self._db.close()
+                raise InputError(f"{self.path} is not an inspector journal ({exc})") from exc
         else:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)

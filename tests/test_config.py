@@ -55,6 +55,43 @@ def test_a_typo_in_an_environment_variable_is_an_error_too(tmp_path: Path, monke
 
 
 @pytest.mark.parametrize(
+    ("var", "value", "expected"),
+    [
+        # pydantic-settings only looks up the variables it knows: these were ignored, and the override with them.
+        ("INSPECTOR_DECISON__THRESHOLD", "0.3", "INSPECTOR_DECISON__THRESHOLD: no such setting; allowed at the top level: preprocess, rois,"),
+        ("INSPECTOR_MQTT_PORT", "1884", "INSPECTOR_MQTT_PORT: no such setting; allowed at the top level: "),
+        # Lists and mappings must be JSON; plain words stopped pydantic-settings before validation (an internal error).
+        ("INSPECTOR_MODEL__PROVIDERS", "cpu", "INSPECTOR_MODEL__PROVIDERS: cannot read 'cpu': lists and mappings are JSON"),
+        ("INSPECTOR_DECISION__ROI_THRESHOLDS", "roi1=0.2", "INSPECTOR_DECISION__ROI_THRESHOLDS: cannot read 'roi1=0.2': lists and"),
+    ],
+)
+def test_environment_variables_that_cannot_apply_are_errors_naming_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, var: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, "{}\n"))
+    assert any(line.startswith(expected) for line in info.value.errors), info.value.errors
+
+
+def test_json_lists_and_mappings_in_the_environment_apply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INSPECTOR_MODEL__PROVIDERS", '["cpu"]')
+    monkeypatch.setenv("INSPECTOR_DECISION__ROI_THRESHOLDS", '{"roi1": 0.2}')
+    s = load_settings(_write(tmp_path, "{}\n"))
+    assert s.model.providers == ["cpu"] and s.decision.roi_thresholds == {"roi1": 0.2}
+
+
+def test_a_config_that_is_a_folder_or_not_utf8_is_named_as_such(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(tmp_path)
+    assert info.value.errors == [f"{tmp_path}: is a folder; expected a YAML file"]
+    (tmp_path / "latin1.yaml").write_bytes("station: {name: \xe9}\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_settings(tmp_path / "latin1.yaml")
+    assert info.value.errors == [f"{tmp_path / 'latin1.yaml'}: byte 0xe9 at offset 16 is not UTF-8"]
+
+
+@pytest.mark.parametrize(
     ("text", "expected"),
     [("decision: [unclosed\n", "inspector.yaml:2:1: "), ("- just\n- a list\n", "expected a mapping, got list")],
 )

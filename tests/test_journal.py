@@ -106,10 +106,34 @@ def test_journal_cli_exports_a_time_range_as_jsonl_and_csv(tmp_path: Path, capsy
     assert "30m, 12h, 7d" in capsys.readouterr().err
 
 
-def test_an_unwritable_or_foreign_journal_is_a_clear_error(tmp_path: Path) -> None:
+def test_a_reader_that_leaves_early_ends_the_export_quietly(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    j = Journal(tmp_path / "j.sqlite3")
+    j.append([_pending(i) for i in range(3000)])
+    j.close()
+    cmd = [sys.executable, "-m", "inspector", "journal", "export", "--journal", str(tmp_path / "j.sqlite3")]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:  # noqa: S603
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.read(100)
+        proc.stdout.close()  # what `| head -c 100` does
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=60) == 141
+    assert err == "", "no internal error, no traceback"
+
+
+def test_an_unwritable_or_foreign_journal_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "not-a-db").write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(InputError, match="cannot open the journal .*not-a-db"):
         Journal(tmp_path / "not-a-db")
+    (tmp_path / "empty.db").touch()
+    for foreign in ("not-a-db", "empty.db"):
+        assert main(["journal", "list", "--journal", str(tmp_path / foreign)]) == 2
+        assert f"{tmp_path / foreign} is not an inspector journal" in capsys.readouterr().err
+    Journal(tmp_path / "j.sqlite3").close()
+    assert main(["journal", "export", "--journal", str(tmp_path / "j.sqlite3"), "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path}: is a folder; expected a file" in capsys.readouterr().err
 
 
 def test_size_limit_prunes_oldest_published_records_in_slices_and_keeps_unsent_ones(tmp_path: Path) -> None:

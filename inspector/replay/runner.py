@@ -19,6 +19,7 @@ from inspector.config import InspectorSettings
 from inspector.decision import Verdict
 from inspector.errors import InputError
 from inspector.frame import Frame
+from inspector.outputs import check_output, make_output_folder
 from inspector.pipeline import FramePipeline, build_pipeline, read_file_frame
 from inspector.progress import Progress
 from inspector.replay.dataset import ReplayItem, ReplaySet, collect
@@ -62,13 +63,12 @@ def run_replay(
     bad = [t for t in what_if_thresholds or [] if not 0.0 <= t <= 1.0]
     if bad:
         raise InputError(f"--what-if thresholds must lie in 0..1, got {bad}")
+    out_dir = out_dir or default_out_dir()
+    check_output(out_dir, "--out", folder=True)
     pipeline = build_pipeline(settings, model_path=model_path, threshold=threshold, calibration=calibration, log=log)
     dataset = collect(path, labels_csv=labels_csv, roi_names=pipeline.roi_names)
     _log_dataset(log, path, dataset)
-    out_dir = out_dir or default_out_dir()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"--out {out_dir}: exists and is not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_output_folder(out_dir, "--out")
 
     decisions = out_dir / "decisions.jsonl"
     outcomes = _judge_all(pipeline, dataset, decisions, progress)

@@ -27,6 +27,7 @@ from inspector.errors import InputError, ModelError
 from inspector.frame import FrameFault
 from inspector.manifest import ModelManifest, write_manifest
 from inspector.model import OnnxClassifier, file_sha256
+from inspector.outputs import check_output, make_output_folder
 from inspector.preprocess import Preprocessor, PreprocessSpec
 from inspector.replay.dataset import collect
 from inspector.training.backbones import TORCH_LOAD_ERRORS, build_model, deployed
@@ -238,6 +239,7 @@ def export_checkpoint(
     `tta` (none|flips) overrides the checkpoint recipe's test-time views.
     """
     log = log or structlog.get_logger("inspector.export")
+    check_output(out, "--out", folder=False)
     if quantize not in (None, "int8"):
         raise InputError(f"--quantize {quantize}: the supported precision is int8")
     if quantize and fp16:
@@ -253,8 +255,11 @@ def export_checkpoint(
     deploy_spec = spec or train_spec
     frames = golden_frames(ckpt, golden)
     tolerance = TOLERANCE_FP16 if fp16 else TOLERANCE_FP32
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    make_output_folder(out.parent, "--out")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as exc:
+        raise InputError(f"--out {out}: cannot write in {out.parent} ({exc.strerror})") from exc
     os.close(fd)
     tmp = Path(tmp_name)
     try:

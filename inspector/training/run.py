@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from inspector.errors import InputError
+from inspector.outputs import check_output, make_output_folder
 from inspector.training.backbones import build_model
 from inspector.training.data import (
     SampleSet,
@@ -64,6 +65,7 @@ def run_training(
 ) -> dict[str, Any]:
     """Train (one split, or every fold) and write everything to `out_dir`; returns the summary."""
     log = log or structlog.get_logger("inspector.train")
+    check_output(out_dir, "--out", folder=True)
     spec, recipe = config.preprocess, config.train
     state = None
     if resume is not None:
@@ -175,6 +177,7 @@ def _cross_validate(samples: SampleSet, spec: Any, recipe: TrainRecipe, config: 
 
 def run_lr_find(data: Path, out_dir: Path, config: TrainConfig, *, labels_csv: Path | None = None, multi: bool = False) -> LrFinding:
     """The LR range test on the training split; writes lr_find.png and lr_find.json."""
+    check_output(out_dir, "--out", folder=True)
     spec, recipe = config.preprocess, config.train
     samples = collect_samples(data, spec, labels_csv=labels_csv, multi=multi)
     train_idx, _ = stratified_split(samples, recipe.val_fraction, recipe.seed, regex_groups(recipe.group_by))
@@ -185,7 +188,7 @@ def run_lr_find(data: Path, out_dir: Path, config: TrainConfig, *, labels_csv: P
     device = pick_device(recipe.device)
     model = build_model(recipe, len(samples.classes), spec.channels)
     finding = lr_range_test(model, Batches(samples, cache, recipe, train_idx), samples.targets, train_idx, recipe, device)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_output_folder(out_dir, "--out")
     plot_lr_find(finding, out_dir / LR_FIND)
     (out_dir / "lr_find.json").write_text(
         json.dumps({"suggestion": finding.suggestion, "minimum": finding.minimum, "lrs": finding.lrs, "losses": finding.losses, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2)

@@ -26,6 +26,7 @@ from torch import nn
 from inspector import __version__
 from inspector.errors import InputError
 from inspector.manifest import OK_CLASS
+from inspector.outputs import make_output_folder
 from inspector.preprocess import PreprocessSpec
 from inspector.progress import Progress
 from inspector.replay.metrics import binary_metrics, roc_auc, threshold_at_recall
@@ -564,7 +565,7 @@ def _train(
 
     model = build_model(recipe, n_classes, spec.channels, load_weights=resume is None).to(device, memory_format=torch.channels_last)
     frozen = frozen_names(model, recipe.freeze)
-    out_dir.mkdir(parents=True, exist_ok=True)  # only once data, model and recipe are known to work
+    make_output_folder(out_dir, "--out")  # only once data, model and recipe are known to work
     set_frozen(model, frozen)
     # Weighted by the classes as trained: with pasting on, half the OK tiles may train as NG, and weights from the
     # labels alone would then push the loss further towards NG instead of balancing it.

@@ -135,6 +135,15 @@ def test_bad_input_is_a_clear_message_exit_2_and_nothing_written(
     assert not out.exists()
 
 
+def test_an_out_folder_that_cannot_be_made_is_refused_before_the_model_loads(
+    models: dict[str, Path], tiles: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _replay(capsys, str(tiles), "--model", str(models["dark"]), "--out", str(models["dark"] / "replay"))
+    assert code == 2
+    assert f"--out {models['dark'] / 'replay'}: {models['dark']} is a file, so no folder can be made under it" in err
+    assert "model_loaded" not in err and "Traceback" not in err
+
+
 def test_a_bad_flag_value_is_a_usage_error_naming_the_range(models: dict[str, Path], tiles: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["replay", str(tiles), "--model", str(models["dark"]), "--threshold", "1.5"])
