@@ -36,6 +36,7 @@ QUARANTINE = "quarantine"
 _TRANSIENT = {errno.EAGAIN, errno.EINTR, errno.EBUSY}
 
 Lookup = Callable[[str, float], "tuple[int, str, str | None] | None"]
+_Identity = tuple[int, int, int]  # inode, mtime (ns), size: the same name with another identity is another file
 
 
 class FolderSource:
@@ -65,7 +66,9 @@ class FolderSource:
         self._lock = threading.Lock()
         self._pending: dict[str, tuple[float, int, float]] = {}  # name -> (first seen, size, when the size last changed)
         self._tracked: set[str] = set()  # pending, ready, or judged but not yet moved
-        self._stuck: set[str] = set()  # judged, but could not be moved away: never judged again
+        # Judged but not moved away (or there before start, with process_existing off): skipped while the file is
+        # the same one. A file replaced or rewritten under that name is a new part and gets its own decision.
+        self._stuck: dict[str, _Identity | None] = {}
         self._counter = 0
         self._observer: BaseObserver | None = None
         self._watcher: _RawInotify | None = None
@@ -115,7 +118,7 @@ class FolderSource:
             return
         now = self._clock() if when is None else when
         with self._lock:
-            if name in self._stuck:
+            if self._still_stuck(name):
                 return
             if complete:
                 if name in self._pending:
@@ -165,10 +168,10 @@ class FolderSource:
             return
         self.health.clear_flag("source_unreadable")
         for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                continue
+            if entry.is_dir(follow_symlinks=False) or self._candidate(entry.path) is None:
+                continue  # an ignored name (x.part) would otherwise be "found" at every rescan
             with self._lock:
-                known = entry.name in self._tracked or entry.name in self._stuck
+                known = entry.name in self._tracked or self._still_stuck(entry.name)
             if not known:
                 if not existing:
                     self.log.info("file_found_by_rescan", file=entry.name)
@@ -198,7 +201,7 @@ class FolderSource:
             self._rescan(existing=True)
         else:
             with self._lock:
-                self._stuck.update(e.name for e in os.scandir(self.root) if not e.is_dir(follow_symlinks=False))
+                self._stuck.update((e.name, _identity(e.path)) for e in os.scandir(self.root) if not e.is_dir(follow_symlinks=False))
         tick = min(0.05, max(0.005, self._settle_s / 4))
         next_settle = next_rescan = time.monotonic()
         while not stop.is_set():
@@ -219,6 +222,15 @@ class FolderSource:
             if frame is not None:
                 yield frame
 
+    def _still_stuck(self, name: str) -> bool:
+        """Whether `name` is a stuck file that is still the same file (call with the lock held)."""
+        if name not in self._stuck:
+            return False
+        if _identity(self.root / name) == self._stuck[name]:
+            return True
+        del self._stuck[name]
+        return False
+
     def _read(self, name: str, arrived: float) -> Frame | None:
         path = self.root / name
         self._counter += 1
@@ -228,6 +240,9 @@ class FolderSource:
             st = os.lstat(path)
         except FileNotFoundError:
             return Frame(**common, read_error=f"vanished before it could be read: {path}")
+        # The part was captured when the file was written, if that was before the daemon saw it: a file that waited
+        # while the daemon was down (or unwatched) is late, and its deadline says so.
+        common["captured_at"] = min(arrived, st.st_mtime)
         if stat.S_ISLNK(st.st_mode):
             return Frame(**common, fault=Reason.REFUSED, read_error=f"symlink refused (links may lead out of the folder): {path}")
         if not stat.S_ISREG(st.st_mode):
@@ -274,9 +289,9 @@ class FolderSource:
         except FileNotFoundError:
             pass  # it vanished; its decision (a reject) is in the journal
         except OSError as exc:
-            self.log.error("file_not_moved", file=name, seq=seq, error=str(exc), detail="it will not be judged again")
+            self.log.error("file_not_moved", file=name, seq=seq, error=str(exc), detail="it is not judged again unless replaced")
             with self._lock:
-                self._stuck.add(name)
+                self._stuck[name] = _identity(src)
         with self._lock:
             self._tracked.discard(name)
 
@@ -354,6 +369,14 @@ class _Handler(FileSystemEventHandler):
 
     on_modified = on_created
     on_closed = on_created
+
+
+def _identity(path: Path | str) -> _Identity | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def _size(path: Path) -> int:

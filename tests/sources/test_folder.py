@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 import time
@@ -15,6 +16,7 @@ from inspector.decision import Latency, Verdict
 from inspector.frame import Frame, Reason
 from inspector.health import Health
 from inspector.journal import Journal, Pending, Record
+from inspector.logs import configure_logging
 from inspector.sources.folder import FolderSource
 from tests.mqtt_helpers import wait_until
 
@@ -106,7 +108,9 @@ def test_a_file_written_in_place_counts_only_once_its_size_holds(folder: Path) -
 
 
 def test_temporary_names_subfolders_and_processed_files_are_not_frames(folder: Path) -> None:
-    run = Running(folder, settle_ms=50)
+    logged = io.StringIO()
+    configure_logging("info", "json", stream=logged)
+    run = Running(folder, settle_ms=50, rescan_s=0.5)
     try:
         _drop(folder, ".hidden.png")
         _drop(folder, "x.png.tmp")
@@ -115,8 +119,9 @@ def test_temporary_names_subfolders_and_processed_files_are_not_frames(folder: P
         (folder / "sub" / "deep.png").write_bytes(b"1")
         _drop(folder, "real.png")
         assert wait_until(lambda: run.frames, 3)
-        time.sleep(0.3)
+        time.sleep(1.2)  # two rescans
         assert run.names() == ["real.png"]
+        assert "file_found_by_rescan" not in logged.getvalue(), "ignored names are not news at every rescan"
     finally:
         run.close()
 
@@ -149,8 +154,27 @@ def test_files_present_at_start_are_judged_oldest_first_unless_configured_not_to
         assert wait_until(lambda: skipping.frames, 3)
         time.sleep(0.3)
         assert skipping.names() == ["fresh.png"]
+        # A new part under a skipped file's name is a new file: it gets its decision.
+        _drop(folder, "old.png", b"\x89PNG new part")
+        assert wait_until(lambda: len(skipping.frames) == 2, 3)
+        assert skipping.names() == ["fresh.png", "old.png"] and skipping.frames[1][1].data == b"\x89PNG new part"
     finally:
         skipping.close()
+
+
+def test_a_file_that_waited_before_it_was_seen_carries_its_write_time_as_capture_time(folder: Path) -> None:
+    (folder / "waited.png").write_bytes(b"1")
+    written = time.time() - 30  # e.g. dropped while the daemon was down
+    os.utime(folder / "waited.png", (written, written))
+    run = Running(folder, settle_ms=50)
+    try:
+        assert wait_until(lambda: run.frames, 3)
+        assert run.frames[0][1].captured_at == pytest.approx(written, abs=1e-3)
+        _drop(folder, "fresh.png")
+        assert wait_until(lambda: len(run.frames) == 2, 3)
+        assert abs(run.frames[1][1].captured_at - time.time()) < 2, "a file seen as it arrives keeps the time it arrived"
+    finally:
+        run.close()
 
 
 def test_after_the_decision_files_move_by_verdict_quarantine_gets_a_reason_and_names_never_clash(folder: Path) -> None:
@@ -172,6 +196,23 @@ def test_after_the_decision_files_move_by_verdict_quarantine_gets_a_reason_and_n
     assert [p.name for p in (folder / "processed" / "reject").iterdir()] == ["r.png"]
     assert "reason: truncated\ndetail: why\nseq: 3" in (folder / "quarantine" / "q.png.reason").read_text()
     assert [p.name for p in folder.iterdir() if p.is_file()] == []
+
+
+def test_a_file_that_could_not_be_moved_is_not_judged_twice_but_its_replacement_is(folder: Path) -> None:
+    (folder / "processed").mkdir()
+    (folder / "processed" / "pass").write_text("a file where the processed/pass/ folder belongs")
+    run = Running(folder, settle_ms=50, rescan_s=0.5)
+    try:
+        _drop(folder, "a.png", b"\x89PNG first")
+        assert wait_until(lambda: run.frames, 3)
+        run.source.done(run.frames[0][1], _record(run.frames[0][1], 1))
+        time.sleep(1.2)  # rescans see it still there
+        assert run.names() == ["a.png"]
+        _drop(folder, "a.png", b"\x89PNG second part")
+        assert wait_until(lambda: len(run.frames) == 2, 3)
+        assert run.frames[1][1].data == b"\x89PNG second part"
+    finally:
+        run.close()
 
 
 def test_delete_mode_deletes_judged_files_but_still_quarantines_bad_ones(folder: Path) -> None:
