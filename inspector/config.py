@@ -633,6 +633,8 @@ def run_errors(settings: InspectorSettings) -> list[str]:
             errors.append(f"mqtt.tls.{name}: file not found: {path}")
     if settings.mqtt.password_file is not None and not settings.mqtt.password_file.is_file():
         errors.append(f"mqtt.password_file: file not found: {settings.mqtt.password_file}")
-    if not settings.journal.path.parent.is_dir():
+    if settings.journal.path.is_dir():
+        errors.append(f"journal.path: is a folder; expected the journal's file name, like {settings.journal.path / 'journal.sqlite3'}")
+    elif not settings.journal.path.parent.is_dir():
         errors.append(f"journal.path: folder does not exist: {settings.journal.path.parent}")
     return errors

@@ -335,7 +335,9 @@ class Outbox:
     def _on_ack(self, event: LinkEvent) -> None:
         try:
             body = json.loads(event.payload)
-            seq, part_id = int(body["seq"]), body.get("part_id")
+            seq, part_id = body["seq"], body.get("part_id")
+            if type(seq) is not int:  # 1.7 or true must not acknowledge record 1
+                raise TypeError(seq)
         except (ValueError, KeyError, TypeError):
             self.log.warning("ack_malformed", topic=event.topic, payload=event.payload[:200].decode(errors="replace"),
                              expected='{"seq": <int>, "part_id": <string>}')

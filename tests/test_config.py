@@ -180,6 +180,9 @@ def test_config_check_for_run_names_what_the_daemon_needs(tmp_path: Path, capsys
     assert "pipeline.overload: skip is for free-running cameras" in out
     assert "mqtt.tls.ca_file: file not found: /nope/ca.pem" in out
     assert "model.path: required by `inspector run`" in out
+    folder = _write(tmp_path, f"journal:\n  path: {tmp_path}\n")
+    assert main(["config", "check", "--run", str(folder)]) == 2
+    assert f"journal.path: is a folder; expected the journal's file name, like {tmp_path / 'journal.sqlite3'}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

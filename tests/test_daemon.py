@@ -105,6 +105,8 @@ def test_folder_to_mqtt_decisions_payloads_properties_ack_and_clean_stop(
     sub.client.publish(f"{PREFIX}/decision/ack", json.dumps({"seq": 1, "part_id": first["part_id"]}), qos=1)
     sub.client.publish(f"{PREFIX}/decision/ack", b"not json", qos=1)
     daemon.wait_event("ack_malformed", 5)
+    sub.client.publish(f"{PREFIX}/decision/ack", json.dumps({"seq": 2.7, "part_id": "x"}), qos=1)  # not seq 2
+    assert wait_until(lambda: len(daemon.saw("ack_malformed")) == 2, 5)
 
     # The files moved by verdict.
     assert sorted(p.name for p in (tmp_path / "in" / "processed" / "reject").iterdir()) == ["part0002.png", "part0005.png"]

@@ -108,7 +108,7 @@ def _from_list(list_file: Path) -> list[ReplayItem]:
 def _apply_csv(items: list[ReplayItem], csv_path: Path, roi_names: tuple[str, ...]) -> tuple[list[ReplayItem], list[str]]:
     """Label frames from `frame,roi1,...` rows; a frame is NG when any of its ROIs is."""
     try:
-        with csv_path.open(newline="", encoding="utf-8") as f:
+        with csv_path.open(newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
             rows = list(csv.reader(f))
     except FileNotFoundError:
         raise InputError(f"--labels {csv_path}: no such file") from None
@@ -123,6 +123,7 @@ def _apply_csv(items: list[ReplayItem], csv_path: Path, roi_names: tuple[str, ..
             "set `rois` in the config to this station's ROI layout, or fix the header"
         )
     by_path: dict[Path, tuple[tuple[str, str], ...]] = {}
+    first_line: dict[Path, int] = {}
     for lineno, row in enumerate(rows[1:], start=2):
         if not row or not any(c.strip() for c in row):
             continue
@@ -132,7 +133,11 @@ def _apply_csv(items: list[ReplayItem], csv_path: Path, roi_names: tuple[str, ..
         bad = [v for v in values if v not in LABELS]
         if bad:
             raise InputError(f"--labels {csv_path}:{lineno}: labels must be ok or ng, got {bad[0]!r}")
-        by_path[(csv_path.parent / row[0].strip()).resolve()] = tuple(zip(columns, values, strict=True))
+        key = (csv_path.parent / row[0].strip()).resolve()
+        if key in first_line:
+            raise InputError(f"--labels {csv_path}:{lineno}: {row[0].strip()} is already labelled on line {first_line[key]}")
+        first_line[key] = lineno
+        by_path[key] = tuple(zip(columns, values, strict=True))
     labelled, seen = [], set()
     for item in items:
         key = item.path.resolve()
@@ -144,4 +149,9 @@ def _apply_csv(items: list[ReplayItem], csv_path: Path, roi_names: tuple[str, ..
         frame_label = "ng" if any(v == "ng" for _, v in rois) else "ok"
         labelled.append(ReplayItem(item.path, item.frame_id, label=frame_label, defect=None, roi_labels=rois))
     unmatched = sorted(str(p) for p in by_path if p not in seen)
+    if by_path and not seen:
+        raise InputError(
+            f"--labels {csv_path}: none of its {len(by_path)} rows names a frame being replayed; frame paths are read "
+            f"relative to the CSV's folder {csv_path.parent.resolve()}, e.g. {unmatched[0]}"
+        )
     return labelled, unmatched

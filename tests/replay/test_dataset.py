@@ -54,6 +54,7 @@ def test_csv_labels_give_per_roi_labels_and_frame_is_ng_when_any_roi_is(roi_fram
         ("frame,roi1,roi2,roi3,roi4\nframes/000.png,ok,ok,maybe,ok\n", r"labels.csv:2: labels must be ok or ng, got 'maybe'"),
         ("frame,roi1,roi2,roi3,roi4\nframes/000.png,ok,ok\n", "labels.csv:2: expected 5 fields, got 3"),
         ("image;roi1\n", "first line must be the header frame,<roi names...>"),
+        ("frame,roi1,roi2,roi3,roi4\nframes/000.png,ok,ok,ok,ok\n", r"none of its 1 rows names a frame being replayed; frame paths are read relative"),
     ],
 )
 def test_bad_csvs_say_what_was_expected(roi_frames: tuple[Path, Path], tmp_path: Path, csv_text: str, message: str) -> None:
@@ -62,6 +63,20 @@ def test_bad_csvs_say_what_was_expected(roi_frames: tuple[Path, Path], tmp_path:
     bad.write_text(csv_text)
     with pytest.raises(InputError, match=message):
         collect(root, labels_csv=bad, roi_names=ROIS)
+
+
+def test_an_excel_bom_is_read_and_a_frame_labelled_twice_is_refused(roi_frames: tuple[Path, Path]) -> None:
+    root, csv_path = roi_frames
+    text = csv_path.read_text()
+    csv_path.write_bytes(b"\xef\xbb\xbf" + text.encode())  # Excel's "CSV UTF-8"
+    try:
+        assert collect(root, labels_csv=csv_path, roi_names=ROIS).labelled_by == "csv"
+        first = text.splitlines()[1]
+        csv_path.write_text(text + first.split(",")[0] + ",ok,ok,ok,ok\n")
+        with pytest.raises(InputError, match=rf"labels.csv:{len(text.splitlines()) + 1}: {first.split(',')[0]} is already labelled on line 2"):
+            collect(root, labels_csv=csv_path, roi_names=ROIS)
+    finally:
+        csv_path.write_text(text)
 
 
 def test_missing_path_and_empty_folder_are_input_errors(tmp_path: Path) -> None:
