@@ -114,7 +114,7 @@ def test_a_reader_that_leaves_early_ends_the_export_quietly(tmp_path: Path) -> N
     j.append([_pending(i) for i in range(3000)])
     j.close()
     cmd = [sys.executable, "-m", "inspector", "journal", "export", "--journal", str(tmp_path / "j.sqlite3")]
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:  # noqa: S603
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         assert proc.stdout.read(100)
         proc.stdout.close()  # what `| head -c 100` does
