@@ -29,7 +29,7 @@ from pydantic_settings import (
 )
 
 from inspector.errors import ConfigError
-from inspector.preprocess import MAX_ROIS, PreprocessSpec, Roi
+from inspector.preprocess import MAX_ROIS, PreprocessSpec, Roi, repeated_names
 from inspector.strict_numbers import NumbersNotBools
 
 DEFAULT_CONFIG = Path("/etc/inspector/inspector.yaml")
@@ -477,8 +477,7 @@ class InspectorSettings(BaseSettings):
             raise ValueError("give at least one ROI, or leave rois out to use the model's ROIs")
         if len(v) > MAX_ROIS:
             raise ValueError(f"at most {MAX_ROIS} ROIs, got {len(v)}")
-        names = [r.name for r in v]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = repeated_names(v)
         if dupes:
             raise ValueError(f"ROI names must be unique, repeated: {', '.join(dupes)}")
         return v

@@ -85,6 +85,12 @@ class Roi(_Strict):
         return (int(x0), int(y0), int(x1), int(y1))
 
 
+def repeated_names(rois: tuple[Roi, ...]) -> list[str]:
+    """ROI names used more than once, sorted."""
+    names = [r.name for r in rois]
+    return sorted({n for n in names if names.count(n) > 1})
+
+
 class Clahe(_Strict):
     """Contrast-limited adaptive histogram equalization (on the luma channel for colour)."""
 
@@ -134,8 +140,7 @@ class PreprocessSpec(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> PreprocessSpec:
-        names = [r.name for r in self.rois]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = repeated_names(self.rois)
         if dupes:
             raise ValueError(f"ROI names must be unique, repeated: {dupes}")
         n = self.channels
