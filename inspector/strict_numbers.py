@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationInfo, field_validator
 
-_NUMBER = (int, float)
+_NUMBERS = frozenset({int, float})
 
 
 def _leaves(annotation: Any) -> set[Any]:
@@ -39,27 +39,19 @@ def _first_bool(value: Any) -> tuple[str, bool] | None:
     return None
 
 
-def refuse_bool_for_number(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
-    """A `field_validator("*", mode="before")` body: a boolean where a number belongs is an error, not 1 or 0.
-
-    pydantic's lax mode reads true as 1; YAML 1.1 reads yes/on/true as true. `threshold: yes` would then mean 1.0
-    and pass every part.
-    """
-    field = model.model_fields.get(info.field_name or "")
-    found = _first_bool(value)
-    if field is None or found is None:
-        return value
-    leaves = _leaves(field.annotation)
-    if bool in leaves or not leaves & set(_NUMBER):
-        return value
-    where, flag = found
-    raise ValueError(f"expected a number{where}, got {str(flag).lower()} (YAML reads yes/no/on/off as true/false)")
-
-
 class NumbersNotBools(BaseModel):
     """Base for user-written models (config, preprocessing spec, training recipe): booleans are refused where numbers belong."""
 
     @field_validator("*", mode="before")
     @classmethod
     def _numbers_not_bools(cls, v: Any, info: ValidationInfo) -> Any:
-        return refuse_bool_for_number(cls, v, info)
+        # pydantic's lax mode reads true as 1, and YAML 1.1 reads yes/on as true: `threshold: yes` would be 1.0.
+        field = cls.model_fields.get(info.field_name or "")
+        found = _first_bool(v)
+        if field is None or found is None:
+            return v
+        leaves = _leaves(field.annotation)
+        if bool in leaves or not leaves & _NUMBERS:
+            return v
+        where, flag = found
+        raise ValueError(f"expected a number{where}, got {str(flag).lower()} (YAML reads yes/no/on/off as true/false)")
