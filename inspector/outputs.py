@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 from inspector.errors import InputError
@@ -35,3 +36,17 @@ def make_output_folder(path: Path, flag: str) -> Path:
     except OSError as exc:
         raise InputError(f"{flag} {path}: cannot create the folder ({exc.strerror})") from exc
     return path
+
+
+def temp_file_beside(out: Path, flag: str) -> Path:
+    """An empty, new temp file in `out`'s folder, to be renamed onto `out`; its mode follows the umask like any
+    written file (mkstemp's 0600 would leave a model the service user cannot read)."""
+    while True:
+        tmp = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise InputError(f"{flag} {out}: cannot write in {out.parent} ({exc.strerror})") from exc
+        return tmp

@@ -13,7 +13,27 @@ from inspector.errors import InputError
 from inspector.training.recipe import TrainRecipe
 
 # What torch.load raises on a file that is not a (weights-only) checkpoint: the unpickler trips in many ways.
-TORCH_LOAD_ERRORS = (OSError, RuntimeError, EOFError, ValueError, KeyError, IndexError, TypeError, pickle.UnpicklingError)
+_TORCH_LOAD_ERRORS = (OSError, RuntimeError, EOFError, ValueError, KeyError, IndexError, TypeError, pickle.UnpicklingError)
+
+
+def torch_load(path: Path, what: str) -> object:
+    """`torch.load(weights_only=True)`; InputError '{what}: reason' in one line (torch's own text runs to a page)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except _TORCH_LOAD_ERRORS as exc:
+        raise InputError(f"{what} ({_load_reason(exc)})") from exc
+
+
+def _load_reason(exc: Exception) -> str:
+    text = str(exc)
+    if "Unsupported global" in text:
+        # Loading it would run code named in the file; only tensors and plain containers are read.
+        return "it holds Python objects besides tensors and plain containers, which are not loaded for safety"
+    if isinstance(exc, OSError):
+        return exc.strerror or text
+    if isinstance(exc, (pickle.UnpicklingError, KeyError, EOFError, IndexError)) or "Weights only load failed" in text or "PytorchStreamReader" in text:
+        return "not a file written by torch.save, or a damaged one"
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
 
 
 def available() -> list[str]:
@@ -101,10 +121,7 @@ def _imagenet(name: str) -> nn.Module:
 
 
 def _load_state_dict(model: nn.Module, path: Path) -> None:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except TORCH_LOAD_ERRORS as exc:
-        raise InputError(f"--weights {path}: cannot read as a torch state dict ({type(exc).__name__}: {exc})") from exc
+    state = torch_load(path, f"--weights {path}: cannot read as a torch state dict")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

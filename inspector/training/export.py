@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,10 +26,10 @@ from inspector.errors import InputError, ModelError
 from inspector.frame import FrameFault
 from inspector.manifest import ModelManifest, write_manifest
 from inspector.model import OnnxClassifier, file_sha256
-from inspector.outputs import check_output, make_output_folder
+from inspector.outputs import check_output, make_output_folder, temp_file_beside
 from inspector.preprocess import Preprocessor, PreprocessSpec
 from inspector.replay.dataset import collect
-from inspector.training.backbones import TORCH_LOAD_ERRORS, build_model, deployed
+from inspector.training.backbones import build_model, deployed, torch_load
 from inspector.training.data import ImageCache
 from inspector.training.onnx_export import export_classifier
 from inspector.training.quantize import (
@@ -74,10 +73,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint written by `inspector train`; InputError naming what was expected otherwise."""
     if not path.is_file():
         raise InputError(f"{path}: no such checkpoint; expected best.pt or last.pt from `inspector train`")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except TORCH_LOAD_ERRORS as exc:
-        raise InputError(f"{path}: not a checkpoint written by `inspector train` ({type(exc).__name__}: {exc})") from exc
+    ckpt = torch_load(path, f"{path}: not a checkpoint written by `inspector train`")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path}: not a checkpoint written by `inspector train` (expected format {CHECKPOINT_FORMAT})")
     return ckpt
@@ -256,12 +252,7 @@ def export_checkpoint(
     frames = golden_frames(ckpt, golden)
     tolerance = TOLERANCE_FP16 if fp16 else TOLERANCE_FP32
     make_output_folder(out.parent, "--out")
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    except OSError as exc:
-        raise InputError(f"--out {out}: cannot write in {out.parent} ({exc.strerror})") from exc
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = temp_file_beside(out, "--out")
     try:
         module = _Fp16(copy.deepcopy(model)) if fp16 else model  # the gate compares against the fp32 original
         metrics = {k: v for k, v in ckpt.get("metrics", {}).items() if v is not None}

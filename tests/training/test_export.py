@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +31,16 @@ def _leftovers(folder: Path) -> list[str]:
 
 def test_export_writes_a_model_the_runtime_runs_with_the_trained_preprocessing(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "model.onnx"
-    code, stdout, err = export_cli(capsys, str(trained / "best.pt"), "--out", str(out))
+    umask = os.umask(0o022)
+    try:
+        code, stdout, err = export_cli(capsys, str(trained / "best.pt"), "--out", str(out))
+    finally:
+        os.umask(umask)
     assert code == 0, err
     assert "parity gate passed: 12 images, 12 crops" in stdout and "0 verdict flips at 0.5" in stdout
     assert _leftovers(tmp_path) == ["model.onnx"]
+    # Readable by the service user that runs `inspector run`, as any file written under that umask.
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
     clf = OnnxClassifier(out, ModelSettings(providers=[Provider.CPU]))
     ckpt = load_checkpoint(trained / "best.pt")
     assert clf.spec.to_json() == ckpt["spec"] and clf.classes == ("ok", "ng")
@@ -124,8 +132,18 @@ def test_a_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path: Path, capsys
     code, _, err = export_cli(capsys, str(bogus), "--out", str(tmp_path / "m.onnx"))
     assert code == 2 and "not a checkpoint written by `inspector train`" in err
     (tmp_path / "text.pt").write_text("hello")
-    code, _, err = export_cli(capsys, str(tmp_path / "text.pt"), "--out", str(tmp_path / "m.onnx"))
-    assert code == 2 and "not a checkpoint written by `inspector train`" in err
+    (tmp_path / "cut.pt").write_bytes(bogus.read_bytes()[:300])
+    (tmp_path / "noise.pt").write_bytes(bytes(range(256)) * 8)
+    for name in ("text.pt", "cut.pt", "noise.pt"):
+        code, _, err = export_cli(capsys, str(tmp_path / name), "--out", str(tmp_path / "m.onnx"))
+        # One line naming the file and the cause, not torch's page about weights_only.
+        assert code == 2 and err.strip().splitlines() == [
+            f"inspector: error: {tmp_path / name}: not a checkpoint written by `inspector train` (not a file written by torch.save, or a damaged one)"
+        ]
+    with_code = tmp_path / "code.pt"
+    torch.save({"format": "inspector.checkpoint/1", "hook": Path("x")}, with_code)
+    code, _, err = export_cli(capsys, str(with_code), "--out", str(tmp_path / "m.onnx"))
+    assert code == 2 and "holds Python objects besides tensors and plain containers, which are not loaded for safety" in err
     assert not (tmp_path / "m.onnx").exists()
 
 
