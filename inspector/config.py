@@ -30,7 +30,7 @@ from pydantic_settings import (
 
 from inspector.errors import ConfigError
 from inspector.preprocess import MAX_ROIS, PreprocessSpec, Roi, repeated_names
-from inspector.strict_numbers import NumbersNotBools
+from inspector.strict_numbers import StrictNumbers
 
 DEFAULT_CONFIG = Path("/etc/inspector/inspector.yaml")
 ENV_PREFIX = "INSPECTOR_"
@@ -67,7 +67,7 @@ _BOOL_WORDS = {"true": True, "on": True, "yes": True, "1": True, "false": False,
 _SPINNING_WORDS = {word: Spinning.ALWAYS if on else Spinning.OFF for word, on in _BOOL_WORDS.items()}
 
 
-class _Section(NumbersNotBools):
+class _Section(StrictNumbers):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 

@@ -16,7 +16,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from inspector.frame import FrameFault, Reason
 from inspector.stderr_capture import Fd2Capture, forward
-from inspector.strict_numbers import NumbersNotBools
+from inspector.strict_numbers import StrictNumbers
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,7 +50,7 @@ _CV_INTERPOLATION = {
 }
 
 
-class _Strict(NumbersNotBools):
+class _Strict(StrictNumbers):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 

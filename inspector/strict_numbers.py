@@ -1,14 +1,17 @@
-"""Numbers in the configuration and the preprocessing spec must be numbers: YAML's yes/no/on/off are not."""
+"""Numbers in the configuration and the preprocessing spec must be finite numbers (YAML's yes/no/on/off and .nan are not),
+and text must be text (YAML reads an unquoted hash of digits as an integer)."""
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from typing import Any
 
-from pydantic import BaseModel, ValidationInfo, field_validator
+from pydantic import BaseModel, SecretStr, ValidationInfo, field_validator
 
 _NUMBERS = frozenset({int, float})
+_TEXT = frozenset({str, SecretStr})
 
 
 def _leaves(annotation: Any) -> set[Any]:
@@ -28,30 +31,61 @@ def _leaves(annotation: Any) -> set[Any]:
     return {annotation}
 
 
-def _first_bool(value: Any) -> tuple[str, bool] | None:
-    """(where, the boolean) for the first boolean in a value, a list or a mapping; None when there is none."""
-    if isinstance(value, bool):
+def _first(value: Any, odd: typing.Callable[[Any], bool]) -> tuple[str, Any] | None:
+    """(where, the item) for the first odd item in a value, a list or a mapping; None when there is none."""
+    if odd(value):
         return "", value
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list | tuple) else ()
     for key, v in items:
-        if isinstance(v, bool):
+        if odd(v):
             return f" for {key}" if isinstance(value, dict) else f" at position {key}", v
     return None
 
 
-class NumbersNotBools(BaseModel):
-    """Base for user-written models (config, preprocessing spec, training recipe): booleans are refused where numbers belong."""
+def _non_finite(v: Any) -> bool:
+    return isinstance(v, float) and not math.isfinite(v)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _text_only(annotation: Any) -> bool:
+    """True when the field holds text and no number (a Literal's choices are left to pydantic's own message)."""
+    origin = typing.get_origin(annotation)
+    if origin is None:
+        return annotation in _TEXT
+    if origin is typing.Annotated:
+        return _text_only(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        return any(_text_only(a) for a in args) and not _leaves(annotation) & _NUMBERS
+    return False
+
+
+class StrictNumbers(BaseModel):
+    """Base for user-written models (config, preprocessing spec, training recipe): numbers are finite numbers, text is text."""
 
     @field_validator("*", mode="before")
     @classmethod
-    def _numbers_not_bools(cls, v: Any, info: ValidationInfo) -> Any:
-        # pydantic's lax mode reads true as 1, and YAML 1.1 reads yes/on as true: `threshold: yes` would be 1.0.
+    def _strict_numbers(cls, v: Any, info: ValidationInfo) -> Any:
         field = cls.model_fields.get(info.field_name or "")
-        found = _first_bool(v)
-        if field is None or found is None:
+        if field is None:
             return v
         leaves = _leaves(field.annotation)
-        if bool in leaves or not leaves & _NUMBERS:
-            return v
-        where, flag = found
-        raise ValueError(f"expected a number{where}, got {str(flag).lower()} (YAML reads yes/no/on/off as true/false)")
+        if leaves & _NUMBERS and bool not in leaves:
+            # pydantic's lax mode reads true as 1, and YAML 1.1 reads yes/on as true: `threshold: yes` would be 1.0.
+            found = _first(v, lambda x: isinstance(x, bool))
+            if found is not None:
+                where, flag = found
+                raise ValueError(f"expected a number{where}, got {str(flag).lower()} (YAML reads yes/no/on/off as true/false)")
+            # A NaN compares false with every bound, so pydantic would blame the wrong bound.
+            found = _first(v, _non_finite)
+            if found is not None:
+                where, x = found
+                raise ValueError(f"expected a finite number{where}, got {x}")
+        if _text_only(field.annotation) and _number(v):
+            # YAML reads `sha256: 0123...` or `line: 7` as a number, and drops leading zeros on the way.
+            shown = "a number" if SecretStr in _leaves(field.annotation) else f"the number {v}"
+            raise ValueError(f"expected text, got {shown}; put it in quotes in YAML")
+        return v

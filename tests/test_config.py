@@ -127,6 +127,19 @@ def test_config_check_accepts_a_good_file(tmp_path: Path, capsys: pytest.Capture
     assert capsys.readouterr().out.strip() == f"{path}: ok"
 
 
+def test_config_check_and_show_take_the_file_either_way(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good, bad = _write(tmp_path, "decision:\n  threshold: 0.4\n"), tmp_path / "bad.yaml"
+    bad.write_text("decision:\n  threshold: 2\n")
+    assert main(["config", "check", "--config", str(good)]) == 0
+    assert capsys.readouterr().out.strip() == f"{good}: ok"
+    assert main(["config", "check", "--config", str(bad)]) == 2
+    assert capsys.readouterr().out.startswith("decision.threshold:")
+    assert main(["config", "show", str(good)]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["decision"]["threshold"] == 0.4
+    assert main(["config", "check", str(good), "--config", str(bad)]) == 2
+    assert "two config files given" in capsys.readouterr().err
+
+
 def test_config_check_of_a_missing_file_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["config", "check", str(tmp_path / "absent.yaml")]) == 2
     assert "no such file" in capsys.readouterr().out
@@ -203,6 +216,12 @@ def test_config_check_for_run_names_what_the_daemon_needs(tmp_path: Path, capsys
         ("decision:\n  roi_thresholds: {roi1: 0.2, roi2: on}\n", "decision.roi_thresholds: expected a number for roi2, got true"),
         ("model:\n  intra_op_threads: off\n", "model.intra_op_threads: expected a number, got false"),
         ("rois:\n  - {name: a, box: [0, 0, true, 1], units: fraction}\n", "rois.0.box: expected a number at position 2, got true"),
+        # A NaN is out of no bound (every comparison is false): name it rather than blame a bound.
+        ("decision:\n  threshold: .nan\n", "decision.threshold: expected a finite number, got nan"),
+        ("preprocess:\n  normalize: {mean: [0.5, .inf, 0.5], std: [1, 1, 1]}\n", "preprocess.normalize.mean: expected a finite number at position 1, got inf"),
+        # YAML reads unquoted digits as a number; the message says to quote, and never echoes a secret.
+        ("model:\n  sha256: " + "1" * 64 + "\n", f"model.sha256: expected text, got the number {'1' * 64}; put it in quotes in YAML"),
+        ("mqtt:\n  password: 1234\n", "mqtt.password: expected text, got a number; put it in quotes in YAML"),
         ("rois:\n  - {name: a, box: [0, 0, 4, 4]}\n  - {name: a, box: [4, 0, 8, 4]}\n", "rois: ROI names must be unique, repeated: a"),
         ("rois: []\n", "rois: give at least one ROI, or leave rois out to use the model's ROIs"),
         ("rois: [" + ", ".join(f"{{name: r{i}, box: [0, 0, 4, 4]}}" for i in range(65)) + "]\n", "rois: at most 64 ROIs, got 65"),

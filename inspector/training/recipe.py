@@ -18,10 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from inspector.config import format_errors
 from inspector.errors import ConfigError
 from inspector.preprocess import PreprocessSpec
-from inspector.strict_numbers import NumbersNotBools
+from inspector.strict_numbers import StrictNumbers
 
 
-class _Strict(NumbersNotBools):
+class _Strict(StrictNumbers):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
