@@ -56,11 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="check, describe or show the configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     check = cfg_sub.add_parser("check", help="validate a config file; prints `dotted.path: message` per error, exit 2 on any")
-    check.add_argument("file", type=Path)
+    check.add_argument("file", type=Path, nargs="?", help=f"config file (or --config; default {DEFAULT_CONFIG})")
+    check.add_argument("--config", type=Path, default=None, help="the config file, as `run` takes it")
     check.add_argument("--run", action="store_true", help="also check what `inspector run` needs: source, certificates, journal folder")
     cfg_sub.add_parser("schema", help="print the configuration's JSON schema")
     cfg_sub.add_parser("reference", help="print the configuration reference (Markdown, as docs/configuration.md) made from the schema")
     show = cfg_sub.add_parser("show", help="print the effective settings (file + environment), secrets masked")
+    show.add_argument("file", type=Path, nargs="?", help="config file (or --config)")
     show.add_argument("--config", type=Path, default=None, help=f"config file (default {DEFAULT_CONFIG} when present)")
 
     rp = sub.add_parser(
@@ -312,16 +314,21 @@ def _config(args: argparse.Namespace) -> int:
 
         print(configuration_reference(), end="")
         return 0
+    # `check FILE` and `show --config FILE` both read naturally; each takes either form.
+    if args.file is not None and args.config is not None and args.file != args.config:
+        raise InputError(f"two config files given ({args.file} and --config {args.config}); give one")
+    path = args.file or args.config
     if args.config_command == "show":
-        print(settings_yaml(_load(args.config)), end="")
+        print(settings_yaml(_load(path)), end="")
         return 0
-    errors = check_config(args.file, run=args.run)
+    path = path or DEFAULT_CONFIG  # checking nothing would say "ok" about a file that is not there
+    errors = check_config(path, run=args.run)
     if errors:
         for line in errors:
             print(line)
-        print(f"{args.file}: {len(errors)} error(s)", file=sys.stderr)
+        print(f"{path}: {len(errors)} error(s)", file=sys.stderr)
         return EXIT_USAGE
-    print(f"{args.file}: ok")
+    print(f"{path}: ok")
     return 0
 
 
