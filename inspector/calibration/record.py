@@ -125,6 +125,7 @@ class ScopeResult(_Record):
     per_roi: dict[str, GroupFigures] = Field(default_factory=dict)
     cost: Cost | None = None
     uncertain_band: BandRecord | None = None
+    uncertain_band_note: str | None = Field(default=None, description="Why no uncertain band was set where one was asked for.")
 
 
 class CalibrationRecord(_Record):

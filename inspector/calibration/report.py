@@ -167,7 +167,7 @@ def _cost_table(s: ScopeResult, record: CalibrationRecord, scores: tuple[np.ndar
 def _band_table(s: ScopeResult) -> str:
     b = s.uncertain_band
     if b is None:
-        return ""
+        return f"<h3>Uncertain band</h3><p>None: {esc(s.uncertain_band_note)}.</p>" if s.uncertain_band_note else ""
     rows = [
         ("Uncertain band", f"[{b.low:g}, {b.high:g}): verdict uncertain; reject at or above {b.high:g}"),
         ("Low", f"{b.low:g}"),

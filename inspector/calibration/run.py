@@ -189,7 +189,7 @@ def _scope(samples: tuple[Sample, ...] | list[Sample], options: CalibrateOptions
     else:
         chosen_by = "recall-bound" if choice.demonstrated else "point-estimate-minus-margin"
     limit = ng_samples[choice.limiting]
-    band = None
+    band, band_note = None, None
     if options.band is not None:
         b = uncertain_band(ng, ok, threshold, None if options.band == "auto" else float(options.band), options.band_false_reject, ng_rate)
         if options.band != "auto" and b.high <= threshold:
@@ -197,6 +197,9 @@ def _scope(samples: tuple[Sample, ...] | list[Sample], options: CalibrateOptions
         if b.high > b.low:
             band = BandRecord(low=b.low, high=b.high, ng_in_band=b.ng_in_band, ok_in_band=b.ok_in_band,
                               ok_rejected_above=b.ok_rejected_above, expected_review_rate=round(b.expected_review_rate, 6))
+        else:  # only `auto` gets here: an explicit HIGH at or below the threshold was refused above
+            band_note = (f"the threshold {threshold:g} already rejects {op.ok_rejected} of {len(ok)} OK samples, within "
+                         f"--band-false-reject {options.band_false_reject:g}; no score above it needs review")
     return ScopeResult(
         threshold=threshold,
         chosen_by=chosen_by,
@@ -213,6 +216,7 @@ def _scope(samples: tuple[Sample, ...] | list[Sample], options: CalibrateOptions
         per_roi=_groups(samples, "roi", threshold, options) if with_rois else {},
         cost=cost,
         uncertain_band=band,
+        uncertain_band_note=band_note,
     )
 
 
@@ -301,5 +305,7 @@ def describe(record: CalibrationRecord, excluded: tuple[str, ...] = ()) -> list[
                 f"{head}  uncertain band [{b.low:g}, {b.high:g}): {b.ng_in_band} NG and {b.ok_in_band} OK samples in it, expected review "
                 f"rate {_pct(b.expected_review_rate)}; {b.ok_rejected_above} OK still rejected above it"
             )
+        if s.uncertain_band_note is not None:
+            lines.append(f"{head}  no uncertain band: {s.uncertain_band_note}")
     return lines
 

@@ -9,11 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from inspector.calibration.record import load_record, write_record
-from inspector.calibration.run import CalibrateOptions, calibrate
+from inspector.calibration.report import write_calibration_report
+from inspector.calibration.run import CalibrateOptions, calibrate, describe
 from inspector.calibration.scores import ScoreSet
 from inspector.calibration.threshold import Sample, below
 from inspector.cli import main
@@ -354,3 +356,19 @@ def test_roi_decisions_from_replay_calibrate_like_the_images(
     from_decisions = load_record(station_dir / "d.yaml")
     assert from_decisions.dataset.unit == "roi" and from_decisions.preprocess_sha256 == from_images.preprocess_sha256
     assert {k: v.threshold for k, v in from_decisions.thresholds.items()} == {k: v.threshold for k, v in from_images.thresholds.items()}
+
+
+def test_an_automatic_band_that_is_not_needed_says_why(tmp_path: Path) -> None:
+    # OK and NG scores far apart: the recall threshold rejects no OK sample, so `auto` has nothing to put in a band.
+    samples = [Sample(f"ok/{i}.png", 0.2 * i / 300, False) for i in range(300)]
+    samples += [Sample(f"ng/crack/{i}.png", 0.8 + 0.2 * i / 120, True, "crack") for i in range(120)]
+    scores = ScoreSet(tuple(samples), "frame", "a" * 64, "m.onnx", ("frame",), None, "sha256:x", "files", "synthetic", (), 0)
+    record = calibrate(scores, CalibrateOptions(station="s1", target_recall=0.95, confidence=0.9, band="auto", band_false_reject=0.01))
+    scope = record.thresholds["*"]
+    assert scope.uncertain_band is None
+    assert scope.uncertain_band_note == (f"the threshold {scope.threshold:g} already rejects 0 of 300 OK samples, within "
+                                         "--band-false-reject 0.01; no score above it needs review")
+    assert f"  no uncertain band: {scope.uncertain_band_note}" in describe(record)
+    ng, ok = (np.array([x.score for x in samples if x.ng == is_ng]) for is_ng in (True, False))
+    page = write_calibration_report(tmp_path / "s1.report.html", record, {"*": (ng, ok)}).read_text()
+    assert f"<h3>Uncertain band</h3><p>None: {scope.uncertain_band_note}.</p>" in page.replace("&#x27;", "'")
