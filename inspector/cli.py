@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--labels", type=Path, help="CSV `frame,roi1,...` with ok/ng per ROI (frame paths relative to the CSV)")
     rp.add_argument("--out", type=Path, help="output folder (default ./replay-YYYYmmdd-HHMMSS)")
     rp.add_argument("--what-if", type=_thresholds, metavar="T1,T2,...", help="also print NG recall and false-reject rate at these thresholds")
-    rp.add_argument("--no-report", action="store_true", help="skip the HTML report and contact sheets")
+    rp.add_argument("--no-report", action="store_true", help="skip the HTML report and contact sheets (and remove those an earlier run left in --out)")
     rp.add_argument("--calibration", type=Path, metavar="RECORD", help="apply this calibration record (calibration/<station>.yaml) and "
                     "check whether the recall reached here lies inside its bound")
     _add_calibrate(sub)
@@ -564,7 +564,8 @@ def _print_summary(s: dict[str, Any]) -> None:
     m = s.get("frame_metrics")
     if m:
         print(
-            f"labelled {m['n_ok']} ok / {m['n_ng']} ng:  NG recall {_fmt(m['ng_recall'])} ({m['escapes']} escapes)  "
+            f"labelled {m['n_ok']} ok / {m['n_ng']} ng" + (f" ({s['unlabelled']} unlabelled, not counted)" if s.get("unlabelled") else "")
+            + f":  NG recall {_fmt(m['ng_recall'])} ({m['escapes']} escapes)  "
             f"false-reject rate {_fmt(m['false_reject_rate'])} ({m['false_rejects']})  ROC-AUC {_fmt(m['roc_auc'], pct=False)}"
         )
     r = s.get("roi_metrics")

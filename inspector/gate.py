@@ -110,5 +110,5 @@ def golden_set(folder: Path, what: str = "model.golden") -> tuple[list[Path], li
     """The labelled images under `folder` (ok/ + ng/<defect>/ layout) and their labels."""
     if not folder.is_dir():
         raise InputError(f"{what}: {folder} is not a folder; expected ok/ and ng/<defect>/ folders of images")
-    items = collect(folder).items
+    items = collect(folder).items  # unlabelled images still count for agreement
     return [i.path for i in items], [i.label for i in items]

@@ -61,7 +61,7 @@ def from_images(
     unit = "roi" if dataset.labelled_by == "csv" else "frame"
     labelled = [item for item in dataset.items if item.label is not None]
     if len(labelled) < len(dataset.items):
-        log.warning("frames_without_labels", count=len(dataset.items) - len(labelled), why="not in the labels CSV; left out")
+        log.warning("frames_without_labels", count=len(dataset.items) - len(labelled), why="beside ok/ and ng/, or not in the labels CSV; left out")
     samples: list[Sample] = []
     excluded: list[str] = []
     lines: list[str] = []

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from inspector.errors import InputError
+from inspector.replay.files import REPORT_IMAGES, is_replay_output
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 LABELS = ("ok", "ng")
@@ -32,59 +34,127 @@ class ReplaySet:
     skipped_files: tuple[str, ...] = ()  # files without an image suffix
     ignored_dirs: tuple[str, ...] = ()  # top-level folders beside ok/ and ng/ (masks/, ...)
     labels_without_frame: tuple[str, ...] = ()
+    replay_outputs: tuple[str, ...] = ()  # replay output folders (or a root's own report images) left out
+    loose_files: tuple[str, ...] = ()  # images beside ok/ and ng/: in `items`, without a label
 
 
-def collect(path: Path, *, labels_csv: Path | None = None, roi_names: tuple[str, ...] = ()) -> ReplaySet:
-    """List the frames under `path` with their labels; InputError when there is nothing usable."""
+def collect(
+    path: Path,
+    *,
+    labels_csv: Path | None = None,
+    roi_names: tuple[str, ...] = (),
+    exclude: tuple[Path, ...] = (),
+) -> ReplaySet:
+    """List the frames under `path` with their labels; InputError when there is nothing usable.
+
+    Folders in `exclude` (this run's --out) and earlier replay outputs are left out and listed in `replay_outputs`;
+    images beside ok/ and ng/ are frames without a label (and listed in `loose_files`).
+    """
     if not path.exists():
         raise InputError(f"{path}: no such file or folder; expected a folder of images or a text file listing images")
+    found = _Found()
     if path.is_dir():
-        items, labelled_by, skipped, ignored = _from_folder(path)
+        _from_folder(path, found, frozenset(p.resolve() for p in exclude))
     elif path.suffix.lower() in IMAGE_SUFFIXES:
-        items, labelled_by, skipped, ignored = [ReplayItem(path, path.name)], "none", [], []
+        found.items.append(ReplayItem(path, path.name))
     else:
-        items, labelled_by, skipped, ignored = _from_list(path), "none", [], []
+        found.items = _from_list(path)
+    items = found.items
     if not items:
+        left_out = [f"{len(found.skipped)} other files skipped"] if found.skipped else []
+        if found.outputs:
+            left_out.append(f"replay output folders skipped: {', '.join(found.outputs)}")
+        if found.loose:
+            left_out.append(f"{len(found.loose)} images beside {' and '.join(found.label_dirs)} carry no label")
         raise InputError(
             f"{path}: no images found; expected files ending in {', '.join(sorted(IMAGE_SUFFIXES))}"
-            + (f" ({len(skipped)} other files skipped)" if skipped else "")
+            + (f" ({'; '.join(left_out)})" if left_out else "")
         )
     unmatched: list[str] = []
+    labelled_by = found.labelled_by
     if labels_csv is not None:
         items, unmatched = _apply_csv(items, labels_csv, roi_names)
         labelled_by = "csv"
-    return ReplaySet(tuple(items), labelled_by, tuple(skipped), tuple(ignored), tuple(unmatched))
+    return ReplaySet(
+        tuple(items),
+        labelled_by,
+        tuple(found.skipped),
+        tuple(found.ignored),
+        tuple(unmatched),
+        tuple(found.outputs),
+        tuple(found.loose),
+    )
 
 
-def _visible_files(root: Path) -> list[Path]:
+@dataclass(slots=True)
+class _Found:
+    """What a folder walk found, and what it left out."""
+
+    items: list[ReplayItem] = field(default_factory=list)
+    labelled_by: str = "none"
+    skipped: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    loose: list[str] = field(default_factory=list)
+    label_dirs: list[str] = field(default_factory=list)
+
+
+def _visible_files(root: Path, exclude: frozenset[Path], outputs: list[str]) -> list[Path]:
+    """Files under `root` (hidden ones aside), sorted by relative path; replay output folders go to `outputs` instead."""
+    # The root itself may be a replay output too (an earlier `--out` equal to PATH): its frames stay, its report images go.
+    own_report = is_replay_output(root) or root.resolve() in exclude
     out = []
-    for p in root.rglob("*"):
-        rel = p.relative_to(root).parts
-        if any(part.startswith(".") for part in rel):
-            continue
-        if p.is_file():
+    for folder, dirnames, filenames in os.walk(root):
+        here = Path(folder)
+        keep = []
+        for name in sorted(dirnames):
+            sub = here / name
+            if name.startswith("."):
+                continue
+            if sub.resolve() in exclude or is_replay_output(sub):
+                outputs.append(sub.relative_to(root).as_posix())
+                continue
+            keep.append(name)
+        dirnames[:] = keep
+        for name in filenames:
+            p = here / name
+            if name.startswith(".") or not p.is_file():
+                continue
+            if own_report and here == root and name in REPORT_IMAGES:
+                outputs.append(name)
+                continue
             out.append(p)
+    outputs.sort()
     return sorted(out, key=lambda p: p.relative_to(root).as_posix())
 
 
-def _from_folder(root: Path) -> tuple[list[ReplayItem], str, list[str], list[str]]:
-    layout = (root / "ok").is_dir() or (root / "ng").is_dir()
-    ignored = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in LABELS) if layout else []
-    items, skipped = [], []
-    for p in _visible_files(root):
+def _from_folder(root: Path, found: _Found, exclude: frozenset[Path]) -> None:
+    # OK/, Ng/ ... too: folder names typed by hand or made on Windows, where case does not matter.
+    tops = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    labels = {p.name: p.name.lower() for p in tops if p.name.lower() in LABELS}
+    layout = bool(labels)
+    found.labelled_by = "layout" if layout else "none"
+    found.label_dirs = sorted(f"{name}/" for name in labels)
+    for p in _visible_files(root, exclude, found.outputs):
         rel = p.relative_to(root)
         if p.suffix.lower() not in IMAGE_SUFFIXES:
-            skipped.append(rel.as_posix())
+            found.skipped.append(rel.as_posix())
             continue
         if not layout:
-            items.append(ReplayItem(p, rel.as_posix()))
+            found.items.append(ReplayItem(p, rel.as_posix()))
             continue
-        top = rel.parts[0]
-        if top not in LABELS or len(rel.parts) == 1:
-            continue  # loose files beside ok/ and ng/, or under ignored folders, carry no label
-        defect = rel.parts[1] if top == "ng" and len(rel.parts) > 2 else None
-        items.append(ReplayItem(p, rel.as_posix(), label=top, defect=defect))
-    return items, "layout" if layout else "none", skipped, ignored
+        label = labels.get(rel.parts[0])
+        if len(rel.parts) == 1:
+            found.loose.append(rel.as_posix())
+            found.items.append(ReplayItem(p, rel.as_posix()))
+            continue
+        if label is None:
+            continue  # under an ignored folder: listed in `ignored`
+        defect = rel.parts[1] if label == "ng" and len(rel.parts) > 2 else None
+        found.items.append(ReplayItem(p, rel.as_posix(), label=label, defect=defect))
+    if layout:
+        outputs = set(found.outputs)
+        found.ignored = sorted(p.name for p in tops if p.name not in labels and p.name not in outputs)
 
 
 def _from_list(list_file: Path) -> list[ReplayItem]:
@@ -94,14 +164,27 @@ def _from_list(list_file: Path) -> list[ReplayItem]:
         raise InputError(f"{list_file}: not a folder, an image, or a UTF-8 text file listing one image path a line") from None
     except OSError as exc:
         raise InputError(f"{list_file}: cannot read ({exc.strerror})") from exc
+    entries = [e for e in (line.strip().lstrip("\ufeff") for line in text.splitlines()) if e and not e.startswith("#")]
+    csv_hint = "; pass it with --labels and give the image folder as PATH"
+    if entries and entries[0].split(",")[0].strip().lower() == "frame" and "," in entries[0]:
+        raise InputError(f"{list_file}: looks like a labels CSV (its first line is the header {entries[0]!r}){csv_hint}")
     items = []
-    for line in text.splitlines():
-        entry = line.strip()
-        if not entry or entry.startswith("#"):
-            continue
+    for entry in entries:
         p = Path(entry)
         p = p if p.is_absolute() else list_file.parent / p
         items.append(ReplayItem(p, entry))
+    missing = [i for i in items if not i.path.is_file()]
+    # A few missing frames are a recorded batch with gaps, and each gets its `unreadable` reject; most or all
+    # missing means the list is read from the wrong folder, or is not a list of images at all.
+    if items and 2 * len(missing) > len(items):
+        how_many = "none" if len(missing) == len(items) else f"{len(missing)}"
+        verb = "exists" if len(missing) == len(items) else "do not exist"
+        looks_csv = list_file.suffix.lower() == ".csv" or any("," in i.frame_id for i in missing)
+        raise InputError(
+            f"{list_file}: {how_many} of its {len(items)} listed images {verb}; relative paths are read from the list "
+            f"file's folder {list_file.parent.resolve()}, e.g. {missing[0].path.resolve()}"
+            + (f"; it looks like a CSV{csv_hint}" if looks_csv else "")
+        )
     return items
 
 

@@ -208,6 +208,7 @@ def summarize(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "reasons": dict(sorted(reasons.items())),
         "faulted": sum(o.faulted for o in outcomes),
         "labelled": sum(o.label is not None for o in outcomes),
+        "unlabelled": sum(o.label is None for o in outcomes),
         "latency_ms": {s: percentiles([o.latency[i] for o in outcomes if not o.faulted]) for i, s in enumerate(stages)},
         "frame_metrics": frame_metrics(outcomes),
         "roi_metrics": roi_metrics(outcomes),

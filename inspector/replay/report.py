@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,10 @@ from inspector.html_report import (
     roc_svg,
     table,
 )
+from inspector.preprocess import Roi
+from inspector.replay.files import FALSE_REJECTS, MISSED_NG, REPORT
 from inspector.replay.metrics import Outcome, roc_curve
 
-MISSED_NG = "missed_ng.jpg"
-FALSE_REJECTS = "false_rejects.jpg"
 _THUMB = 160  # long side of a thumbnail, px
 _PAD = 4
 _CAPTION_H = 34  # two text lines under each thumbnail
@@ -33,6 +34,18 @@ _MAX_TILES = 48
 _CELL_W = _THUMB + 2 * _PAD
 _CELL_H = _THUMB + 2 * _PAD + _CAPTION_H
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
+_HOT = (0, 0, 255)  # BGR red: the ROI that rejected, or that the labels say was missed
+_COLD = (170, 170, 170)
+_MARK_SCALE = 0.3
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """A box to draw on a thumbnail, in the source image's pixels (x_min, y_min, x_max, y_max exclusive), with its text."""
+
+    box: tuple[int, int, int, int]
+    text: str
+    hot: bool = False
 
 
 def _header(summary: dict[str, Any], threshold: float, title: str) -> str:
@@ -50,6 +63,7 @@ def _header(summary: dict[str, Any], threshold: float, title: str) -> str:
     if fm is not None:
         rows += [
             ("Labelled", str(summary["labelled"])),
+            *([("Unlabelled (not in the figures below)", str(summary["unlabelled"]))] if summary.get("unlabelled") else []),
             ("NG recall", pct(fm["ng_recall"])),
             ("False-reject rate", pct(fm["false_reject_rate"])),
             ("Precision", pct(fm["precision"])),
@@ -75,7 +89,8 @@ def _fit_text(text: str, width: int, scale: float) -> str:
 def _read_bgr(source: str) -> np.ndarray | None:
     try:
         data = np.fromfile(source, np.uint8)
-        return cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+        # As the pipeline decodes: an EXIF rotation would show a picture the model never saw, with the ROI boxes misplaced.
+        return cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
     except (OSError, ValueError, cv2.error):
         return None
 
@@ -91,8 +106,29 @@ def _thumbnail(img: np.ndarray) -> np.ndarray:
     return cv2.resize(img, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
 
 
-def contact_sheet(tiles: Sequence[tuple[np.ndarray | None, str, str]], path: Path) -> None:
-    """Write a JPEG grid of (image BGR or gray or None, name, caption) tiles; a caption not starting 'score' is highlighted."""
+def _draw_marks(thumb: np.ndarray, marks: Sequence[Mark], sx: float, sy: float) -> None:
+    th, tw = thumb.shape[:2]
+    for mark in sorted(marks, key=lambda m: m.hot):  # red on top where boxes share an edge
+        x0, y0, x1, y1 = mark.box
+        x0, y0 = max(0, round(x0 * sx)), max(0, round(y0 * sy))
+        x1, y1 = min(tw, round(x1 * sx)) - 1, min(th, round(y1 * sy)) - 1
+        if x1 <= x0 or y1 <= y0:
+            continue  # off this frame (roi_out_of_bounds)
+        colour = _HOT if mark.hot else _COLD
+        cv2.rectangle(thumb, (x0, y0), (x1, y1), colour, 2 if mark.hot else 1)
+        text = _fit_text(mark.text, x1 - x0 - 2, _MARK_SCALE)
+        (w, h), base = cv2.getTextSize(text, _FONT, _MARK_SCALE, 1)
+        cv2.rectangle(thumb, (x0, y0), (min(x1, x0 + w + 2), y0 + h + base + 1), colour if mark.hot else (32, 32, 32), -1)
+        cv2.putText(thumb, text, (x0 + 1, y0 + h + 1), _FONT, _MARK_SCALE, (255, 255, 255) if mark.hot else _COLD, 1, cv2.LINE_AA)
+
+
+def contact_sheet(
+    tiles: Sequence[tuple[np.ndarray | None, str, str]], path: Path, *, marks: Sequence[Sequence[Mark]] | None = None
+) -> None:
+    """Write a JPEG grid of (image BGR or gray or None, name, caption) tiles; a caption not starting 'score' is highlighted.
+
+    `marks`, one list per tile, are boxes drawn on the thumbnails (ROIs), red when `hot`.
+    """
     cols = min(_COLS, len(tiles))
     rows = math.ceil(len(tiles) / cols)
     sheet = np.full((rows * _CELL_H, cols * _CELL_W, 3), 40, np.uint8)
@@ -104,6 +140,8 @@ def contact_sheet(tiles: Sequence[tuple[np.ndarray | None, str, str]], path: Pat
             cv2.putText(thumb, "unreadable", ((_THUMB - tw) // 2, _THUMB // 2 + 5), _FONT, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
         else:
             thumb = _thumbnail(image)
+            if marks and marks[i]:
+                _draw_marks(thumb, marks[i], thumb.shape[1] / image.shape[1], thumb.shape[0] / image.shape[0])
         th, tw = thumb.shape[:2]
         ox, oy = x0 + _PAD + (_THUMB - tw) // 2, y0 + _PAD + (_THUMB - th) // 2
         sheet[oy : oy + th, ox : ox + tw] = thumb
@@ -119,27 +157,58 @@ def contact_sheet(tiles: Sequence[tuple[np.ndarray | None, str, str]], path: Pat
     buf.tofile(str(path))  # tofile, unlike imwrite, copes with non-ASCII paths
 
 
-def _sheet_section(heading: str, blurb: str, rows: Sequence[Outcome], out_dir: Path, filename: str) -> str:
+def _blamed(o: Outcome, roi: str) -> bool:
+    """True for a ROI the reviewer should look at: labelled NG on a missed NG frame, not passed on a false reject."""
+    if o.label == "ng":
+        # A frame labelled NG by its folder does not say which ROI holds the defect: then no ROI is blamed.
+        return dict(o.roi_labels or ()).get(roi) == "ng"
+    return dict(o.roi_verdicts).get(roi, PASS) != PASS
+
+
+def _roi_text(o: Outcome, roi: str) -> str:
+    score = dict(o.roi_scores).get(roi)
+    return roi if score is None else f"{roi} {score:.3f}"
+
+
+def _roi_marks(o: Outcome, rois: Sequence[Roi], image: np.ndarray | None) -> list[Mark]:
+    if image is None:
+        return []
+    h, w = image.shape[:2]
+    return [Mark(roi.pixels(w, h), _roi_text(o, roi.name), _blamed(o, roi.name)) for roi in rois]
+
+
+def _sheet_section(heading: str, blurb: str, rows: Sequence[Outcome], out_dir: Path, filename: str, rois: Sequence[Roi]) -> str:
     path = out_dir / filename
     if not rows:
         path.unlink(missing_ok=True)  # a sheet left by an earlier run would contradict "none"
         return f"<h2>{esc(heading)}</h2><p>none</p>"
     caption = lambda o: f"score {o.score:.3f}" if o.score is not None else f"fault: {o.reason or 'unknown'}"
-    contact_sheet([(_read_bgr(o.source), Path(o.source).name, caption(o)) for o in rows[:_MAX_TILES]], path)
+    shown = rows[:_MAX_TILES]
+    images = [_read_bgr(o.source) for o in shown]
+    marks = [_roi_marks(o, rois, img) for o, img in zip(shown, images, strict=True)]
+    contact_sheet([(img, Path(o.source).name, caption(o)) for o, img in zip(shown, images, strict=True)], path, marks=marks)
     more = f" The sheet shows the first {_MAX_TILES} of {len(rows)}." if len(rows) > _MAX_TILES else ""
+    if rois:
+        more += " Boxes: the ROIs with their scores; red: " + (
+            "the ROIs labelled NG (a frame labelled NG by its folder names none)." if filename == MISSED_NG else "the ROIs that did not pass."
+        )
+    flagged = lambda o: ", ".join(_roi_text(o, r.name) for r in rois if _blamed(o, r.name)) or "-"
     listing = [
         (str(i), esc(o.source), f'<td class="num">{esc(num(o.score))}</td>', esc(o.defect or "-"), esc(o.reason or "-"))
+        + ((esc(flagged(o)),) if rois else ())
         for i, o in enumerate(rows, 1)
     ]
     return (
         f"<h2>{esc(heading)} ({len(rows)})</h2><p class=\"caption\">{esc(blurb + more)}</p>"
         f'<img class="sheet" src="{esc(filename)}" alt="{esc(heading)}">'
-        + table(["#", "File", "Score", "Defect", "Reason"], listing, filename.removesuffix(".jpg"))
+        + table(["#", "File", "Score", "Defect", "Reason", *(["Red ROIs"] if rois else [])], listing, filename.removesuffix(".jpg"))
     )
 
 
-def write_report(out_dir: Path, outcomes: Sequence[Outcome], summary: dict, threshold: float, *, title: str = "inspector replay") -> Path:
-    """Write report.html (+ contact sheet JPEGs) into out_dir and return the HTML path."""
+def write_report(
+    out_dir: Path, outcomes: Sequence[Outcome], summary: dict, threshold: float, *, title: str = "inspector replay", rois: Sequence[Roi] = ()
+) -> Path:
+    """Write report.html (+ contact sheet JPEGs, the `rois` boxed on each thumbnail) into out_dir and return the HTML path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fm = summary.get("frame_metrics")
@@ -191,9 +260,9 @@ def write_report(out_dir: Path, outcomes: Sequence[Outcome], summary: dict, thre
 
     escapes = sorted((o for o in outcomes if o.label == "ng" and o.verdict == PASS), key=lambda o: (o.score is None, o.score or 0.0))
     false_rejects = sorted((o for o in outcomes if o.label == "ok" and o.verdict != PASS), key=lambda o: (o.score is None, -(o.score or 0.0)))
-    body.append(_sheet_section("Missed NG (escapes)", "Labelled NG frames that passed, lowest score (most confidently wrong) first.", escapes, out_dir, MISSED_NG))
-    body.append(_sheet_section("False rejects", "Labelled OK frames that were not passed (rejected or uncertain), highest score first; faulted frames last.", false_rejects, out_dir, FALSE_REJECTS))
+    body.append(_sheet_section("Missed NG (escapes)", "Labelled NG frames that passed, lowest score (most confidently wrong) first.", escapes, out_dir, MISSED_NG, rois))
+    body.append(_sheet_section("False rejects", "Labelled OK frames that were not passed (rejected or uncertain), highest score first; faulted frames last.", false_rejects, out_dir, FALSE_REJECTS, rois))
 
-    out = out_dir / "report.html"
+    out = out_dir / REPORT
     out.write_text(page(title, body), encoding="utf-8")
     return out

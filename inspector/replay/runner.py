@@ -23,6 +23,7 @@ from inspector.outputs import check_output, make_output_folder
 from inspector.pipeline import FramePipeline, build_pipeline, read_file_frame
 from inspector.progress import Progress
 from inspector.replay.dataset import ReplayItem, ReplaySet, collect
+from inspector.replay.files import DECISIONS, REPORT_FILES, SUMMARY
 from inspector.replay.metrics import Outcome, summarize, what_if
 from inspector.replay.report import write_report
 
@@ -66,11 +67,11 @@ def run_replay(
     out_dir = out_dir or default_out_dir()
     check_output(out_dir, "--out", folder=True)
     pipeline = build_pipeline(settings, model_path=model_path, threshold=threshold, calibration=calibration, log=log)
-    dataset = collect(path, labels_csv=labels_csv, roi_names=pipeline.roi_names)
+    dataset = collect(path, labels_csv=labels_csv, roi_names=pipeline.roi_names, exclude=(out_dir,))
     _log_dataset(log, path, dataset)
     make_output_folder(out_dir, "--out")
 
-    decisions = out_dir / "decisions.jsonl"
+    decisions = out_dir / DECISIONS
     outcomes = _judge_all(pipeline, dataset, decisions, progress)
     summary = summarize(outcomes)
     summary.update(
@@ -80,6 +81,8 @@ def run_replay(
             "skipped_files": len(dataset.skipped_files),
             "ignored_dirs": list(dataset.ignored_dirs),
             "labels_without_frame": len(dataset.labels_without_frame),
+            "loose_files": len(dataset.loose_files),
+            "replay_outputs": list(dataset.replay_outputs),
             "inspector_version": __version__,
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         },
@@ -104,9 +107,13 @@ def run_replay(
         }
     if what_if_thresholds:
         summary["what_if"] = what_if(outcomes, what_if_thresholds)
-    summary_path = out_dir / "summary.json"
+    summary_path = out_dir / SUMMARY
     _write_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
-    report_path = write_report(out_dir, outcomes, summary, pipeline.thresholds.default) if report else None
+    if report:
+        report_path = write_report(out_dir, outcomes, summary, pipeline.thresholds.default, rois=pipeline.preprocessor.spec.rois)
+    else:
+        report_path = None
+        _remove_stale_report(out_dir, log)
     log.info(
         "replay_done",
         frames=summary["frames"],
@@ -148,8 +155,41 @@ def _log_dataset(log: structlog.typing.FilteringBoundLogger, path: Path, dataset
         log.warning("files_skipped", count=len(dataset.skipped_files), examples=list(dataset.skipped_files[:3]), why="not an image suffix")
     if dataset.ignored_dirs:
         log.warning("folders_ignored", folders=list(dataset.ignored_dirs), why="only ok/ and ng/ carry labels")
+    if dataset.replay_outputs:
+        log.warning(
+            "replay_outputs_skipped",
+            count=len(dataset.replay_outputs),
+            folders=list(dataset.replay_outputs),
+            why="output of a replay (decisions.jsonl + summary.json), or this run's --out: its report images are not frames",
+        )
+    if dataset.loose_files:
+        log.warning(
+            "frames_unlabelled",
+            count=len(dataset.loose_files),
+            examples=list(dataset.loose_files[:3]),
+            why="images beside ok/ and ng/: judged, but left out of NG recall and false-reject rate",
+        )
     if dataset.labels_without_frame:
         log.warning("labels_without_frame", count=len(dataset.labels_without_frame), examples=list(dataset.labels_without_frame[:3]))
+
+
+def _remove_stale_report(out_dir: Path, log: structlog.typing.FilteringBoundLogger) -> None:
+    """Delete an earlier run's report from `out_dir`: beside this run's summary it would describe other verdicts."""
+    removed = []
+    for name in REPORT_FILES:
+        stale = out_dir / name
+        try:
+            stale.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise InputError(
+                f"--out {out_dir}: cannot remove the earlier run's {name} ({exc.strerror}); delete it by hand, "
+                "it does not describe this run"
+            ) from exc
+        removed.append(name)
+    if removed:
+        log.info("stale_report_removed", files=removed, why="--no-report: an earlier run's report would contradict this summary")
 
 
 def _write_atomic(path: Path, text: str) -> None:

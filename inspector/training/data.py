@@ -46,6 +46,7 @@ class SampleSet:
     samples: tuple[Sample, ...]
     classes: tuple[str, ...]
     root: Path
+    unlabelled: tuple[str, ...] = ()  # images found without a label (beside ok/ and ng/, or not in the CSV): not used
 
     @property
     def targets(self) -> np.ndarray:
@@ -74,8 +75,11 @@ def collect_samples(root: Path, spec: PreprocessSpec, *, labels_csv: Path | None
         )
     found = collect(root, labels_csv=labels_csv, roi_names=spec.roi_names if labels_csv else ())
     samples: list[Sample] = []
+    unlabelled = tuple(item.frame_id for item in found.items if item.label is None)
     if found.labelled_by == "layout":
         for item in found.items:
+            if item.label is None:
+                continue  # in `unlabelled`
             cls = (item.defect or "ng") if multi and item.label == "ng" else item.label
             samples.append(Sample(item.path, item.frame_id, None, cls, "ok" if item.label == "ok" else f"ng/{item.defect or ''}"))
     elif found.labelled_by == "csv":
@@ -98,7 +102,7 @@ def collect_samples(root: Path, spec: PreprocessSpec, *, labels_csv: Path | None
     if OK_CLASS not in counts:
         raise InputError(f"{root}: no ok samples; training needs images under ok/ (or ok labels in the CSV)")
     classes = (OK_CLASS, *sorted(c for c in counts if c != OK_CLASS))
-    return SampleSet(tuple(samples), classes, root)
+    return SampleSet(tuple(samples), classes, root, unlabelled)
 
 
 GroupOf = Callable[[Sample], str]

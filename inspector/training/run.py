@@ -87,6 +87,9 @@ def run_training(
     if state is not None and tuple(state["classes"]) != samples.classes:
         raise InputError(f"the data's classes {list(samples.classes)} differ from the checkpoint's {state['classes']}")
     log.info("dataset", root=str(data), samples=len(samples.samples), classes={c: int((samples.targets == i).sum()) for i, c in enumerate(samples.classes)})
+    if samples.unlabelled:
+        log.warning("images_unlabelled", count=len(samples.unlabelled), examples=list(samples.unlabelled[:3]),
+                    why="beside ok/ and ng/, or not in labels.csv: not used for training")
     if recipe.folds and state is None:  # a resumed fold is one run: its checkpoint names its validation samples
         return _cross_validate(samples, spec, recipe, config, out_dir, progress, log)
     if state is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,64 @@ def test_missing_path_and_empty_folder_are_input_errors(tmp_path: Path) -> None:
         collect(tmp_path / "nope")
     with pytest.raises(InputError, match="no images found"):
         collect(tmp_path)
+
+
+def test_ok_and_ng_folders_in_any_case_are_the_layout_and_labels_are_lowercase(tmp_path: Path, tiles: Path) -> None:
+    shutil.copytree(tiles / "ok", tmp_path / "OK")
+    shutil.copytree(tiles / "ng", tmp_path / "Ng")
+    ds = collect(tmp_path)
+    assert ds.labelled_by == "layout" and len(ds.items) == 20 and ds.ignored_dirs == ()
+    assert {i.label for i in ds.items if i.frame_id.startswith("OK/")} == {"ok"}
+    crack = next(i for i in ds.items if i.frame_id.startswith("Ng/crack/"))
+    assert (crack.label, crack.defect) == ("ng", "crack")
+
+
+def test_images_beside_ok_and_ng_are_listed_and_judged_unlabelled(tmp_path: Path, tiles: Path) -> None:
+    shutil.copytree(tiles, tmp_path / "d")
+    shutil.copy(tiles / "ok" / "ok_0000.png", tmp_path / "d" / "stray.png")
+    judged = collect(tmp_path / "d")
+    stray = [i for i in judged.items if i.frame_id == "stray.png"]
+    assert judged.loose_files == ("stray.png",)
+    assert len(judged.items) == 21 and len(stray) == 1 and stray[0].label is None
+
+
+def _replay_output(folder: Path, summary: dict) -> None:
+    folder.mkdir(parents=True)
+    (folder / "decisions.jsonl").write_text('{"schema":"inspector.verdict/1"}\n')
+    (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / "false_rejects.jpg").write_bytes(b"\xff\xd8\xff sheet \xff\xd9")
+
+
+def test_replay_outputs_and_the_out_folder_are_left_out_and_listed(tmp_path: Path, tiles: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiles / "ok", data)
+    _replay_output(data / "runs" / "old", {"frames": 12, "replay": {"path": str(data)}})
+    _replay_output(data / "other", {"frames": 3})  # another tool's summary: not replay's, so its images stay frames
+    (data / "now").mkdir()
+    (data / "now" / "x.png").write_bytes((tiles / "ok" / "ok_0000.png").read_bytes())  # this run's --out, not written yet
+    ds = collect(data, exclude=(data / "now",))
+    assert ds.replay_outputs == ("now", "runs/old")
+    ids = {i.frame_id for i in ds.items}
+    assert "other/false_rejects.jpg" in ids and not any(i.startswith(("runs/", "now/")) for i in ids) and len(ids) == 13
+
+
+def test_a_folder_that_was_its_own_out_keeps_its_frames_but_not_its_report_images(tmp_path: Path, tiles: Path) -> None:
+    shutil.copytree(tiles / "ok", tmp_path / "d")
+    (tmp_path / "d" / "decisions.jsonl").write_text("{}\n")
+    (tmp_path / "d" / "summary.json").write_text(json.dumps({"frames": 12, "replay": {}}))
+    (tmp_path / "d" / "missed_ng.jpg").write_bytes(b"\xff\xd8\xff sheet \xff\xd9")
+    ds = collect(tmp_path / "d")
+    assert len(ds.items) == 12 and ds.replay_outputs == ("missed_ng.jpg",)
+
+
+@pytest.mark.parametrize(
+    ("listing", "message"),
+    [
+        ("\ufeffFrame,roi1\nx.png,ok\n", r"looks like a labels CSV \(its first line is the header 'Frame,roi1'\); pass it with --labels"),
+        ("# batch 7\na.png\nb.png\n", r"none of its 2 listed images exists; relative paths are read from the list file's folder"),
+    ],
+)
+def test_a_list_that_names_no_image_here_is_refused(tmp_path: Path, listing: str, message: str) -> None:
+    (tmp_path / "list.txt").write_text(listing)
+    with pytest.raises(InputError, match=message):
+        collect(tmp_path / "list.txt")

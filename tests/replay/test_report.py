@@ -10,11 +10,16 @@ import cv2
 import numpy as np
 import pytest
 
+from inspector.preprocess import Roi
 from inspector.replay import report
 from inspector.replay.metrics import Outcome, summarize
 from inspector.replay.report import write_report
 
 THRESHOLD = 0.5
+ROIS = tuple(
+    Roi(name=n, box=b, units="fraction")
+    for n, b in {"roi1": (0, 0, 0.5, 0.5), "roi2": (0.5, 0, 1, 0.5), "roi3": (0, 0.5, 0.5, 1), "roi4": (0.5, 0.5, 1, 1)}.items()
+)
 
 
 def _png(path: Path, seed: int) -> str:
@@ -61,7 +66,7 @@ def labelled(tmp_path: Path) -> list[Outcome]:
     ]
 
 
-def _read(path: Path) -> np.ndarray:
+def read_image(path: Path) -> np.ndarray:
     img = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
     assert img is not None, f"{path} does not decode"
     return img
@@ -91,8 +96,8 @@ def test_labelled_report_has_figures_charts_and_sheets(tmp_path: Path, labelled:
 
     missed, false_rejects = tmp_path / "out" / "missed_ng.jpg", tmp_path / "out" / "false_rejects.jpg"
     assert f'src="{missed.name}"' in page and f'src="{false_rejects.name}"' in page
-    assert _read(missed).shape[:2] == _grid(2)
-    assert _read(false_rejects).shape[:2] == _grid(4)
+    assert read_image(missed).shape[:2] == _grid(2)
+    assert read_image(false_rejects).shape[:2] == _grid(4)
 
 
 def test_sheet_tables_list_the_worst_first(tmp_path: Path, labelled: list[Outcome]) -> None:
@@ -108,7 +113,7 @@ def test_sheet_tables_list_the_worst_first(tmp_path: Path, labelled: list[Outcom
 
 def test_unreadable_thumbnail_gets_a_grey_placeholder(tmp_path: Path, labelled: list[Outcome]) -> None:
     write_report(tmp_path, labelled, summarize(labelled), THRESHOLD)
-    sheet = _read(tmp_path / "false_rejects.jpg")
+    sheet = read_image(tmp_path / "false_rejects.jpg")
     # Order: ok_fr_high, ok_gone (missing file), ...; the second tile is the plain grey placeholder.
     x0, pad = report._CELL_W, report._PAD
     corner = sheet[pad + 5 : pad + 30, x0 + pad + 5 : x0 + pad + 30].astype(int)
@@ -152,7 +157,7 @@ def test_file_names_are_escaped(tmp_path: Path) -> None:
     assert "<b>" not in page and "<i>" not in page and "<script>" not in page
     assert "&lt;b&gt;bold&amp;&#x27;x&#x27;.png" in page
     assert "&lt;i&gt;crack&lt;/i&gt;" in page
-    assert _read(tmp_path / "out" / "missed_ng.jpg").shape[:2] == _grid(1)
+    assert read_image(tmp_path / "out" / "missed_ng.jpg").shape[:2] == _grid(1)
 
 
 def test_many_misses_cap_the_sheet_but_list_them_all(tmp_path: Path) -> None:
@@ -160,7 +165,69 @@ def test_many_misses_cap_the_sheet_but_list_them_all(tmp_path: Path) -> None:
     outcomes = [_outcome(src, 0.001 * i, "ng") for i in range(60)] + [_outcome(src, 0.9, "ok")]
     page = write_report(tmp_path, outcomes, summarize(outcomes), THRESHOLD).read_text(encoding="utf-8")
 
-    assert _read(tmp_path / "missed_ng.jpg").shape[:2] == _grid(48)
+    assert read_image(tmp_path / "missed_ng.jpg").shape[:2] == _grid(48)
     assert "first 48 of 60" in page
     missed = page[page.index("Missed NG") : page.index("False rejects")]
     assert len(re.findall(r"<tr><td>\d+</td>", missed)) == 60
+
+
+def red_rois(sheet: np.ndarray, index: int, n_tiles: int, size: tuple[int, int], rois: tuple[Roi, ...]) -> set[str]:
+    """The ROIs of tile `index` (a `size` = (w, h) frame) whose name tag, at the box's top-left corner, is red."""
+    w, h = size
+    s = report._THUMB / max(w, h)
+    tw, th = round(w * s), round(h * s)
+    cols = min(report._COLS, n_tiles)
+    ox = (index % cols) * report._CELL_W + report._PAD + (report._THUMB - tw) // 2
+    oy = (index // cols) * report._CELL_H + report._PAD + (report._THUMB - th) // 2
+    red = set()
+    for roi in rois:
+        x0, y0, _, _ = roi.pixels(w, h)
+        px, py = ox + round(x0 * tw / w), oy + round(y0 * th / h)
+        tag = sheet[py + 2 : py + 8, px + 3 : px + 30].astype(int)
+        if (tag[..., 2] - tag[..., 0] > 100).mean() > 0.4:
+            red.add(roi.name)
+    return red
+
+
+def _grey_png(path: Path, w: int, h: int) -> str:
+    cv2.imencode(".png", np.full((h, w), 128, np.uint8))[1].tofile(str(path))
+    return str(path)
+
+
+def _roi_outcome(source: str, scores: dict[str, float], label: str, roi_labels: dict[str, str] | None = None) -> Outcome:
+    verdicts = {n: "reject" if v >= THRESHOLD else "pass" for n, v in scores.items()}
+    rejected = "reject" in verdicts.values()
+    return Outcome(
+        frame_id=Path(source).name, source=source, verdict="reject" if rejected else "pass", reason="score" if rejected else None,
+        score=max(scores.values()), roi_scores=tuple(scores.items()), roi_verdicts=tuple(verdicts.items()), label=label, defect=None,
+        roi_labels=tuple(sorted(roi_labels.items())) if roi_labels else None, latency=(1.0, 2.0, 3.0, 6.0),
+    )
+
+
+def test_roi_boxes_on_the_sheets_show_which_roi_rejected_or_was_missed(tmp_path: Path) -> None:
+    wide = _grey_png(tmp_path / "wide.png", 192, 96)  # 2:1, so the thumbnail is letterboxed and scaled
+    square = _grey_png(tmp_path / "square.png", 96, 96)
+    outcomes = [
+        _roi_outcome(wide, {"roi1": 0.1, "roi2": 0.9, "roi3": 0.2, "roi4": 0.7}, "ok"),  # false reject by roi2 and roi4
+        _roi_outcome(square, {"roi1": 0.1, "roi2": 0.2, "roi3": 0.3, "roi4": 0.1}, "ng", {"roi1": "ok", "roi2": "ok", "roi3": "ng", "roi4": "ok"}),
+        _roi_outcome(square, {"roi1": 0.1, "roi2": 0.2, "roi3": 0.1, "roi4": 0.1}, "ng"),  # NG by its folder: no ROI to blame
+    ]
+    page = write_report(tmp_path / "out", outcomes, summarize(outcomes), THRESHOLD, rois=ROIS).read_text(encoding="utf-8")
+
+    false_rejects = read_image(tmp_path / "out" / "false_rejects.jpg")
+    assert red_rois(false_rejects, 0, 1, (192, 96), ROIS) == {"roi2", "roi4"}
+    missed = read_image(tmp_path / "out" / "missed_ng.jpg")
+    assert red_rois(missed, 0, 2, (96, 96), ROIS) == set()  # lowest score first: the folder-labelled frame
+    assert red_rois(missed, 1, 2, (96, 96), ROIS) == {"roi3"}
+    # Every ROI is outlined, the blameless ones in grey: roi2's left edge runs down the middle of the square thumbnail.
+    x, pad = report._THUMB // 2, report._PAD
+    edge, inside = missed[pad + 40, pad + x].astype(int), missed[pad + 40, pad + x + 20].astype(int)
+    assert edge.min() > 150 and np.abs(inside - 128).max() <= 8
+    assert "<td>roi2 0.900, roi4 0.700</td>" in page and "<td>roi3 0.300</td>" in page
+
+
+def test_whole_frame_models_get_no_boxes(tmp_path: Path) -> None:
+    src = _grey_png(tmp_path / "f.png", 96, 96)
+    write_report(tmp_path / "out", [_outcome(src, 0.9, "ok")], summarize([_outcome(src, 0.9, "ok")]), THRESHOLD)
+    thumb = read_image(tmp_path / "out" / "false_rejects.jpg")[report._PAD : report._PAD + report._THUMB, report._PAD : report._PAD + report._THUMB]
+    assert np.abs(thumb.astype(int) - 128).max() <= 8

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from inspector.cli import main
+from tests.replay.test_report import ROIS, read_image, red_rois
 
 
 def _replay(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -166,3 +168,124 @@ def test_replay_never_imports_torch(models: dict[str, Path], tiles: Path, tmp_pa
 def test_python_dash_m_inspector_is_the_same_command() -> None:
     done = subprocess.run([sys.executable, "-m", "inspector", "--version"], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0 and done.stdout.startswith("inspector ")
+
+
+def _all_ok_labels(root: Path, csv_path: Path) -> Path:
+    """`csv_path` naming root's frames by absolute path, every ROI labelled ok: the dark-spot model's rejects are then false rejects."""
+    lines = (root / "labels.csv").read_text().splitlines()
+    csv_path.write_text("\n".join([lines[0], *(f"{root / line.split(',')[0]},ok,ok,ok,ok" for line in lines[1:])]) + "\n")
+    return csv_path
+
+
+def test_an_out_folder_inside_the_replayed_folder_is_not_judged_by_the_next_replay(
+    models: dict[str, Path], roi_frames: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(roi_frames[0], data)
+    labels = _all_ok_labels(data, data / "all_ok.csv")
+    args = [str(data), "--model", str(models["rois"]), "--labels", str(labels)]
+    assert _replay(capsys, *args, "--out", str(data / "runs" / "r1"))[0] == 0
+    assert (data / "runs" / "r1" / "false_rejects.jpg").is_file()  # an image the next replay could take for a frame
+
+    code, _, err = _replay(capsys, *args, "--out", str(data / "runs" / "r2"))
+    assert code == 0
+    ids = [r["frame_id"] for r in _decisions(data / "runs" / "r2")]
+    assert len(ids) == 10 and all(i.startswith("frames/") for i in ids)
+    assert json.loads((data / "runs" / "r2" / "summary.json").read_text())["replay"]["replay_outputs"] == ["runs/r1"]
+    assert "replay_outputs_skipped" in err and "runs/r1" in err
+
+    # Into an --out used before: that folder and the other run's are both left out.
+    code, _, _ = _replay(capsys, *args, "--out", str(data / "runs" / "r1"))
+    assert code == 0 and len(_decisions(data / "runs" / "r1")) == 10
+    assert json.loads((data / "runs" / "r1" / "summary.json").read_text())["replay"]["replay_outputs"] == ["runs/r1", "runs/r2"]
+
+
+def test_images_beside_ok_and_ng_are_judged_unlabelled_and_counted(
+    models: dict[str, Path], tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "batch"
+    shutil.copytree(tiles, root)
+    shutil.copy(root / "ng" / "crack" / "crack_0000.png", root / "unsorted.png")
+    out = tmp_path / "out"
+    code, stdout, err = _replay(capsys, str(root), "--model", str(models["dark"]), "--out", str(out))
+    assert code == 0
+    assert "labelled 12 ok / 8 ng (1 unlabelled, not counted):" in stdout
+    by_id = {r["frame_id"]: r for r in _decisions(out)}
+    assert len(by_id) == 21 and by_id["unsorted.png"]["verdict"] == "reject" and "label" not in by_id["unsorted.png"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["frames"], summary["labelled"], summary["unlabelled"], summary["replay"]["loose_files"]) == (21, 20, 1, 1)
+    m = summary["frame_metrics"]
+    assert (m["n_ok"], m["n_ng"], m["false_rejects"]) == (12, 8, 0)  # the unlabelled reject is no false reject
+    assert "frames_unlabelled" in err and "unsorted.png" in err
+    assert "Unlabelled (not in the figures below)</td><td>1<" in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize(
+    ("listing", "message"),
+    [
+        ("{csv}", "labels.csv: looks like a labels CSV (its first line is the header 'frame,roi1,roi2,roi3,roi4'); pass it with --labels"),
+        ("frame,roi1,roi2\nimg1.png,ok,ng\n", "looks like a labels CSV"),
+        ("img1.png\nimg2.png\n", "batch.txt: none of its 2 listed images exists; relative paths are read from the list file's folder {tmp}, e.g. {tmp}/img1.png"),
+        ("{frame}\nimg1.png\nimg2.png\n", "batch.txt: 2 of its 3 listed images do not exist; relative paths are read from the list file's folder {tmp}"),
+        ("img1.png,ok,ng\nimg2.png,ok,ok\n", "it looks like a CSV; pass it with --labels"),
+    ],
+)
+def test_a_list_file_that_names_no_images_here_is_refused(
+    models: dict[str, Path], roi_frames: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], listing: str, message: str
+) -> None:
+    root, csv_path = roi_frames
+    path = csv_path if listing == "{csv}" else tmp_path / "batch.txt"
+    if listing != "{csv}":
+        path.write_text(listing.format(frame=root / "frames" / "000.png"))
+    out = tmp_path / "out"
+    code, _, err = _replay(capsys, str(path), "--model", str(models["rois"]), "--out", str(out))
+    assert code == 2
+    assert message.format(tmp=tmp_path.resolve()) in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_a_list_file_with_a_few_missing_frames_gives_each_its_reject(
+    models: dict[str, Path], tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    listing = tmp_path / "batch.txt"
+    listing.write_text(f"{tiles / 'ok' / 'ok_0000.png'}\n{tiles / 'ok' / 'ok_0001.png'}\ngone.png\n")
+    code, _, _ = _replay(capsys, str(listing), "--model", str(models["dark"]), "--out", str(tmp_path / "o"), "--no-report")
+    assert code == 0
+    records = _decisions(tmp_path / "o")
+    assert [(r["frame_id"], r["verdict"], r["reason"]) for r in records][2] == ("gone.png", "reject", "unreadable")
+    assert len(records) == 3
+
+
+def test_no_report_removes_the_report_an_earlier_run_left_in_the_out_folder(
+    models: dict[str, Path], tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    args = [str(tiles), "--model", str(models["dark"]), "--out", str(out)]
+    assert _replay(capsys, *args, "--threshold", "0")[0] == 0  # everything rejected: a report of 12 false rejects
+    assert (out / "report.html").is_file() and (out / "false_rejects.jpg").is_file()
+    (out / "notes.txt").write_text("the engineer's own file")
+    (out / "photo.jpg").write_bytes((tiles / "ok" / "ok_0000.png").read_bytes())
+
+    code, _, err = _replay(capsys, *args, "--no-report")
+    assert code == 0
+    assert json.loads((out / "summary.json").read_text())["rejected"] == 8
+    assert not (out / "report.html").exists() and not (out / "false_rejects.jpg").exists()
+    assert (out / "notes.txt").is_file() and (out / "photo.jpg").is_file()
+    assert "stale_report_removed" in err
+
+
+def test_multi_roi_contact_sheets_box_each_roi_and_the_rejecting_ones_in_red(
+    models: dict[str, Path], roi_frames: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, _ = roi_frames
+    out = tmp_path / "out"
+    code, _, _ = _replay(capsys, str(root), "--model", str(models["rois"]), "--labels", str(_all_ok_labels(root, tmp_path / "all_ok.csv")), "--out", str(out))
+    assert code == 0
+    page = (out / "report.html").read_text()
+    sources = re.findall(r"<tr><td>\d+</td><td>([^<]+)</td>", page[page.index("False rejects") :])
+    by_source = {r["source"]: {x["name"] for x in r["rois"] if x["verdict"] == "reject"} for r in _decisions(out)}
+    sheet = read_image(out / "false_rejects.jpg")
+    assert len(sources) > 1
+    for i, source in enumerate(sources):
+        assert red_rois(sheet, i, len(sources), (96, 96), ROIS) == by_source[source], source
+    assert all(len(rejected) < 4 for rejected in by_source.values())  # every frame had ROIs that passed and had to stay grey

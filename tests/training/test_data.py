@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -36,6 +37,15 @@ def test_layout_gives_binary_or_data_driven_multi_class(parts: Path) -> None:
     multi = collect_samples(parts, GRAY32, multi=True)
     assert multi.classes == ("ok", "blowhole", "crack")
     assert Counter(multi.targets.tolist()) == {0: 40, 1: 12, 2: 12}
+
+
+def test_images_without_a_label_are_counted_not_trained_on(parts: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(parts, data)
+    shutil.copy(next((parts / "ok").iterdir()), data / "stray.png")
+    found = collect_samples(data, GRAY32)
+    assert found.unlabelled == ("stray.png",)
+    assert "stray.png" not in {s.key for s in found.samples} and len(found.samples) == 64
 
 
 def test_each_roi_of_a_labelled_frame_is_one_sample(roi_frames: tuple[Path, Path]) -> None:
