@@ -293,6 +293,17 @@ class SourceSettings(_Section):
     stall_timeout_s: float = Field(
         default=10.0, ge=0, le=3600, description="camera: a stream that delivers no frame for this long is reopened (s; 0 = never)."
     )
+    loop_video: bool = Field(
+        default=False,
+        description="camera: when `uri` is a video file, start it again at its end, each pass counting as new parts; "
+        "off: the file is read once and the daemon stops (exit 0) after its last frame is decided.",
+    )
+
+    @field_validator("uri", mode="before")
+    @classmethod
+    def _device_index(cls, v: Any) -> Any:
+        # `uri: 0` is how a device index reads in YAML; it is the same camera as "0".
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else v
 
     @model_validator(mode="after")
     def _backoff(self) -> SourceSettings:

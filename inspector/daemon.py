@@ -1,9 +1,11 @@
 """`inspector run`: acquisition -> inference -> journal/publish, three threads joined by bounded queues and one stop event.
 
-Every acquired frame gets exactly one decision: a frame that finds the inference queue full is rejected with reason
-`overload` (or counted and skipped, for free-running cameras); a pass decided after its deadline becomes a reject
-with reason `deadline`. systemd hears READY once the model is warm and the broker connected (or the journal is
-accepting), and WATCHDOG pings only while every stage makes progress.
+Every acquired frame gets exactly one decision: a live frame that finds the inference queue full is rejected with
+reason `overload` (or counted and skipped, for free-running cameras), while one that waited on disk before the start
+(`Frame.backlog`) waits for room instead; a pass decided after its deadline becomes a reject with reason `deadline`.
+A source that ends (a video file read to its end) ends the run cleanly once its frames are decided. systemd hears
+READY once the model is warm and the broker connected (or the journal is accepting), and WATCHDOG pings only while
+every stage makes progress.
 """
 
 from __future__ import annotations
@@ -183,6 +185,10 @@ class Daemon:
                 self.health.beat("acquisition")
                 if frame is None:
                     continue
+                if frame.backlog:
+                    if not self._feed_backlog(frame):
+                        break
+                    continue
                 try:
                     self.infer_q.put_nowait(frame)
                 except queue.Full:
@@ -193,9 +199,26 @@ class Daemon:
                     self._put(self.out_q, Decided(frame, verdict, frame.captured_at + self._deadline_s))
                 if self.stop.is_set():
                     break
+            else:
+                if not self.stop.is_set():
+                    # A video file read to its end: what was read is judged and delivered, then the run ends (exit 0).
+                    self.log.info("source_ended", source=self.source.describe(), detail="stopping once every frame is decided")
+                    self.stop.set()
         finally:
             self.source.close()
             self._put(self.infer_q, None)
+
+    def _feed_backlog(self, frame: Frame) -> bool:
+        """Queue a frame that waited on disk for as long as inference needs; False when stopping first."""
+        # Its file waits in the folder, so holding it loses nothing, while an `overload` reject would lose its scores.
+        while not self.stop.is_set():
+            try:
+                self.infer_q.put(frame, timeout=_TICK_S)
+                return True
+            except queue.Full:
+                self.health.beat("acquisition")
+        self.log.info("backlog_left_waiting", frame=frame.frame_id, detail="stopping: the file stays in the folder for the next start")
+        return False
 
     def _infer(self) -> None:
         deadline_ms = self.settings.decision.deadline_ms
@@ -243,6 +266,8 @@ class Daemon:
         withheld = False
         while not self.stop.wait(min(_TICK_S, interval or _TICK_S)):
             dead = [name for name, t in threads.items() if not t.is_alive()]
+            if dead and self.stop.is_set():
+                break  # it ended because the run is ending (its source ended): the stage that stopped it said why
             if dead:
                 self.log.error("stage_stopped", stages=dead)
                 self.failed = self.failed or dead[0]

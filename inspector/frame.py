@@ -54,6 +54,9 @@ class Frame:
     read_error: str | None = None  # set by a source that could not read the file; the frame is rejected
     fault: Reason | None = None  # why read_error was set, when it is not a plain read failure (e.g. REFUSED)
     part_id: str | None = None  # from the file name or a counter; MQTT correlation data
+    # Waited on disk before the source started watching (a folder's files at start or after a restart): queued for
+    # inference as room frees up, never rejected as `overload`; its capture time still makes a late pass a `deadline`.
+    backlog: bool = False
 
 
 class FrameFault(Exception):

@@ -30,7 +30,9 @@ class Metrics:
         self.late_published = 0
         self._latency: deque[float] = deque(maxlen=window)
         self._recent: deque[bool] = deque(maxlen=window)
-        self._times: deque[float] = deque(maxlen=window)
+        # When each frame was decided, not when it was counted here: after a journal stall a backlog of decisions is
+        # counted within milliseconds, and its count rate says nothing about the line's.
+        self._decided_at: deque[float] = deque(maxlen=window)
 
     def decided(self, verdict: Verdict, deadline_at: float) -> None:
         """Count one journaled decision."""
@@ -44,7 +46,7 @@ class Metrics:
                 self.deadline_missed += 1
             self._latency.append((verdict.decided_at - verdict.captured_at) * 1000)
             self._recent.append(verdict.verdict != PASS)
-            self._times.append(self._clock())
+            self._decided_at.append(verdict.decided_at)
 
     def keepalive(self) -> None:
         """Count an idle keep-alive inference."""
@@ -65,7 +67,8 @@ class Metrics:
         """Counters, rates and latency percentiles, plus `extra` (queue depths, provider)."""
         with self._lock:
             lat = np.array(self._latency) if self._latency else None
-            span = self._times[-1] - self._times[0] if len(self._times) > 1 else 0.0
+            # Overload rejects (acquisition) and judged frames (inference) reach the journal in nearly, not exactly, decision order.
+            span = max(self._decided_at) - min(self._decided_at) if len(self._decided_at) > 1 else 0.0
             errors = sum(n for reason, n in self.rejected.items() if Reason(reason) in QUARANTINE_REASONS
                          or reason in (Reason.INFERENCE_ERROR, Reason.INTERNAL_ERROR))
             return {
@@ -82,7 +85,7 @@ class Metrics:
                 "keepalive_runs": self.keepalives,
                 "deadline_missed": self.deadline_missed,
                 "late_published": self.late_published,
-                "fps": round((len(self._times) - 1) / span, 2) if span > 0 else 0.0,
+                "fps": round((len(self._decided_at) - 1) / span, 2) if span > 0 else 0.0,
                 "latency_ms": {
                     f"p{q}": (round(float(np.percentile(lat, q)), 3) if lat is not None else None) for q in (50, 95, 99)
                 },

@@ -284,3 +284,7 @@ def test_cpu_latency_asks_for_nothing_unless_set_and_off_means_no_request_not_ze
     assert load_settings(None).pipeline.cpu_latency_us is None
     monkeypatch.setenv("INSPECTOR_PIPELINE__CPU_LATENCY_US", "5")
     assert load_settings(None).pipeline.cpu_latency_us == 5
+
+
+def test_a_camera_device_index_may_be_written_as_a_yaml_number(tmp_path: Path) -> None:
+    assert load_settings(_write(tmp_path, "source:\n  kind: camera\n  uri: 0\n")).source.uri == "0"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -250,6 +252,51 @@ def test_overload_at_twice_capacity_every_frame_gets_one_decision(
     sub.close()
 
 
+def test_files_waiting_at_start_are_all_judged_not_rejected_as_overload(tmp_path: Path, broker: Broker, daemons: list) -> None:
+    model = loop_model(tmp_path / "slow.onnx", 20_000)  # >= 20 ms a tile: 40 files are far more than the queue holds
+    folder = tmp_path / "in"
+    names = write_parts(folder, 40, seed=5)
+    waited = time.time() - 60  # written while the daemon was down: past their deadline before it starts
+    for name in names:
+        os.utime(folder / name, (waited, waited))
+    sub = Subscriber(broker, (f"{PREFIX}/decision",))
+    daemon = DaemonProcess(station_config(tmp_path, broker, model, pipeline={"queue_size": 2}))
+    daemons.append(daemon)
+    daemon.wait_event("daemon_ready")
+    assert wait_until(lambda: len(sub.on("decision")) >= 40, 30), len(sub.on("decision"))
+    time.sleep(0.3)
+    decisions = [m.json() for m in sub.on("decision")]
+    assert sorted(d["frame_id"] for d in decisions) == sorted(names), "each waiting file decided exactly once"
+    assert [d["reason"] for d in decisions if d["reason"] != "deadline"] == [], "judged, none rejected unjudged as overload"
+    assert all(d["verdict"] == "reject" and d["score"] is not None and d["score"] < 0.01 for d in decisions), "late: its score kept"
+    assert _ts(decisions[0]["captured_at"]) == pytest.approx(waited, abs=0.01), "the capture time is when the file was written"
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(15) == 0
+    sub.close()
+
+
+def test_fps_after_a_journal_stall_is_the_line_rate(tmp_path: Path, broker: Broker, models: dict[str, Path], daemons: list) -> None:
+    sub = Subscriber(broker, (f"{PREFIX}/metrics",))
+    daemon = DaemonProcess(station_config(tmp_path, broker, models["dark"]))
+    daemons.append(daemon)
+    daemon.wait_event("daemon_ready")
+    holder = sqlite3.connect(tmp_path / "journal.sqlite3", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # e.g. a backup or a slow disk: the outbox cannot write for 3 s
+    try:
+        for i in range(30):  # 10 parts a second, all decided (and held) while the journal is stalled
+            write_parts(tmp_path / "in", 1, prefix=f"p{i:02d}-", seed=i)
+            time.sleep(0.1)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert wait_until(lambda: any(m.json()["frames"] == 30 for m in sub.on("metrics")), 10)
+    fps = next(m.json()["fps"] for m in sub.on("metrics") if m.json()["frames"] == 30)
+    assert 5 <= fps <= 12, f"the line ran at 10 frames/s, the metric says {fps}"
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(15) == 0
+    sub.close()
+
+
 def test_deadline_missed_pass_becomes_reject_with_its_score_recorded(tmp_path: Path, broker: Broker, daemons: list) -> None:
     model = loop_model(tmp_path / "slow.onnx", 40_000)  # ~60 ms on a typical tile
     sub = Subscriber(broker, (f"{PREFIX}/decision",))
@@ -265,7 +312,7 @@ def test_deadline_missed_pass_becomes_reject_with_its_score_recorded(tmp_path: P
     sub.close()
 
 
-def test_corrupt_partial_empty_and_symlinked_files_are_quarantined_and_the_daemon_goes_on(
+def test_corrupt_partial_empty_symlinked_and_pipe_files_are_quarantined_and_the_daemon_goes_on(
     tmp_path: Path, broker: Broker, models: dict[str, Path], daemons: list
 ) -> None:
     sub = Subscriber(broker, (f"{PREFIX}/decision",))
@@ -280,15 +327,18 @@ def test_corrupt_partial_empty_and_symlinked_files_are_quarantined_and_the_daemo
         (tmp_path / name).write_bytes(data)
         (tmp_path / name).rename(folder / name)
     (folder / "link.png").symlink_to(outside)
+    os.mkfifo(folder / "pipe.png")  # opened for reading, it would block the source until some writer came
     write_parts(folder, 2, prefix="after")
-    decisions = {m.json()["frame_id"]: m.json() for m in sub.wait_for("decision", 6, 15)}
+    decisions = {m.json()["frame_id"]: m.json() for m in sub.wait_for("decision", 7, 15)}
     assert {k: v["reason"] for k, v in decisions.items()} == {
         "empty.png": "empty_file", "garbage.png": "not_an_image", "half.png": "truncated", "link.png": "refused",
-        "after0000.png": None, "after0001.png": None,
+        "pipe.png": "unreadable", "after0000.png": None, "after0001.png": None,
     }
+    assert "named pipe" in decisions["pipe.png"]["detail"]
     q = folder / "quarantine"
+    assert wait_until(lambda: (q / "pipe.png.reason").exists(), 5)
     assert sorted(p.name for p in q.iterdir()) == sorted(
-        f"{n}{ext}" for n in ("empty.png", "garbage.png", "half.png", "link.png") for ext in ("", ".reason")
+        f"{n}{ext}" for n in ("empty.png", "garbage.png", "half.png", "link.png", "pipe.png") for ext in ("", ".reason")
     )
     assert "reason: truncated" in (q / "half.png.reason").read_text()
     assert (q / "link.png").is_symlink() and outside.read_bytes() == good, "the link moved, its target untouched"
@@ -297,29 +347,58 @@ def test_corrupt_partial_empty_and_symlinked_files_are_quarantined_and_the_daemo
     sub.close()
 
 
-def test_video_file_as_camera_that_goes_away_and_comes_back(tmp_path: Path, broker: Broker, models: dict[str, Path], daemons: list) -> None:
+def _video(path: Path, n: int) -> None:
+    tmp = path.with_name("tmp.avi")
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 64))
+    for i in range(n):
+        writer.write(np.full((64, 64, 3), 120 + i, np.uint8))
+    writer.release()
+    tmp.rename(path)
+
+
+def test_video_file_as_camera_that_comes_later_and_is_set_to_loop(tmp_path: Path, broker: Broker, models: dict[str, Path], daemons: list) -> None:
     video = tmp_path / "line.avi"
     sub = Subscriber(broker, (f"{PREFIX}/decision", f"{PREFIX}/state"))
     config = station_config(
         tmp_path, broker, models["dark"],
-        source={"kind": "camera", "uri": str(video), "path": None, "fps": 50, "reconnect_min_s": 0.2, "reconnect_max_s": 0.4},
+        source={"kind": "camera", "uri": str(video), "path": None, "fps": 50, "reconnect_min_s": 0.2, "reconnect_max_s": 0.4,
+                "loop_video": True},
     )
     daemon = DaemonProcess(config)
     daemons.append(daemon)
     daemon.wait_event("camera_open_failed")  # not there yet: retried with backoff, not fatal
     assert wait_until(lambda: any("camera_disconnected" in m.json()["degraded"] for m in sub.on("state")), 10)
-    writer = cv2.VideoWriter(str(tmp_path / "tmp.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 64))
-    for i in range(5):
-        writer.write(np.full((64, 64, 3), 120 + i, np.uint8))
-    writer.release()
-    (tmp_path / "tmp.avi").rename(video)
-    assert wait_until(lambda: len(sub.on("decision")) >= 12, 20), "the stream ends, is reopened, and delivers again"
-    assert len(daemon.saw("camera_connected")) >= 2 and daemon.saw("camera_stream_lost")
+    _video(video, 5)
+    assert wait_until(lambda: len(sub.on("decision")) >= 12, 20), "the file ends, starts again, and delivers again"
+    assert len(daemon.saw("camera_connected")) >= 3 and daemon.saw("video_file_ended")[0]["loop"] is True
+    assert not daemon.saw("camera_stream_lost"), "the end of a file is not a lost stream"
     decisions = [m.json() for m in sub.on("decision")]
-    assert [int(d["part_id"]) for d in decisions[:12]] == list(range(1, 13)), "part ids count on across reconnects"
+    assert [int(d["part_id"]) for d in decisions[:12]] == list(range(1, 13)), "part ids count on across passes"
     assert all(d["verdict"] == "pass" for d in decisions)
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(15) == 0
+    sub.close()
+
+
+def test_video_file_as_camera_is_judged_once_and_the_daemon_stops_cleanly_at_its_end(
+    tmp_path: Path, broker: Broker, models: dict[str, Path], daemons: list
+) -> None:
+    video = tmp_path / "line.avi"
+    _video(video, 5)
+    sub = Subscriber(broker, (f"{PREFIX}/decision", f"{PREFIX}/status"))
+    config = station_config(tmp_path, broker, models["dark"], source={"kind": "camera", "uri": str(video), "path": None, "fps": 50})
+    daemon = DaemonProcess(config)
+    daemons.append(daemon)
+    assert daemon.wait(30) == 0, "the end of the file ends the run: a clean exit, which systemd does not restart"
+    ended = daemon.saw("source_ended")
+    assert ended and ended[0]["source"]["uri"] == str(video)
+    assert daemon.saw("video_file_ended")[0]["frames"] == 5
+    assert wait_until(lambda: len(sub.on("decision")) >= 5, 5)
+    time.sleep(0.3)
+    assert sorted(int(m.json()["part_id"]) for m in sub.on("decision")) == [1, 2, 3, 4, 5], "each frame once"
+    assert [r["seq"] for r in _journal(tmp_path)] == [1, 2, 3, 4, 5]
+    assert wait_until(lambda: sub.on("status") and sub.on("status")[-1].json()["state"] == "offline", 5)
+    assert sub.on("status")[-1].json()["reason"] == "stopped"
     sub.close()
 
 

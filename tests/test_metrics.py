@@ -27,6 +27,15 @@ def test_counts_percentiles_and_window() -> None:
     assert s["latency_ms"]["p50"] == 25.0
 
 
+def test_fps_is_the_rate_frames_were_decided_not_the_rate_a_stalled_journal_caught_up() -> None:
+    journaled = iter(range(10**6))
+    m = Metrics(window=50, clock=lambda: 500.0 + next(journaled) * 0.001)  # the journal takes them 1 ms apart
+    for i in range(30):  # decided at 10 frames/s while the journal was stalled
+        m.decided(Verdict(f"f{i}", "src", 100.0 + i / 10, 100.0 + i / 10 + 0.02, "pass", None, 0.5, (), "0" * 64, "cpu", Latency()),
+                  deadline_at=101.0 + i / 10)
+    assert m.snapshot()["fps"] == 10.0
+
+
 def test_prometheus_endpoint_serves_the_snapshot() -> None:
     m = Metrics(window=10)
     m.decided(_v(0, Reason.SCORE, 0.01), deadline_at=200.0)

@@ -1,15 +1,20 @@
 """The camera source: OpenCV VideoCapture on a device index, V4L2 path, RTSP/HTTP URL, GStreamer pipeline or video file.
 
 A lost stream is reopened with capped exponential backoff; a stream that delivers nothing for `stall_timeout_s` is
-reported and reopened. The capture timestamp is taken at grab, before the (slower) retrieve/decode.
+reported and reopened. A video file ends the source at its last frame (or starts again, with `loop_video`). The
+capture timestamp is taken at grab, before the (slower) retrieve/decode.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -29,6 +34,24 @@ _IDLE_TICK_S = 0.2
 def redact(uri: str) -> str:
     """The URI with any password replaced, for logs and the `state` topic."""
     return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", uri)
+
+
+def video_file(uri: str) -> Path | None:
+    """The file's path when `uri` names a regular file (a path or file:// URL); None for a device, stream or pipeline."""
+    if uri.isdigit() or "!" in uri:
+        return None  # a device index, or a GStreamer pipeline (whatever its elements read)
+    if uri.startswith("file://"):
+        path = urllib.parse.unquote(urllib.parse.urlsplit(uri).path)
+    elif re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", uri):
+        return None  # rtsp://, http://, udp://...: a stream, even one that serves a file, is reopened when it ends
+    else:
+        path = uri
+    try:
+        # Followed links: /dev/v4l/by-id/... links to a device, which is a character device, not a regular file.
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return None  # not there (yet): opened and retried like any stream until it is
+    return Path(path) if regular else None
 
 
 class CameraSource:
@@ -71,12 +94,22 @@ class CameraSource:
 
     def frames(self, stop: threading.Event) -> Iterator[Frame | None]:
         """Frames as the stream delivers them (paced to `fps` when set); None while waiting to reconnect."""
-        s = self.settings
-        watchdog = threading.Thread(target=self._watch, args=(stop,), name="camera-watchdog", daemon=True)
+        ended = threading.Event()
+        watchdog = threading.Thread(target=self._watch, args=(stop, ended), name="camera-watchdog", daemon=True)
         watchdog.start()
+        try:
+            yield from self._frames(stop)
+        finally:
+            ended.set()
+
+    def _frames(self, stop: threading.Event) -> Iterator[Frame | None]:
+        s = self.settings
         backoff = s.reconnect_min_s
         first = True
+        looped = False
         while not stop.is_set():
+            # Decided at each opening: a file path may name nothing yet, and be retried like a stream until it does.
+            file = video_file(self.uri)
             cap = self._open()
             if not cap.isOpened():
                 cap.release()
@@ -85,27 +118,38 @@ class CameraSource:
                 yield from _wait(stop, backoff)
                 backoff = min(backoff * 2, s.reconnect_max_s)
                 continue
-            if not first:
+            if not first and not looped:
                 self.reconnects += 1
-            first = False
+            first = looped = False
             self.health.clear_flag("camera_disconnected")
             self.log.info("camera_connected", reconnects=self.reconnects, backend=cap.getBackendName())
             self._last_frame = time.monotonic()
             before = self._count
             try:
-                yield from self._read(cap, stop)
+                # An unpaced file is read as fast as it decodes: its frames wait for inference (as a folder's files
+                # at start do) rather than most of them becoming `overload` rejects. Paced, it stands in for a line.
+                yield from self._read(cap, stop, backlog=file is not None and not s.fps)
             finally:
                 cap.release()
             if stop.is_set():
                 break
-            self.health.set_flag("camera_disconnected", "stream ended or was lost")
             delivered = self._count - before
+            if file is not None:
+                # A file has an end; reopening it would count every part again, as if the line had made them twice.
+                log = self.log.info if delivered else self.log.warning
+                log("video_file_ended", file=str(file), frames=delivered, loop=s.loop_video)
+                if not s.loop_video:
+                    return
+                if delivered:
+                    looped, backoff = True, s.reconnect_min_s
+                    continue
+            self.health.set_flag("camera_disconnected", "stream ended or was lost")
             # A stream that delivered frames was healthy: start the backoff over; one that never did keeps growing it.
             backoff = s.reconnect_min_s if delivered else min(backoff * 2, s.reconnect_max_s)
             self.log.warning("camera_stream_lost", frames=delivered, retry_in_s=round(backoff, 2))
             yield from _wait(stop, backoff)
 
-    def _read(self, cap: cv2.VideoCapture, stop: threading.Event) -> Iterator[Frame | None]:
+    def _read(self, cap: cv2.VideoCapture, stop: threading.Event, *, backlog: bool = False) -> Iterator[Frame | None]:
         period = 1.0 / self.settings.fps if self.settings.fps > 0 else 0.0
         next_at = time.monotonic()
         while not stop.is_set():
@@ -129,12 +173,13 @@ class CameraSource:
                 self._stalled = False
                 self.health.clear_flag("camera_stalled")
             self._count += 1
-            yield Frame(frame_id=f"frame-{self._count}", source=redact(self.uri), captured_at=captured, image=image, part_id=str(self._count))
+            yield Frame(frame_id=f"frame-{self._count}", source=redact(self.uri), captured_at=captured, image=image,
+                        part_id=str(self._count), backlog=backlog)
 
-    def _watch(self, stop: threading.Event) -> None:
-        """Notice a stream that delivers nothing (the capture may block inside grab)."""
+    def _watch(self, stop: threading.Event, ended: threading.Event) -> None:
+        """Notice a stream that delivers nothing (the capture may block inside grab), until stopped or the source ends."""
         limit = self.settings.stall_timeout_s
-        while limit > 0 and not stop.wait(min(1.0, limit / 4)):
+        while limit > 0 and not stop.is_set() and not ended.wait(min(1.0, limit / 4)):
             silent = time.monotonic() - self._last_frame
             if silent > limit and not self._stalled:
                 self._stalled = True

@@ -69,10 +69,12 @@ class FolderSource:
         # Judged but not moved away (or there before start, with process_existing off): skipped while the file is
         # the same one. A file replaced or rewritten under that name is a new part and gets its own decision.
         self._stuck: dict[str, _Identity | None] = {}
+        self._backlog: set[str] = set()  # found at start: they waited on disk, so inference may make them wait longer
         self._counter = 0
         self._observer: BaseObserver | None = None
         self._watcher: _RawInotify | None = None
         self._rescan_now = False
+        self._poll_gone = False
         self.mode = settings.watch
 
     def describe(self) -> dict[str, Any]:
@@ -92,10 +94,33 @@ class FolderSource:
                 if wanted == "inotify":
                     raise InputError(f"source.watch: inotify cannot watch {self.root}: {exc}; use watch: poll") from exc
                 self.log.warning("inotify_unavailable", folder=str(self.root), error=str(exc), falling_back_to="poll")
+        self._start_polling()
+
+    def _start_polling(self) -> None:
         observer = PollingObserver(timeout=self.settings.poll_interval_ms / 1000)
         observer.schedule(_Handler(self), str(self.root), recursive=False)
         observer.start()
         self._observer, self.mode = observer, "poll"
+        self._poll_gone = False
+
+    def polled_folder_gone(self) -> None:
+        """Polling found the folder gone; its poller has stopped for good (called on watchdog's thread)."""
+        if self._poll_gone:
+            return
+        self._poll_gone = True
+        self.log.error("folder_gone", folder=str(self.root), detail="watched again once the folder exists again")
+        self.health.set_flag("source_unreadable", "the watched folder was removed or moved")
+
+    def _watch_again(self) -> None:
+        """Watch the folder again once one exists again where a removed or moved-away one was."""
+        if self._watcher is not None and self._watcher.gone and self.root.is_dir() and self._watcher.rewatch():
+            self._rescan_now = True  # files written between mkdir and the new watch had no event
+        elif self._observer is not None and self._poll_gone and self.root.is_dir():
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._start_polling()
+            self.log.info("folder_watched_again", folder=str(self.root), watch="poll")
+            self._rescan_now = True
 
     def overflowed(self) -> None:
         """The kernel dropped events: rescan now rather than at the next period."""
@@ -147,6 +172,7 @@ class FolderSource:
                 if current < 0 and not os.path.lexists(self.root / name):
                     del self._pending[name]  # removed before it was complete: it never was a frame
                     self._tracked.discard(name)
+                    self._backlog.discard(name)
                     continue
                 if current != size:
                     # A first measurement (size -1) keeps the event's time; a size that moved restarts the wait.
@@ -173,7 +199,10 @@ class FolderSource:
             with self._lock:
                 known = entry.name in self._tracked or self._still_stuck(entry.name)
             if not known:
-                if not existing:
+                if existing:
+                    with self._lock:
+                        self._backlog.add(entry.name)
+                else:
                     self.log.info("file_found_by_rescan", file=entry.name)
                 self.arrived(entry.path, complete=False)
 
@@ -207,6 +236,7 @@ class FolderSource:
         while not stop.is_set():
             now = time.monotonic()
             if now >= next_settle:
+                self._watch_again()
                 self._settle()
                 next_settle = now + tick
             if now >= next_rescan or self._rescan_now:
@@ -235,7 +265,10 @@ class FolderSource:
         path = self.root / name
         self._counter += 1
         part_id = str(self._counter) if self.settings.part_id == "counter" else Path(name).stem
-        common = {"frame_id": name, "source": str(path), "captured_at": arrived, "part_id": part_id}
+        with self._lock:
+            backlog = name in self._backlog
+            self._backlog.discard(name)
+        common = {"frame_id": name, "source": str(path), "captured_at": arrived, "part_id": part_id, "backlog": backlog}
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -245,18 +278,24 @@ class FolderSource:
         common["captured_at"] = min(arrived, st.st_mtime)
         if stat.S_ISLNK(st.st_mode):
             return Frame(**common, fault=Reason.REFUSED, read_error=f"symlink refused (links may lead out of the folder): {path}")
-        if not stat.S_ISREG(st.st_mode):
+        if stat.S_ISDIR(st.st_mode):
             with self._lock:
                 self._tracked.discard(name)
-            return None
+            return None  # a subfolder (processed/, quarantine/) under a name that was a file a moment ago
+        if not stat.S_ISREG(st.st_mode):
+            return Frame(**common, read_error=_not_a_file(st.st_mode, path))
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            # O_NONBLOCK: a pipe swapped in after the lstat must not hang the source waiting for a writer.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 return Frame(**common, fault=Reason.REFUSED, read_error=f"symlink refused: {path}")
             return Frame(**common, read_error=f"{exc.strerror}: {path}")
         try:
             with os.fdopen(fd, "rb") as f:
+                mode = os.fstat(f.fileno()).st_mode
+                if not stat.S_ISREG(mode):
+                    return Frame(**common, read_error=_not_a_file(mode, path))
                 data = f.read()
         except OSError as exc:
             return Frame(**common, read_error=f"{exc.strerror}: {path}")
@@ -316,14 +355,17 @@ class _RawInotify:
 
         self.source = source
         self._root = os.fsencode(source.root)
+        self._mask = C.IN_MOVED_TO | C.IN_CLOSE_WRITE | C.IN_CREATE | C.IN_MODIFY | C.IN_DELETE_SELF | C.IN_MOVE_SELF | C.IN_ONLYDIR
         self._fd = InotifyFD()
-        mask = C.IN_MOVED_TO | C.IN_CLOSE_WRITE | C.IN_CREATE | C.IN_MODIFY | C.IN_DELETE_SELF | C.IN_MOVE_SELF | C.IN_ONLYDIR
+        self._lock = threading.Lock()
+        self._wd: Any = None
         try:
-            self._fd.add_callback(self._root, mask, self, "inspector")
+            self._wd = self._fd.add_callback(self._root, self._mask, self, "inspector")
         except OSError:
             self._fd.close()
             raise
         self._closing = False
+        self.gone = False  # the folder was removed or moved away: `rewatch()` watches the path again once it exists
         self._fd.start()
 
     def on_event(self, event: Any) -> None:
@@ -332,15 +374,37 @@ class _RawInotify:
             if event.is_delete_self or event.is_move_self:
                 self.on_watch_deleted(event.wd)
             return
+        if event.wd != self._wd:
+            return  # from the watch of a folder that went away (its events may still be queued)
         path = os.fsdecode(os.path.join(self._root, event.name))
         self.source.arrived(path, complete=bool(event.is_moved_to))
 
     def on_watch_deleted(self, wd: Any) -> None:
-        """The watched folder itself went away."""
-        if self._closing:
-            return
-        self.source.log.error("folder_gone", folder=str(self.source.root))
+        """The watched folder itself went away (deleted, moved, or its file system unmounted)."""
+        with self._lock:
+            # A deletion is reported twice (DELETE_SELF, then IGNORED), possibly after the new folder is watched.
+            if self._closing or self.gone or wd != self._wd:
+                return
+            self.gone = True
+        # A folder moved elsewhere keeps its watch (the watch follows the inode): drop it, or its files would count.
+        self._fd.remove_callbacks([(wd, "inspector")])
+        self.source.log.error("folder_gone", folder=str(self.source.root), detail="watched again once the folder exists again")
         self.source.health.set_flag("source_unreadable", "the watched folder was removed or moved")
+
+    def rewatch(self) -> bool:
+        """Watch the folder's path again, if it exists now; True once it is watched."""
+        with self._lock:
+            if self._closing:
+                return False
+            if not self.gone:
+                return True
+            try:
+                self._wd = self._fd.add_callback(self._root, self._mask, self, "inspector")
+            except OSError:
+                return False  # not there (again) yet: the next tick tries again
+            self.gone = False
+        self.source.log.info("folder_watched_again", folder=str(self.source.root), watch="inotify")
+        return True
 
     def on_queue_overflow(self) -> None:
         """The kernel's event queue overflowed."""
@@ -369,6 +433,17 @@ class _Handler(FileSystemEventHandler):
 
     on_modified = on_created
     on_closed = on_created
+
+    def on_deleted(self, event: FileSystemEvent) -> None:
+        if event.is_directory and os.fsdecode(event.src_path) == str(self.source.root):
+            self.source.polled_folder_gone()
+
+
+def _not_a_file(mode: int, path: Path) -> str:
+    """The reject detail for a name in the folder that is not a regular file (and so was not read)."""
+    kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file")
+    return f"{kind}, not an image file: not opened (reading it could block or never end): {path}"
 
 
 def _identity(path: Path | str) -> _Identity | None:

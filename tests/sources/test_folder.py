@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -138,6 +139,29 @@ def test_a_symlink_is_refused_with_a_reason(folder: Path, tmp_path: Path) -> Non
         run.close()
 
 
+@pytest.mark.parametrize("at_start", [False, True])
+def test_a_named_pipe_is_rejected_unread_and_quarantined_without_blocking_the_folder(folder: Path, at_start: bool) -> None:
+    if at_start:
+        os.mkfifo(folder / "pipe.png")
+    run = Running(folder, settle_ms=50, rescan_s=0.5)
+    try:
+        if not at_start:
+            os.mkfifo(folder / "pipe.png")
+        _drop(folder, "after.png")
+        assert wait_until(lambda: len(run.frames) == 2, 3), "the pipe was never opened: nothing waits on a writer"
+        frames = {f.frame_id: f for _, f in run.frames}
+        pipe = frames["pipe.png"]
+        assert pipe.data is None and pipe.fault is None, "an `unreadable` reject"
+        assert "named pipe" in (pipe.read_error or "") and "not opened" in (pipe.read_error or "")
+        run.source.done(pipe, _record(pipe, 1, "reject", Reason.UNREADABLE))
+        time.sleep(1.2)  # two rescans: it is decided once, not found again and again
+        assert sorted(run.names()) == ["after.png", "pipe.png"]
+    finally:
+        run.close()
+    assert stat.S_ISFIFO(os.lstat(folder / "quarantine" / "pipe.png").st_mode)
+    assert "reason: unreadable" in (folder / "quarantine" / "pipe.png.reason").read_text()
+
+
 def test_files_present_at_start_are_judged_oldest_first_unless_configured_not_to(folder: Path) -> None:
     for i, name in enumerate(["new.png", "old.png"]):
         (folder / name).write_bytes(b"1")
@@ -146,8 +170,13 @@ def test_files_present_at_start_are_judged_oldest_first_unless_configured_not_to
     try:
         assert wait_until(lambda: len(run.frames) == 2, 3)
         assert run.names() == ["old.png", "new.png"]
+        _drop(folder, "live.png")
+        assert wait_until(lambda: len(run.frames) == 3, 3)
+        # Files that waited on disk may wait for inference too; a live arrival keeps the overload policy.
+        assert [f.backlog for _, f in run.frames] == [True, True, False]
     finally:
         run.close()
+    (folder / "live.png").unlink()
     skipping = Running(folder, settle_ms=50, process_existing=False)
     try:
         _drop(folder, "fresh.png")
@@ -158,6 +187,7 @@ def test_files_present_at_start_are_judged_oldest_first_unless_configured_not_to
         _drop(folder, "old.png", b"\x89PNG new part")
         assert wait_until(lambda: len(skipping.frames) == 2, 3)
         assert skipping.names() == ["fresh.png", "old.png"] and skipping.frames[1][1].data == b"\x89PNG new part"
+        assert not any(f.backlog for _, f in skipping.frames)
     finally:
         skipping.close()
 
@@ -239,3 +269,35 @@ def test_recovery_moves_files_decided_before_a_crash_without_judging_them_again(
     assert source.recover(journal.decided) == 1
     assert (folder / "processed" / "reject" / "decided.png").exists()
     assert (folder / "waiting.png").exists()
+
+
+@pytest.mark.parametrize("watch", ["inotify", "poll"])
+@pytest.mark.parametrize("how", ["removed", "moved away"])
+def test_a_watched_folder_removed_and_made_again_is_watched_again(folder: Path, tmp_path: Path, how: str, watch: str) -> None:
+    logged = io.StringIO()
+    configure_logging("info", "json", stream=logged)
+    # No rescan comes to the rescue in this test: the files come by event (or poll), or not at all.
+    run = Running(folder, watch=watch, settle_ms=50, rescan_s=600, poll_interval_ms=20)
+    try:
+        _drop(folder, "before.png")
+        assert wait_until(lambda: len(run.frames) == 1, 2)
+        if how == "removed":
+            (folder / "before.png").unlink()
+            folder.rmdir()
+        else:
+            folder.rename(tmp_path / "old-in")
+        assert wait_until(lambda: '"folder_gone"' in logged.getvalue(), 2)
+        folder.mkdir()
+        _drop(folder, "after.png")
+        assert wait_until(lambda: len(run.frames) == 2, 2), "the new folder's files arrive by event, not at a rescan"
+        assert run.names() == ["before.png", "after.png"]
+        assert wait_until(lambda: '"folder_watched_again"' in logged.getvalue(), 2)
+        _drop(folder, "later.png")
+        assert wait_until(lambda: len(run.frames) == 3, 1)
+        if how == "moved away":
+            _drop(tmp_path / "old-in", "elsewhere.png")
+            time.sleep(0.3)
+            assert run.names() == ["before.png", "after.png", "later.png"], "the folder moved away is not watched any more"
+        assert logged.getvalue().count('"folder_gone"') == 1, "one event per loss"
+    finally:
+        run.close()
