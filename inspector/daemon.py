@@ -37,6 +37,7 @@ from inspector.sources import build_source
 
 STAGES = ("acquisition", "inference", "outbox")
 _TICK_S = 0.2
+_BACKLOG_POLL_S = 0.001  # well under one inference: the queue is never empty for long while a backlog waits
 
 
 class Daemon:
@@ -209,14 +210,18 @@ class Daemon:
             self._put(self.infer_q, None)
 
     def _feed_backlog(self, frame: Frame) -> bool:
-        """Queue a frame that waited on disk for as long as inference needs; False when stopping first."""
+        """Queue a frame that waited on disk once the inference queue is empty; False when stopping first."""
         # Its file waits in the folder, so holding it loses nothing, while an `overload` reject would lose its scores.
+        # One at a time: inference always has the next one ready, and a live part that arrives meanwhile finds room.
+        beat = time.monotonic()
         while not self.stop.is_set():
-            try:
-                self.infer_q.put(frame, timeout=_TICK_S)
+            if self.infer_q.empty():
+                self.infer_q.put_nowait(frame)  # only this thread puts, so the room cannot be taken meanwhile
                 return True
-            except queue.Full:
+            self.stop.wait(_BACKLOG_POLL_S)
+            if time.monotonic() - beat >= _TICK_S:
                 self.health.beat("acquisition")
+                beat = time.monotonic()
         self.log.info("backlog_left_waiting", frame=frame.frame_id, detail="stopping: the file stays in the folder for the next start")
         return False
 

@@ -263,9 +263,14 @@ def test_files_waiting_at_start_are_all_judged_not_rejected_as_overload(tmp_path
     daemon = DaemonProcess(station_config(tmp_path, broker, model, pipeline={"queue_size": 2}))
     daemons.append(daemon)
     daemon.wait_event("daemon_ready")
-    assert wait_until(lambda: len(sub.on("decision")) >= 40, 30), len(sub.on("decision"))
+    assert wait_until(lambda: len(sub.on("decision")) >= 1, 10)
+    live = write_parts(folder, 1, prefix="live", seed=6)  # a part from the running line, while the backlog is judged
+    assert wait_until(lambda: len(sub.on("decision")) >= 41, 30), len(sub.on("decision"))
     time.sleep(0.3)
     decisions = [m.json() for m in sub.on("decision")]
+    late_part = [d for d in decisions if d["frame_id"] == live[0]]
+    assert len(late_part) == 1 and late_part[0]["reason"] != "overload", "the backlog leaves room in the queue for live parts"
+    decisions = [d for d in decisions if d["frame_id"] != live[0]]
     assert sorted(d["frame_id"] for d in decisions) == sorted(names), "each waiting file decided exactly once"
     assert [d["reason"] for d in decisions if d["reason"] != "deadline"] == [], "judged, none rejected unjudged as overload"
     assert all(d["verdict"] == "reject" and d["score"] is not None and d["score"] < 0.01 for d in decisions), "late: its score kept"
