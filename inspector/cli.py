@@ -17,6 +17,7 @@ from inspector.config import (
     DEFAULT_CONFIG,
     InspectorSettings,
     load_settings,
+    model_errors,
     run_errors,
     settings_schema,
     settings_yaml,
@@ -338,11 +339,7 @@ def check_config(path: Path, *, run: bool = False) -> list[str]:
         settings = load_settings(path)
     except ConfigError as exc:
         return exc.errors or [str(exc)]
-    errors = run_errors(settings) if run else []
-    if run and settings.model.path is None:
-        errors.append("model.path: required by `inspector run`")
-    if settings.model.path is not None and not settings.model.path.is_file():
-        errors.append(f"model.path: file not found: {settings.model.path}")
+    errors = run_errors(settings) if run else model_errors(settings, required=False)
     if settings.decision.calibration is not None:
         from inspector.calibration.record import load_record
 
@@ -404,6 +401,9 @@ def _journal(args: argparse.Namespace) -> int:
     from inspector.journal import Journal
 
     path = args.journal or _load(args.config).journal.path
+    if args.since is not None and args.until is not None and args.since > args.until:
+        # `--since 1h --until 2h` reads as "the hour before last" but asks for the reverse: say so, not print nothing.
+        raise InputError("--since is later than --until, so no record can fall between them; an age counts back from now (--since 2h --until 1h)")
     if args.journal_command == "export" and args.out:
         check_output(args.out, "--out", folder=False)
     journal = Journal(path, readonly=True)

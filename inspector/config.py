@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import types
 import typing
 from enum import StrEnum
@@ -525,7 +526,7 @@ def load_settings(path: Path | None = None, **overrides: Any) -> InspectorSettin
     try:
         settings = bound(**overrides)
     except ValidationError as exc:
-        errors += format_errors(exc, InspectorSettings)
+        errors += format_errors(exc, InspectorSettings, environ=os.environ)
     except SettingsError as exc:
         # Raised before validation, when a section's variable holds something that is not JSON.
         errors += _unparsable_env(exc, os.environ)
@@ -575,16 +576,20 @@ def _check_yaml(path: Path) -> None:
         )
 
 
-def format_errors(exc: ValidationError, root: type[BaseModel]) -> list[str]:
-    """One `dotted.path: message` line per error; unknown keys name the allowed ones."""
+def format_errors(exc: ValidationError, root: type[BaseModel], *, environ: typing.Mapping[str, str] | None = None) -> list[str]:
+    """One `dotted.path: message` line per error; unknown keys name the allowed ones, and a value that came from an
+    `INSPECTOR_*` variable (in `environ`) names it: the YAML file may not even hold that key."""
     lines = []
+    upper = {k.upper(): k for k in environ or {}}
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             allowed = _fields_at(root, err["loc"][:-1])
             msg = f"unknown key; allowed: {', '.join(allowed)}" if allowed else "unknown key"
-        lines.append(f"{'.'.join(loc) or '(top level)'}: {msg}")
+        # The longest variable that covers this key: INSPECTOR_MQTT__PORT, or INSPECTOR_MQTT holding JSON.
+        var = next((upper[v] for n in range(len(loc), 0, -1) if (v := ENV_PREFIX + "__".join(loc[:n]).upper()) in upper), None)
+        lines.append(f"{'.'.join(loc) or '(top level)'}: {msg}" + (f" (set by {var})" if var else ""))
     return lines
 
 
@@ -624,9 +629,42 @@ def settings_yaml(settings: InspectorSettings) -> str:
     return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)
 
 
+def tls_errors(tls: TlsSettings) -> list[str]:
+    """Load the CA, certificate and key as the broker link will; `dotted.path: message` for each that cannot be used."""
+    # Found here, a bad file is a config error; found by the link, it would stop the running daemon's output stage.
+    try:
+        context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    except (ssl.SSLError, OSError) as exc:
+        return [f"mqtt.tls.ca_file: not usable as PEM CA certificates: {_ssl_reason(exc)}: {tls.ca_file}"]
+    if tls.cert_file is None or tls.key_file is None:
+        return []
+    try:
+        # OpenSSL would ask for the passphrase on a terminal, which a service does not have.
+        if b"ENCRYPTED" in tls.key_file.read_bytes()[:4096]:
+            return [f"mqtt.tls.key_file: the key is encrypted; a service needs an unencrypted key (protect it by file permissions): {tls.key_file}"]
+        context.load_cert_chain(str(tls.cert_file), str(tls.key_file), password=lambda: b"")
+    except (ssl.SSLError, OSError) as exc:
+        reason = _ssl_reason(exc)
+        if "KEY_VALUES_MISMATCH" in reason:
+            return [f"mqtt.tls.key_file: not the private key of cert_file {tls.cert_file}: {tls.key_file}"]
+        return [f"mqtt.tls.cert_file: the certificate and key cannot be loaded ({reason}): {tls.cert_file}, {tls.key_file}"]
+    return []
+
+
+def _ssl_reason(exc: Exception) -> str:
+    return str(getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc)
+
+
+def model_errors(settings: InspectorSettings, *, required: bool) -> list[str]:
+    """model.path missing (when `required`) or not a file, as `dotted.path: message` lines."""
+    if settings.model.path is None:
+        return ["model.path: required by `inspector run`"] if required else []
+    return [] if settings.model.path.is_file() else [f"model.path: file not found: {settings.model.path}"]
+
+
 def run_errors(settings: InspectorSettings) -> list[str]:
     """What `inspector run` needs beyond a valid file, as `dotted.path: message` lines."""
-    errors = []
+    errors = model_errors(settings, required=True)
     src = settings.source
     if src.kind is SourceKind.FOLDER:
         if src.path is None:
@@ -637,10 +675,14 @@ def run_errors(settings: InspectorSettings) -> list[str]:
         errors.append("source.uri: required when source.kind is camera")
     if src.kind is SourceKind.FOLDER and settings.pipeline.overload == "skip":
         errors.append("pipeline.overload: skip is for free-running cameras; a file in the folder is a part and gets a decision (use reject)")
+    missing = []
     for name in ("ca_file", "cert_file", "key_file"):
         path = getattr(settings.mqtt.tls, name)
         if path is not None and not path.is_file():
             errors.append(f"mqtt.tls.{name}: file not found: {path}")
+            missing.append(name)
+    if settings.mqtt.tls.enabled and not missing:
+        errors += tls_errors(settings.mqtt.tls)
     if settings.mqtt.password_file is not None and not settings.mqtt.password_file.is_file():
         errors.append(f"mqtt.password_file: file not found: {settings.mqtt.password_file}")
     if settings.journal.path.is_dir():

@@ -85,6 +85,11 @@ class Daemon:
                   f"but this daemon is station {s.station.name!r} (station.name)")],
             )
         self.journal = Journal(s.journal.path)
+        if self.journal.lost_earlier:
+            self.log.warning("journal_created", path=str(s.journal.path),
+                             detail="an earlier run's journal is gone (removed while stopped): seq starts again at 1, in a new session")
+        elif self.journal.created:
+            self.log.info("journal_created", path=str(s.journal.path))
         self.source = build_source(s.source, health=self.health, log=self.log, uncertain_route=s.decision.uncertain_route)
         if hasattr(self.source, "recover"):  # a folder: finish files decided before a crash
             self.source.recover(self.journal.decided)

@@ -3,7 +3,9 @@ and the `record` stream is fed from it in `seq` order, so outages and restarts l
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -102,6 +104,9 @@ class Journal:
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
+        self._lock_fd: int | None = None
+        self.created = self.lost_earlier = False
+        self._identity: tuple[int, int] | None = None
         if readonly:
             if not self.path.is_file():
                 raise InputError(f"no journal at {self.path}; set journal.path or pass --journal")
@@ -112,8 +117,12 @@ class Journal:
                 self._db.close()
                 raise InputError(f"{self.path} is not an inspector journal ({exc})") from exc
         else:
+            used_before = self.path.with_name(self.path.name + ".lock").exists()
+            self._lock_fd = _writer_lock(self.path)
+            self.created = not self.path.exists()
+            # A run wrote here before (its lock file stays), yet the journal is gone: its seqs start over at 1.
+            self.lost_earlier = self.created and used_before
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 # FULL: a commit is on disk before the decision goes out, so a power cut cannot un-decide a published part.
@@ -124,15 +133,29 @@ class Journal:
                         f"journal {self.path} has format {version}, newer than this inspector reads ({_USER_VERSION}); upgrade inspector"
                     )
                 self._db.executescript(_SCHEMA)
-                self._db.execute(f"PRAGMA user_version={_USER_VERSION}")
+                if version != _USER_VERSION:  # a write: on a full disk, reopening an existing journal must not need one
+                    self._db.execute(f"PRAGMA user_version={_USER_VERSION}")
+                self._identity = _inode(self.path)
             except (OSError, sqlite3.Error) as exc:
-                raise InputError(f"cannot open the journal {self.path}: {exc} (journal.path must be a writable file)") from exc
+                os.close(self._lock_fd)
+                raise InputError(f"cannot open the journal {self.path}: {_open_reason(exc)}") from exc
         self._db.execute("PRAGMA busy_timeout=5000")
         self._last_seq = self.last_seq()
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (and, for the writer, release the journal to the next run)."""
         self._db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def replaced(self) -> str | None:
+        """Why the writer's file is no longer the one at `path` (removed or replaced), or None while it is."""
+        now = _inode(self.path)
+        if now == self._identity:
+            return None
+        # Records written since go to a file nobody can open: published still, but gone at the next start.
+        return "the journal file was removed" if now is None else "the journal file was replaced by another file"
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -277,3 +300,43 @@ class _Tx:
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _writer_lock(path: Path) -> int:
+    """Hold `<journal>.lock` for as long as this writer lives; InputError when another run holds it."""
+    # A second writer would take the same seqs and fail every commit; SQLite's own locks only serialise them.
+    lock = path.with_name(path.name + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise InputError(f"cannot open the journal {path}: {_open_reason(exc)}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise InputError(
+            f"the journal {path} is in use by another `inspector run` (pid {holder}); each station needs its own journal.path"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _open_reason(exc: Exception) -> str:
+    """Why a journal cannot be opened, with the hint that fits (a damaged file is not a permissions problem)."""
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    if "not a database" in text or "malformed" in text:
+        return f"{text}: the file is damaged or not a journal; move it away (keep it for inspection) and start again"
+    if "disk is full" in text or "No space" in text:
+        return f"{text}: free space on its file system"
+    return f"{text} (journal.path must be a file this user may write, in a folder it may write)"

@@ -254,13 +254,24 @@ class MqttLink:
             info = client.publish(self.topics.status, offline, qos=1, retain=True, properties=self._json_props())
             try:
                 info.wait_for_publish(timeout=timeout)
-                delivered = info.is_published()
+                delivered = info.is_published() and self._puback_ok(info.mid)
             except (RuntimeError, ValueError):
                 delivered = False
             client.disconnect()
         self._teardown()
         self.connected = False
         return delivered
+
+    def _puback_ok(self, mid: int) -> bool:
+        """False when the broker answered `mid`'s PUBACK with a failure (not authorized): acknowledged is not accepted."""
+        # Closing: nothing reads the events after this, so they may be drained here.
+        while True:
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return True  # no PUBACK event seen: is_published() is all there is
+            if event.kind == "puback" and event.mid == mid and event.generation == self._generation:
+                return event.ok
 
     # --- events (owner thread) ----------------------------------------------------------------
 

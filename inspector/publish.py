@@ -37,6 +37,7 @@ REJECT_SCHEMA = "inspector.reject/1"
 REVIEW_SCHEMA = "inspector.review/1"
 _BATCH = 256
 _PRUNE_EVERY_S = 600.0
+_JOURNAL_CHECK_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,9 @@ class Outbox:
         self._health_version = -1
         self._next_metrics = time.monotonic() + settings.metrics.interval_s
         self._next_prune = time.monotonic()
+        self._next_journal_check = time.monotonic() + _JOURNAL_CHECK_S
+        self._journal_gone: str | None = None
+        self._refused_topics: set[str] = set()
         self._outbox_depth = journal.outbox_depth()
 
     # --- payloads -----------------------------------------------------------------------------
@@ -193,6 +197,9 @@ class Outbox:
         if time.monotonic() >= self._next_prune:
             self._next_prune = time.monotonic() + _PRUNE_EVERY_S
             self._prune()
+        if time.monotonic() >= self._next_journal_check:
+            self._next_journal_check = time.monotonic() + _JOURNAL_CHECK_S
+            self._check_journal()
 
     def metrics_snapshot(self) -> dict[str, Any]:
         """The metrics message: counters, latencies, queue and outbox depth, provider."""
@@ -249,9 +256,9 @@ class Outbox:
             if len(rows) < room:
                 self._dec_backlog = False
             for seq, text, deadline, part_id in rows:
-                self._dec_cursor = seq
                 if seq not in self._dec_inflight and not self._send_decision(seq, text, part_id, self._gate_of(text), deadline):
-                    break
+                    break  # paho's queue is full: this seq is the first of the next pass, not skipped by it
+                self._dec_cursor = seq
 
     def _publish_presence(self) -> None:
         self._health_version = self.health.version
@@ -325,7 +332,10 @@ class Outbox:
         if not event.ok:
             # MQTT 5 reason code 135 (Not authorized): the broker's ACL refuses this topic.
             self.log.error("mqtt_publish_refused", topic=topic, seq=seq or None, reason=event.reason)
-            self.health.set_flag("mqtt_publish_refused", f"{topic}: {event.reason}")
+            # One detail for every topic refused so far: a detail that followed the last topic would change with each
+            # refusal, and each change republishes status and state, which a refusing ACL refuses again.
+            self._refused_topics.add(topic)
+            self.health.set_flag("mqtt_publish_refused", f"{', '.join(sorted(self._refused_topics))}: {event.reason}")
             return
         if kind == "record":
             self._acked["record_sent_at"].append(seq)
@@ -333,16 +343,25 @@ class Outbox:
             self._acked["decision_sent_at"].append(seq)
 
     def _on_ack(self, event: LinkEvent) -> None:
+        # Anyone allowed to write acks can send anything: no payload may stop the station.
         try:
             body = json.loads(event.payload)
-            seq, part_id = body["seq"], body.get("part_id")
-            if type(seq) is not int:  # 1.7 or true must not acknowledge record 1
+            seq, part_id = body["seq"], body["part_id"]
+            if type(seq) is not int or not 1 <= seq < 2**63:  # 1.7 or true must not acknowledge record 1; SQLite ints are 64-bit
                 raise TypeError(seq)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, IndexError, RecursionError):  # RecursionError: "[[[[..." nested too deep
             self.log.warning("ack_malformed", topic=event.topic, payload=event.payload[:200].decode(errors="replace"),
-                             expected='{"seq": <int>, "part_id": <string>}')
+                             expected='{"seq": <int, 1 or more>, "part_id": <string>}')
             return
-        if not self.journal.mark_acknowledged(seq, None if part_id is None else str(part_id), self._clock()):
+        try:
+            known = self.journal.mark_acknowledged(seq, None if part_id is None else str(part_id), self._clock())
+        except sqlite3.Error as exc:
+            # Only the note that a PLC acted on it is lost; the decision itself is journaled and out.
+            self.log.error("ack_not_journaled", seq=seq, part_id=part_id, error=str(exc))
+            self.health.set_flag("journal_error", str(exc))
+            return
+        self.health.clear_flag("journal_error")  # any write that succeeds shows the journal takes writes again
+        if not known:
             self.log.warning("ack_unknown", seq=seq, part_id=part_id)
 
     def _flush_acks(self, *, force: bool = False) -> None:
@@ -353,10 +372,26 @@ class Outbox:
         self._next_ack_flush = now + 0.1
         if not any(self._acked.values()):
             return
-        self.journal.mark_sent(self._acked, self._clock())
+        try:
+            self.journal.mark_sent(self._acked, self._clock())
+        except sqlite3.Error as exc:
+            # Kept for the next try; a crash meanwhile only means these go out once more (at least once, never lost).
+            self.log.error("journal_write_failed", path=str(self.journal.path), error=str(exc), acknowledgements=sum(map(len, self._acked.values())))
+            self.health.set_flag("journal_error", str(exc))
+            self._next_ack_flush = now + 1.0
+            return
+        self.health.clear_flag("journal_error")
         self._outbox_depth = max(0, self._outbox_depth - len(self._acked["record_sent_at"]))
         for seqs in self._acked.values():
             seqs.clear()
+
+    def _check_journal(self) -> None:
+        why = self.journal.replaced()
+        if why and why != self._journal_gone:
+            # Decisions still commit to the open file and go out, but a restart would not find them: say so loudly.
+            self.log.error("journal_replaced", path=str(self.journal.path), detail=f"{why}; restart the daemon to journal to a file again")
+            self.health.set_flag("journal_replaced", why)
+        self._journal_gone = why
 
     def _prune(self) -> None:
         j = self.settings.journal
@@ -390,7 +425,8 @@ class Outbox:
         self._flush_acks(force=True)
         left = max(0.5, deadline - time.monotonic() + self.settings.pipeline.shutdown_timeout_s * 0.1)
         delivered = self.link.close(self.status_payload("offline", "stopped"), timeout=min(3.0, left))
-        self.log.info("outbox_closed", unsent_records=self.journal.outbox_depth(), offline_published=delivered)
+        unsent = self.journal.outbox_depth()
+        (self.log.warning if unsent or not delivered else self.log.info)("outbox_closed", unsent_records=unsent, offline_published=delivered)
 
 
 def _take(inbox: queue.Queue[Decided | None], timeout: float) -> tuple[list[Decided], bool]:

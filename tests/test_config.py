@@ -288,3 +288,14 @@ def test_cpu_latency_asks_for_nothing_unless_set_and_off_means_no_request_not_ze
 
 def test_a_camera_device_index_may_be_written_as_a_yaml_number(tmp_path: Path) -> None:
     assert load_settings(_write(tmp_path, "source:\n  kind: camera\n  uri: 0\n")).source.uri == "0"
+
+
+def test_an_error_in_a_value_from_the_environment_names_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INSPECTOR_MQTT__PORT", "abc")
+    monkeypatch.setenv("INSPECTOR_DECISION", '{"threshold": 3}')
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, "model:\n  warmup_runs: 1\n"))
+    assert sorted(info.value.errors) == [
+        "decision.threshold: Input should be less than or equal to 1 (set by INSPECTOR_DECISION)",
+        "mqtt.port: Input should be a valid integer, unable to parse string as an integer (set by INSPECTOR_MQTT__PORT)",
+    ]

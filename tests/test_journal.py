@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sqlite3
 from pathlib import Path
 
@@ -152,3 +153,49 @@ def test_size_limit_prunes_oldest_published_records_in_slices_and_keeps_unsent_o
     remaining = [r["seq"] for r in j.rows()]
     assert remaining[0] == total + 1, "the oldest went first"
     assert remaining[-500:] == list(range(2501, 3001)), "unsent records are never pruned"
+
+
+def test_one_writer_at_a_time_and_readers_beside_it(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    writer = Journal(path)
+    writer.append([_pending(1)])
+    with pytest.raises(InputError, match=rf"the journal {path} is in use by another `inspector run` \(pid {os.getpid()}\)"):
+        Journal(path)
+    reader = Journal(path, readonly=True)  # `inspector journal list` beside a running daemon
+    assert reader.last_seq() == 1
+    reader.close()
+    writer.close()
+    again = Journal(path)  # released with the writer
+    assert [r.seq for r in again.append([_pending(2)])] == [2]
+    again.close()
+
+
+def test_a_journal_removed_or_replaced_under_the_writer_is_noticed(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    j = Journal(path)
+    assert j.created and not j.lost_earlier and j.replaced() is None
+    path.rename(tmp_path / "moved.sqlite3")
+    assert j.replaced() == "the journal file was removed"
+    path.write_bytes(b"")
+    assert j.replaced() == "the journal file was replaced by another file"
+    j.close()
+    path.unlink()
+    # A run wrote here before, and its journal is gone: seqs start over, which the daemon warns about.
+    k = Journal(path)
+    assert k.created and k.lost_earlier
+    k.close()
+    reopened = Journal(path)
+    assert not reopened.created and not reopened.lost_earlier
+    reopened.close()
+
+
+def test_a_damaged_journal_is_named_as_such(tmp_path: Path) -> None:
+    (tmp_path / "j.sqlite3").write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
+    with pytest.raises(InputError, match="the file is damaged or not a journal; move it away"):
+        Journal(tmp_path / "j.sqlite3")
+
+
+def test_a_time_range_that_ends_before_it_starts_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    Journal(tmp_path / "j.sqlite3").close()
+    assert main(["journal", "export", "--journal", str(tmp_path / "j.sqlite3"), "--since", "1h", "--until", "2h"]) == 2
+    assert "--since is later than --until" in capsys.readouterr().err

@@ -16,6 +16,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from inspector.config import TlsSettings, tls_errors
 from tests.mqtt_helpers import MOSQUITTO, free_port, mosquitto
 
 # How a refused TLS client ends: during the handshake (TLS 1.2), or dropped right after it (TLS 1.3).
@@ -131,3 +132,23 @@ def test_second_run_adds_a_client_to_the_same_ca(tmp_path: Path) -> None:
     assert (out / "ca.crt").read_bytes() == ca and (out / "broker.crt").read_bytes() == broker
     verify = subprocess.run(["openssl", "verify", "-CAfile", str(out / "ca.crt"), str(out / "plc1.crt")], check=False, capture_output=True, text=True)
     assert verify.returncode == 0, verify.stderr
+
+
+def test_config_check_run_loads_the_tls_files_as_the_link_will(certs: Path, tmp_path: Path) -> None:
+    def errors(**files: Path) -> list[str]:
+        return tls_errors(TlsSettings(enabled=True, **files))
+
+    good = {"ca_file": certs / "ca.crt", "cert_file": certs / "client.crt", "key_file": certs / "client.key"}
+    assert errors(**good) == []
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    assert errors(**{**good, "ca_file": garbage}) == [
+        f"mqtt.tls.ca_file: not usable as PEM CA certificates: NO_CERTIFICATE_OR_CRL_FOUND: {garbage}"
+    ]
+    assert errors(**{**good, "key_file": certs / "broker.key"}) == [
+        f"mqtt.tls.key_file: not the private key of cert_file {certs / 'client.crt'}: {certs / 'broker.key'}"
+    ]
+    encrypted = tmp_path / "encrypted.key"
+    subprocess.run(["openssl", "pkey", "-in", str(certs / "client.key"), "-aes256", "-passout", "pass:secret", "-out", str(encrypted)],
+                   check=True, capture_output=True)
+    assert errors(**{**good, "key_file": encrypted})[0].startswith("mqtt.tls.key_file: the key is encrypted")
