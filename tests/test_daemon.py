@@ -252,6 +252,70 @@ def test_overload_at_twice_capacity_every_frame_gets_one_decision(
     sub.close()
 
 
+def test_a_name_reused_in_a_burst_each_file_read_gets_one_decision_and_moves_only_by_its_own(
+    tmp_path: Path, broker: Broker, models: dict[str, Path], daemons: list
+) -> None:
+    from inspector.samples import tile
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(11)
+    kind: dict[bytes, str] = {}  # each tile's bytes (all distinct) -> what it shows
+    for i in range(20):  # OK and NG alternately, written beforehand under ignored temporary names
+        data = cv2.imencode(".png", tile(rng, 1024, 1024, "crack" if i % 2 else None), [cv2.IMWRITE_PNG_COMPRESSION, 1])[1].tobytes()
+        kind[data] = "ng" if i % 2 else "ok"
+        (folder / f".t{i}.tmp").write_bytes(data)
+    last = (folder / ".t19.tmp").read_bytes()
+    sub = Subscriber(broker, (f"{PREFIX}/decision",))
+    # A generous deadline: a pass is a pass however busy the machine running the test is.
+    daemon = DaemonProcess(station_config(tmp_path, broker, models["dark"], decision={"deadline_ms": 30_000}))
+    daemons.append(daemon)
+    daemon.wait_event("daemon_ready")
+    # The acquisition program reuses one name for OK and NG parts alternately, mostly 3 ms apart, now and then after a
+    # pause. A 1024 px tile takes a few ms to decode: many arrive while the file before them is being judged.
+    for i in range(20):
+        os.rename(folder / f".t{i}.tmp", folder / "img.png")
+        time.sleep((0.003, 0.003, 0.04, 0.003, 0.003, 0.015)[i % 6])
+
+    processed = folder / "processed"
+
+    def moved() -> dict[Path, str]:
+        return {p: p.parent.name for p in processed.glob("*/*")}
+
+    def settled() -> bool:
+        return not (folder / "img.png").exists() and len(sub.on("decision")) == len(moved()) + len(daemon.saw("file_replaced_before_move"))
+
+    assert wait_until(settled, 15), (len(sub.on("decision")), len(moved()), len(daemon.saw("file_replaced_before_move")))
+    time.sleep(1.0)  # nothing more comes: no late second decision on a file already judged
+    decisions = {m.json()["seq"]: m.json() for m in sub.on("decision")}
+    files, replaced = moved(), [e["seq"] for e in daemon.saw("file_replaced_before_move")]
+    assert sorted(decisions) == list(range(1, len(decisions) + 1)) and len(decisions) == len(sub.on("decision"))
+    # Nothing lost silently: every decision either moved the file it judged, or says that file was replaced before it
+    # could be moved. The files that no decision covers were overwritten before anything read them.
+    assert len(decisions) == len(files) + len(replaced), (len(decisions), len(files), replaced)
+    # No `vanished before it could be read` reject for a file judged already. (Only a file that took the name in the
+    # instant of a move, and lost it again to a third before it could be put back, is set aside there, unread.)
+    quarantined = sorted(p.name for p in (folder / "quarantine").glob("*.png"))
+    assert all(n.startswith("img.unjudged") for n in quarantined) and len(quarantined) == len(daemon.saw("file_not_judged"))
+    assert all(d["reason"] in (None, "score") for d in decisions.values())
+    # Each file moved is one that was written, moved by the verdict on its own content: no NG tile in processed/pass.
+    contents = [p.read_bytes() for p in files]
+    assert len(set(contents)) == len(contents) and all(c in kind for c in contents)
+    assert {p.name: kind[p.read_bytes()] for p, verdict in files.items()} == {
+        p.name: ("ok" if verdict == "pass" else "ng") for p, verdict in files.items()
+    }
+    # Those named by their seq (the first in each folder keeps the plain name) match their decision, and no decision
+    # both moved a file and lost one.
+    named = {int(p.stem.split(".")[1]): verdict for p, verdict in files.items() if p.stem != "img"}
+    assert all(decisions[seq]["verdict"] == verdict for seq, verdict in named.items())
+    assert not set(named) & set(replaced) and set(replaced) <= set(decisions)
+    assert last in contents, "the last part of the burst, never overwritten, is judged"
+    assert replaced, "the burst did replace files while they were being judged"
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(15) == 0
+    sub.close()
+
+
 def test_files_waiting_at_start_are_all_judged_not_rejected_as_overload(tmp_path: Path, broker: Broker, daemons: list) -> None:
     model = loop_model(tmp_path / "slow.onnx", 20_000)  # >= 20 ms a tile: 40 files are far more than the queue holds
     folder = tmp_path / "in"

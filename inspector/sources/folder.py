@@ -2,7 +2,8 @@
 
 A file counts once it is renamed into the folder, or once its size has not changed for `settle_ms`. After its
 decision is journaled it moves to processed/pass|reject/ (or is deleted); a file that cannot be judged moves to
-quarantine/ with a `.reason` file beside it.
+quarantine/ with a `.reason` file beside it. Only the file that was read moves under a decision: one name holds one
+file at a time in flight, and a file that lands under that name meanwhile is judged as its own part afterwards.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ PROCESSED = "processed"
 QUARANTINE = "quarantine"
 # Reads that fail for these reasons say the filesystem, not the file, is at fault: retried at the next rescan.
 _TRANSIENT = {errno.EAGAIN, errno.EINTR, errno.EBUSY}
+# In delete mode a judged file is first renamed to `<_CLAIM><seq>.<name>` (never a candidate), checked to be the file
+# that was read, then unlinked: unlinking by its name could delete a new part that has just replaced it.
+_CLAIM = ".inspector-deleting."
 
 Lookup = Callable[[str, float], "tuple[int, str, str | None] | None"]
 _Identity = tuple[int, int, int]  # inode, mtime (ns), size: the same name with another identity is another file
@@ -66,6 +70,14 @@ class FolderSource:
         self._lock = threading.Lock()
         self._pending: dict[str, tuple[float, int, float]] = {}  # name -> (first seen, size, when the size last changed)
         self._tracked: set[str] = set()  # pending, ready, or judged but not yet moved
+        # Tracked names read and not yet finished: the identity of the file that was read (fstat of the descriptor the
+        # data came from; None when nothing was there). Only that file moves under the decision. One file per name is in
+        # flight at a time, so the name is the key.
+        self._read_as: dict[str, _Identity | None] = {}
+        # Tracked names under which something arrived after they were queued (when it first did, and whether the latest
+        # arrival was a rename, i.e. whole): once that decision is finished, a file there that is not the one read is
+        # judged as its own part. Several arrivals meanwhile leave one file: the ones it replaced were never read.
+        self._again: dict[str, tuple[float, bool]] = {}
         # Judged but not moved away (or there before start, with process_existing off): skipped while the file is
         # the same one. A file replaced or rewritten under that name is a new part and gets its own decision.
         self._stuck: dict[str, _Identity | None] = {}
@@ -132,7 +144,7 @@ class FolderSource:
         if p.parent != self.root:
             return None
         name = p.name
-        if any(fnmatch.fnmatchcase(name, pat) for pat in self.settings.ignore):
+        if name.startswith(_CLAIM) or any(fnmatch.fnmatchcase(name, pat) for pat in self.settings.ignore):
             return None
         return name
 
@@ -145,22 +157,31 @@ class FolderSource:
         with self._lock:
             if self._still_stuck(name):
                 return
-            if complete:
-                if name in self._pending:
-                    first = self._pending.pop(name)[0]
-                elif name in self._tracked:
-                    return  # already ready or judged
+            if name in self._pending:
+                first, size, _ = self._pending[name]
+                if complete:
+                    del self._pending[name]
+                    self._ready.put((name, first))
                 else:
-                    first = now
-                self._tracked.add(name)
-                self._ready.put((name, first))
+                    self._pending[name] = (first, size, now)  # it changed now: the settle wait starts again
                 return
-            if name in self._tracked and name not in self._pending:
+            if name in self._tracked:
+                # Queued or being judged: what lands under the name now may be another part. Looked at once that
+                # decision is finished (`_finish`), when only a file other than the one read is judged again. A rename
+                # brings a whole new file (arriving now); other events are writes to the one that arrived first.
+                self._again[name] = (now if complete else self._again.get(name, (now, False))[0], complete)
                 return
-            self._tracked.add(name)
-            # An event means the file changed now; the settle pass reads sizes (no I/O on the event thread).
-            first, size, _ = self._pending.get(name, (now, -1, now))
-            self._pending[name] = (first, size, now)
+            self._queue(name, now, now, complete=complete)
+
+    def _queue(self, name: str, first: float, changed: float, *, complete: bool) -> None:
+        """Track `name`: ready at once if it is whole (renamed in), else once its size has held still since `changed`
+        for settle_ms (call with the lock held)."""
+        self._tracked.add(name)
+        if complete:
+            self._ready.put((name, first))
+        else:
+            # The settle pass reads sizes (no I/O on the event thread); size -1 until it has.
+            self._pending[name] = (first, -1, changed)
 
     def _settle(self) -> None:
         """Move files whose size held still for settle_ms to the ready queue, oldest arrival first."""
@@ -208,17 +229,30 @@ class FolderSource:
 
     def recover(self, lookup: Lookup) -> int:
         """Finish files judged before a crash but not yet moved: no second decision. Returns how many."""
+        self._unclaim()
         n = 0
         for entry in sorted(os.scandir(self.root), key=_mtime_name):
             if entry.is_dir(follow_symlinks=False) or self._candidate(entry.path) is None:
                 continue
-            found = lookup(str(self.root / entry.name), entry.stat(follow_symlinks=False).st_mtime)
+            st = entry.stat(follow_symlinks=False)
+            found = lookup(str(self.root / entry.name), st.st_mtime)
             if found is not None:
                 seq, verdict, reason = found
                 self.log.info("file_already_decided", file=entry.name, seq=seq, verdict=verdict)
-                self._finish(entry.name, seq, verdict, Reason(reason) if reason else None, None)
+                self._finish(entry.name, seq, verdict, Reason(reason) if reason else None, None, _stat_identity(st))
                 n += 1
         return n
+
+    def _unclaim(self) -> None:
+        """Put files that a crash left claimed for deletion back under their names, for `recover` to look up."""
+        for entry in os.scandir(self.root):
+            if not entry.name.startswith(_CLAIM) or entry.is_dir(follow_symlinks=False):
+                continue
+            name = entry.name[len(_CLAIM):].partition(".")[2]
+            if name and self._candidate(str(self.root / name)) is not None and not os.path.lexists(self.root / name):
+                os.rename(entry.path, self.root / name)
+            else:
+                self.log.warning("claimed_file_left", file=entry.name, detail="claimed for deletion before a crash; its name is taken")
 
     # --- frames -------------------------------------------------------------------------------
 
@@ -269,70 +303,145 @@ class FolderSource:
             backlog = name in self._backlog
             self._backlog.discard(name)
         common = {"frame_id": name, "source": str(path), "captured_at": arrived, "part_id": part_id, "backlog": backlog}
+
+        def frame(read: _Identity | None, **kw: Any) -> Frame:
+            # `read`: the file this frame's decision is about; only that file moves under it (`_finish`).
+            with self._lock:
+                self._read_as[name] = read
+            return Frame(**common, **kw)
+
         try:
             st = os.lstat(path)
         except FileNotFoundError:
-            return Frame(**common, read_error=f"vanished before it could be read: {path}")
+            return frame(None, read_error=f"vanished before it could be read: {path}")
         # The part was captured when the file was written, if that was before the daemon saw it: a file that waited
         # while the daemon was down (or unwatched) is late, and its deadline says so.
         common["captured_at"] = min(arrived, st.st_mtime)
         if stat.S_ISLNK(st.st_mode):
-            return Frame(**common, fault=Reason.REFUSED, read_error=f"symlink refused (links may lead out of the folder): {path}")
+            return frame(_stat_identity(st), fault=Reason.REFUSED, read_error=f"symlink refused (links may lead out of the folder): {path}")
         if stat.S_ISDIR(st.st_mode):
             with self._lock:
                 self._tracked.discard(name)
+                self._again.pop(name, None)
             return None  # a subfolder (processed/, quarantine/) under a name that was a file a moment ago
         if not stat.S_ISREG(st.st_mode):
-            return Frame(**common, read_error=_not_a_file(st.st_mode, path))
+            return frame(_stat_identity(st), read_error=_not_a_file(st.st_mode, path))
         try:
             # O_NONBLOCK: a pipe swapped in after the lstat must not hang the source waiting for a writer.
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
+            # About what the open found there, which may have replaced the file the lstat saw (a symlink: ELOOP).
             if exc.errno == errno.ELOOP:
-                return Frame(**common, fault=Reason.REFUSED, read_error=f"symlink refused: {path}")
-            return Frame(**common, read_error=f"{exc.strerror}: {path}")
+                return frame(_identity(path), fault=Reason.REFUSED, read_error=f"symlink refused: {path}")
+            return frame(_identity(path), read_error=f"{exc.strerror}: {path}")
         try:
             with os.fdopen(fd, "rb") as f:
-                mode = os.fstat(f.fileno()).st_mode
-                if not stat.S_ISREG(mode):
-                    return Frame(**common, read_error=_not_a_file(mode, path))
+                # What was opened is what is judged, even if another file replaced the one the lstat saw.
+                st = os.fstat(f.fileno())
+                common["captured_at"] = min(arrived, st.st_mtime)
+                if not stat.S_ISREG(st.st_mode):
+                    return frame(_stat_identity(st), read_error=_not_a_file(st.st_mode, path))
                 data = f.read()
         except OSError as exc:
-            return Frame(**common, read_error=f"{exc.strerror}: {path}")
-        return Frame(**common, data=data)
+            return frame(_stat_identity(st), read_error=f"{exc.strerror}: {path}")
+        return frame(_stat_identity(st), data=data)
 
     # --- after the decision -------------------------------------------------------------------
 
     def done(self, frame: Frame, record: Record) -> None:
-        """Move the file to processed/ or quarantine/ (or delete it), per its journaled verdict."""
+        """Move the file to processed/ or quarantine/ (or delete it), per its journaled verdict: the file that was read,
+        never another that has taken its name since (that one is judged as its own part)."""
+        with self._lock:
+            judged = self._read_as.pop(frame.frame_id, None)
         v = record.verdict
-        self._finish(frame.frame_id, record.seq, v.verdict, v.reason, v.detail)
+        self._finish(frame.frame_id, record.seq, v.verdict, v.reason, v.detail, judged)
 
-    def _finish(self, name: str, seq: int, verdict: str, reason: Reason | None, detail: str | None) -> None:
+    def _finish(self, name: str, seq: int, verdict: str, reason: Reason | None, detail: str | None, judged: _Identity | None) -> None:
+        """Move `name` per the decision if it is still the file `judged` (its identity when read), then judge whatever
+        else is under the name now."""
+        src = self.root / name
+        there = _identity(src)
+        moved = False
+        if judged is not None and there == judged:
+            moved = self._move(name, seq, verdict, reason, detail, judged)
+        elif judged is not None and there is not None:
+            self._replaced(name, seq)
+        # Otherwise nothing was read, or the judged file vanished: nothing to move; the decision is in the journal.
+        with self._lock:
+            self._tracked.discard(name)
+            later = self._again.pop(name, None)
+            # Without an arrival meanwhile, a file moved away leaves the name empty (one arriving from now on is news).
+            if later is not None or not moved:
+                there = _identity(src)
+                if there is not None and there != judged:
+                    first, complete = later if later is not None else (self._clock(), False)
+                    self._queue(name, first, self._clock(), complete=complete)
+
+    def _replaced(self, name: str, seq: int) -> None:
+        self.log.warning("file_replaced_before_move", file=name, seq=seq,
+                         detail="after this file was read, another took its name (or it was rewritten): what was judged is "
+                                "gone, so nothing moves under this decision; the file there now gets its own")
+
+    def _move(self, name: str, seq: int, verdict: str, reason: Reason | None, detail: str | None, judged: _Identity) -> bool:
+        """Move (or delete) the judged file per its decision; False when it was not (vanished, replaced, or an error)."""
         src = self.root / name
         try:
             if reason in QUARANTINE_REASONS:
                 dest = _unique(self.root / QUARANTINE / name, seq)
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(src, dest)
+                if not self._take(src, dest, judged, name, seq):
+                    return False
                 dest.with_name(dest.name + ".reason").write_text(
                     f"reason: {reason.value if reason else None}\ndetail: {detail}\nseq: {seq}\nat: {iso_time(self._clock())}\n",
                     encoding="utf-8",
                 )
             elif self.settings.after_decision == "delete":
-                os.unlink(src)
+                claim = self.root / f"{_CLAIM}{seq}.{name}"
+                if not self._take(src, claim, judged, name, seq):
+                    return False
+                os.unlink(claim)
             else:
                 dest = _unique(self.root / PROCESSED / gate(verdict, self.uncertain_route) / name, seq)
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(src, dest)
+                if not self._take(src, dest, judged, name, seq):
+                    return False
         except FileNotFoundError:
-            pass  # it vanished; its decision (a reject) is in the journal
+            return False  # it vanished; its decision (a reject) is in the journal
         except OSError as exc:
             self.log.error("file_not_moved", file=name, seq=seq, error=str(exc), detail="it is not judged again unless replaced")
             with self._lock:
-                self._stuck[name] = _identity(src)
-        with self._lock:
-            self._tracked.discard(name)
+                self._stuck[name] = judged
+            return False
+        return True
+
+    def _take(self, src: Path, dest: Path, judged: _Identity, name: str, seq: int) -> bool:
+        """Rename `src` to `dest` and check that what moved is the judged file: another file may have replaced it in
+        the instant since it was checked. If so, that one goes back under its name for its own decision."""
+        os.rename(src, dest)
+        if _identity(dest) == judged:
+            return True
+        self._replaced(name, seq)
+        try:
+            os.link(dest, src, follow_symlinks=False)  # never over a third file that has taken the name meanwhile
+            os.unlink(dest)
+            return False
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links
+            if not os.path.lexists(src):
+                os.rename(dest, src)
+                return False
+        # Its name is taken again: the newer file is judged, this one was never read. Kept, out of the verdict folders.
+        aside = _unique(self.root / QUARANTINE / f"{Path(name).stem}.unjudged{Path(name).suffix}", seq)
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(dest, aside)
+        aside.with_name(aside.name + ".reason").write_text(
+            f"reason: none (not judged)\ndetail: replaced under its name twice within moments; never read\nseq: none\n"
+            f"at: {iso_time(self._clock())}\n",
+            encoding="utf-8",
+        )
+        self.log.error("file_not_judged", file=name, moved_to=str(aside), detail="replaced under its name twice within moments; never read")
+        return False
 
     def close(self) -> None:
         """Stop watching."""
@@ -451,6 +560,10 @@ def _identity(path: Path | str) -> _Identity | None:
         st = os.lstat(path)
     except OSError:
         return None
+    return _stat_identity(st)
+
+
+def _stat_identity(st: os.stat_result) -> _Identity:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import stat
 import threading
@@ -257,6 +258,125 @@ def test_delete_mode_deletes_judged_files_but_still_quarantines_bad_ones(folder:
         run.close()
     assert not (folder / "processed").exists() and not (folder / "a.png").exists()
     assert (folder / "quarantine" / "b.png").exists()
+
+
+def test_a_file_that_replaces_a_name_being_judged_is_judged_as_its_own_part_and_only_the_judged_file_moves(folder: Path) -> None:
+    logged = io.StringIO()
+    configure_logging("info", "json", stream=logged)
+    run = Running(folder, settle_ms=50, rescan_s=600)  # no rescan comes to the rescue: the arrival is not forgotten
+    try:
+        _drop(folder, "img.png", b"\x89PNG first: NG")
+        assert wait_until(lambda: run.frames, 3)
+        # While its decision is in flight the acquisition program reuses the name, three times: the first two are
+        # replaced before anything reads them (as far as the daemon can know they never existed); the last is a part.
+        for i in range(3):
+            _drop(folder, "img.png", b"\x89PNG later %d" % i)
+        time.sleep(0.3)
+        assert run.names() == ["img.png"], "one file per name in flight: the next waits for this decision"
+        first = run.frames[0][1]
+        run.source.done(first, _record(first, 1, "reject", Reason.SCORE))
+        assert wait_until(lambda: len(run.frames) == 2, 3), "the file that took the name is judged as its own part"
+        second = run.frames[1][1]
+        assert second.data == b"\x89PNG later 2"
+        run.source.done(second, _record(second, 2))
+        time.sleep(0.3)
+        assert len(run.frames) == 2, "each file read gets one decision, not two"
+    finally:
+        run.close()
+    assert not (folder / "processed" / "reject").exists(), "the judged NG file was overwritten: nothing moves under its reject"
+    assert [p.read_bytes() for p in (folder / "processed" / "pass").iterdir()] == [b"\x89PNG later 2"]
+    replaced = [json.loads(line) for line in logged.getvalue().splitlines() if '"file_replaced_before_move"' in line]
+    assert [(e["file"], e["seq"]) for e in replaced] == [("img.png", 1)]
+
+
+def test_a_file_swapped_in_between_the_check_and_the_move_goes_back_and_gets_its_own_decision(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = Running(folder, settle_ms=50, rescan_s=600)
+    real_rename = os.rename
+    swapped = []
+
+    def rename_after_a_swap(src: object, dst: object, *args: object, **kw: object) -> None:
+        if not swapped and Path(str(src)) == folder.resolve() / "img.png":  # the move of the judged file
+            swapped.append(1)
+            (folder.parent / "swap").write_bytes(b"\x89PNG swapped in")
+            real_rename(folder.parent / "swap", src)  # another part takes the name the instant before
+        real_rename(src, dst, *args, **kw)
+
+    try:
+        _drop(folder, "img.png", b"\x89PNG judged: NG")
+        assert wait_until(lambda: run.frames, 3)
+        monkeypatch.setattr(os, "rename", rename_after_a_swap)
+        first = run.frames[0][1]
+        run.source.done(first, _record(first, 1, "reject", Reason.SCORE))
+        monkeypatch.setattr(os, "rename", real_rename)
+        assert swapped
+        assert wait_until(lambda: len(run.frames) == 2, 3), "put back under its name and judged"
+        second = run.frames[1][1]
+        assert second.data == b"\x89PNG swapped in"
+        run.source.done(second, _record(second, 2))
+    finally:
+        monkeypatch.setattr(os, "rename", real_rename)
+        run.close()
+    assert list((folder / "processed" / "reject").iterdir()) == [], "never under the decision made on another file"
+    assert [p.read_bytes() for p in (folder / "processed" / "pass").iterdir()] == [b"\x89PNG swapped in"]
+
+
+def test_a_file_replaced_between_the_lstat_and_the_open_is_judged_once_as_what_was_opened(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = Running(folder, settle_ms=50, rescan_s=600)
+    real_open = os.open
+    swapped = []
+
+    def open_after_a_swap(path: object, *args: object, **kw: object) -> int:
+        if not swapped and Path(str(path)) == folder.resolve() / "img.png":
+            swapped.append(1)
+            (folder.parent / "swap").write_bytes(b"\x89PNG the one opened")
+            os.rename(folder.parent / "swap", folder / "img.png")
+        return real_open(path, *args, **kw)
+
+    monkeypatch.setattr(os, "open", open_after_a_swap)
+    try:
+        _drop(folder, "img.png", b"\x89PNG seen by lstat only")
+        assert wait_until(lambda: run.frames, 3)
+        monkeypatch.setattr(os, "open", real_open)
+        frame = run.frames[0][1]
+        assert swapped and frame.data == b"\x89PNG the one opened"
+        run.source.done(frame, _record(frame, 1))
+        time.sleep(0.3)
+        assert len(run.frames) == 1, "what was opened was judged and moved: not judged again"
+    finally:
+        monkeypatch.setattr(os, "open", real_open)
+        run.close()
+    assert [p.read_bytes() for p in (folder / "processed" / "pass").iterdir()] == [b"\x89PNG the one opened"]
+
+
+def test_delete_mode_deletes_only_the_judged_file_not_one_that_replaced_it(folder: Path) -> None:
+    run = Running(folder, settle_ms=50, rescan_s=600, after_decision="delete")
+    try:
+        _drop(folder, "a.png", b"\x89PNG judged")
+        assert wait_until(lambda: run.frames, 3)
+        _drop(folder, "a.png", b"\x89PNG next part")
+        first = run.frames[0][1]
+        run.source.done(first, _record(first, 1))
+        assert wait_until(lambda: len(run.frames) == 2, 3)
+        assert (folder / "a.png").read_bytes() == b"\x89PNG next part", "not deleted under the first file's decision"
+        run.source.done(run.frames[1][1], _record(run.frames[1][1], 2))
+    finally:
+        run.close()
+    assert [p.name for p in folder.iterdir()] == []
+
+
+def test_recovery_in_delete_mode_finishes_a_file_claimed_for_deletion_before_a_crash(folder: Path, tmp_path: Path) -> None:
+    (folder / ".inspector-deleting.1.decided.png").write_bytes(b"1")  # the crash came between claim and unlink
+    journal = Journal(tmp_path / "j.sqlite3")
+    frame = Frame("decided.png", str(folder.resolve() / "decided.png"), time.time() + 1)
+    journal.append([_record(frame, 0).pending])
+    source = FolderSource(SourceSettings(kind="folder", path=folder, after_decision="delete"), health=Health(),
+                          log=structlog.get_logger("test"))
+    assert source.recover(journal.decided) == 1
+    assert list(folder.iterdir()) == []
 
 
 def test_recovery_moves_files_decided_before_a_crash_without_judging_them_again(folder: Path, tmp_path: Path) -> None:
