@@ -443,7 +443,13 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from inspector.calibration.record import ALL_ROIS, load_record, write_record
+    from inspector.calibration.record import (
+        ALL_ROIS,
+        is_record_file,
+        load_record,
+        report_path,
+        write_record,
+    )
     from inspector.calibration.run import (
         CalibrateOptions,
         calibrate,
@@ -464,6 +470,11 @@ def _calibrate(args: argparse.Namespace) -> int:
     out = args.out or default_record_path(station)
     if out.is_dir():
         raise InputError(f"--out {out}: is a folder; expected the record's file name, like calibration/{station}.yaml")
+    if out.suffix.lower() not in (".yaml", ".yml"):
+        raise InputError(f"--out {out}: a calibration record is a .yaml file, like calibration/{station}.yaml")
+    if out.is_file() and not is_record_file(out):
+        # Only a record replaces a record: a model or a config under that name would be lost.
+        raise InputError(f"--out {out}: exists and is not a calibration record; choose another name or move it away")
     if not out.parent.is_dir():
         raise InputError(
             f"{out.parent}/: no such folder for the record {out}; run from the folder that holds calibration/ "
@@ -505,8 +516,12 @@ def _calibrate(args: argparse.Namespace) -> int:
                 np.array([s.score for s in mine if s.ng], np.float64),
                 np.array([s.score for s in mine if not s.ng], np.float64),
             )
-        report = write_calibration_report(out.with_name(out.stem + ".report.html"), record, by_scope)
+        report = write_calibration_report(report_path(out), record, by_scope)
     write_record(out, record)  # last: a failure before it leaves the station's record as it was
+    if args.no_report and report_path(out).is_file():
+        # Reviewers commit the record and its report together: an earlier report would show other figures.
+        report_path(out).unlink()
+        print(f"removed {report_path(out)}: it described the earlier record")
     for line in describe(record, scores.excluded):
         print(line)
     if previous is not None:
@@ -689,6 +704,7 @@ def _export(args: argparse.Namespace) -> int:
         spec = station_spec(base, settings.rois)
     if args.golden is not None and not args.golden.exists():
         raise InputError(f"--golden {args.golden}: no such folder")
+    replaces = args.out.is_file()
     manifest, gate = export_mod.export_checkpoint(
         args.checkpoint, args.out, golden=args.golden, spec=spec, fp16=args.fp16, threshold=args.threshold,
         quantize=args.quantize, calibration_data=args.calibration_data, tta=args.tta,
@@ -707,5 +723,6 @@ def _export(args: argparse.Namespace) -> int:
         )
     views = manifest.info.get("tta_views", 1)
     print(f"model: {args.out}  classes {list(manifest.classes)}  precision {manifest.info['precision']}"
-          + (f"  test-time views {views} ({manifest.info['tta']})" if views > 1 else ""))
+          + (f"  test-time views {views} ({manifest.info['tta']})" if views > 1 else "")
+          + ("  (replaced the model that was there)" if replaces else ""))
     return 0

@@ -335,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=10.0, help="parts dropped per second (default 10)")
     p.add_argument("--small", action="store_true", help="a reduced run (fewer, smaller sets), as the test suite uses")
     args = p.parse_args(argv)
+    from inspector.calibration.record import report_path
     from inspector.logs import configure_logging
 
     configure_logging("warning", "console")  # the steps speak for themselves; the daemon's own log goes to a file
@@ -365,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"training report:    {train_report}")
     print(f"model:              {model}")
-    print(f"calibration record: {record}  (report {record.with_name(record.stem + '.report.html')})")
+    print(f"calibration record: {record}  (report {report_path(record)})")
     print(f"daemon log:         {out / 'daemon.log'}")
     print(f"journal:            inspector journal list --journal {out / 'journal.sqlite3'}")
     print(f"done in {time.monotonic() - started:.0f} s; nothing left running")

@@ -37,7 +37,8 @@ class DatasetRef(_Record):
     n_ok: int = Field(ge=0, description="OK samples.")
     n_ng: int = Field(ge=0, description="NG samples.")
     n_ng_per_class: dict[str, int] = Field(default_factory=dict, description="NG samples per defect class.")
-    excluded: int = Field(default=0, ge=0, description="Samples without a score (unreadable images), left out.")
+    excluded: int = Field(default=0, ge=0, description="Samples left out: without a score (unreadable images), or repeats of another.")
+    unlabelled: int = Field(default=0, ge=0, description="Frames found without a label, left out.")
 
 
 class Target(_Record):
@@ -203,11 +204,28 @@ def check_record(record: CalibrationRecord, path: Path, model_sha256: str, spec_
         raise ModelError(f"calibration {path} has thresholds for ROIs {unknown}, but the station's ROIs are {list(roi_names)}")
 
 
+_HEADER = "# Calibration record for station "
+
+
+def is_record_file(path: Path) -> bool:
+    """True when `path` starts as `write_record` starts a record (whether or not it still loads)."""
+    try:
+        with path.open("rb") as f:
+            return f.read(len(_HEADER)) == _HEADER.encode()
+    except OSError:
+        return False
+
+
+def report_path(record: Path) -> Path:
+    """The review page written beside a record: calibration/<station>.report.html."""
+    return record.with_name(record.stem + ".report.html")
+
+
 def write_record(path: Path, record: CalibrationRecord) -> None:
     """Write atomically: a reader sees the old record or the new one, never half of one."""
     tmp = path.with_name(path.name + ".partial")
     tmp.write_text(
-        f"# Calibration record for station {record.station}: written by `inspector calibrate`.\n"
+        f"{_HEADER}{record.station}: written by `inspector calibrate`.\n"
         "# A threshold change is a reviewed commit of this file (see calibration/README.md).\n" + record.to_yaml(),
         encoding="utf-8",
     )

@@ -120,6 +120,7 @@ def calibrate(scores: ScoreSet, options: CalibrateOptions) -> CalibrationRecord:
             n_ng=len(ng),
             n_ng_per_class=dict(sorted(per_class.items())),
             excluded=len(scores.excluded),
+            unlabelled=scores.unlabelled,
         ),
         demonstrated=all(s.demonstrated for s in scopes.values()),
         thresholds=scopes,
@@ -258,7 +259,8 @@ def describe(record: CalibrationRecord, excluded: tuple[str, ...] = ()) -> list[
     d, t = record.dataset, record.target
     lines = [
         f"station {record.station}: model {record.model.name or '?'} (sha256 {record.model.sha256[:12]}…), "
-        f"{d.n_ok} OK / {d.n_ng} NG {d.unit}s" + (f", {d.excluded} excluded (no score)" if d.excluded else ""),
+        f"{d.n_ok} OK / {d.n_ng} NG {d.unit}s" + (f", {d.excluded} excluded" if d.excluded else "")
+        + (f", {d.unlabelled} unlabelled frames left out" if d.unlabelled else ""),
         f"target: NG recall >= {_pct(t.ng_recall)} at {100 * t.confidence:g}% confidence (one-sided Clopper-Pearson)",
     ]
     lines += [f"  excluded {e}" for e in excluded[:5]]

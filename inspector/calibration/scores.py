@@ -17,7 +17,7 @@ from inspector.errors import InputError, ModelError
 from inspector.model import file_sha256
 from inspector.pipeline import build_pipeline
 from inspector.replay.dataset import ReplaySet, collect
-from inspector.replay.runner import judge
+from inspector.replay.runner import judge, log_dataset
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class ScoreSet:
     fingerprint: str
     basis: str  # "files" | "decisions"
     source: str
-    excluded: tuple[str, ...]  # samples without a score (faulted frames), with the reason
+    excluded: tuple[str, ...]  # samples without a score (faulted frames) or repeating another, with the reason
     unlabelled: int  # frames without a label, left out
 
 
@@ -59,14 +59,22 @@ def from_images(
             f"{path}: no labels; calibration needs labelled parts: ok/ and ng/<defect>/ folders, or --labels CSV with ok/ng per ROI"
         )
     unit = "roi" if dataset.labelled_by == "csv" else "frame"
+    log_dataset(log, dataset)  # loose images beside ok/ and ng/ among them
     labelled = [item for item in dataset.items if item.label is not None]
-    if len(labelled) < len(dataset.items):
-        log.warning("frames_without_labels", count=len(dataset.items) - len(labelled), why="beside ok/ and ng/, or not in the labels CSV; left out")
+    not_in_csv = len(dataset.items) - len(labelled) - len(dataset.loose_files)
+    if not_in_csv:
+        log.warning("frames_without_labels", count=not_in_csv, why="not in the labels CSV; left out")
     samples: list[Sample] = []
     excluded: list[str] = []
     lines: list[str] = []
+    seen: dict[str, str] = {}  # content hash -> the first frame with it
     for item, frame, verdict in judge(pipeline, ReplaySet(tuple(labelled), dataset.labelled_by), progress, "scoring"):
         content = hashlib.sha256(frame.data or b"").hexdigest()
+        if frame.data and content in seen:
+            # A copy or a link of one part is not a second part: counted twice, it would shrink the recall bound.
+            excluded.append(f"{item.frame_id}: the same image as {seen[content]}")
+            continue
+        seen.setdefault(content, item.frame_id)
         lines.append(f"{item.frame_id}\t{item.label}\t{item.defect}\t{item.roi_labels}\t{content}")
         if verdict.score is None:
             excluded.append(f"{item.frame_id}: {verdict.reason.value if verdict.reason else 'no score'}")
@@ -127,7 +135,12 @@ def from_decisions(path: Path, *, model_path: Path | None = None) -> ScoreSet:
     samples: list[Sample] = []
     excluded: list[str] = []
     lines: list[str] = []
+    seen: set[str] = set()
     for r in labelled:
+        if r["frame_id"] in seen:
+            excluded.append(f"{r['frame_id']}: listed again (one frame is one sample)")
+            continue
+        seen.add(r["frame_id"])
         lab = r["label"]
         rois = tuple(sorted(lab["rois"].items())) if lab.get("rois") else None
         lines.append(f"{r['frame_id']}\t{lab.get('frame')}\t{lab.get('defect')}\t{rois}\t{r.get('score')}")

@@ -68,7 +68,8 @@ def run_replay(
     check_output(out_dir, "--out", folder=True)
     pipeline = build_pipeline(settings, model_path=model_path, threshold=threshold, calibration=calibration, log=log)
     dataset = collect(path, labels_csv=labels_csv, roi_names=pipeline.roi_names, exclude=(out_dir,))
-    _log_dataset(log, path, dataset)
+    log.info("replay_start", path=str(path), frames=len(dataset.items), labelled_by=dataset.labelled_by)
+    log_dataset(log, dataset)
     make_output_folder(out_dir, "--out")
 
     decisions = out_dir / DECISIONS
@@ -149,8 +150,8 @@ def _judge_all(pipeline: FramePipeline, dataset: ReplaySet, decisions: Path, pro
     return outcomes
 
 
-def _log_dataset(log: structlog.typing.FilteringBoundLogger, path: Path, dataset: ReplaySet) -> None:
-    log.info("replay_start", path=str(path), frames=len(dataset.items), labelled_by=dataset.labelled_by)
+def log_dataset(log: structlog.typing.FilteringBoundLogger, dataset: ReplaySet) -> None:
+    """Warn about what a folder walk left out or could not label (replay, calibrate): nothing goes unsaid."""
     if dataset.skipped_files:
         log.warning("files_skipped", count=len(dataset.skipped_files), examples=list(dataset.skipped_files[:3]), why="not an image suffix")
     if dataset.ignored_dirs:

@@ -236,6 +236,9 @@ def export_checkpoint(
     """
     log = log or structlog.get_logger("inspector.export")
     check_output(out, "--out", folder=False)
+    # An ONNX file only ever replaces an ONNX file: `--out best.pt` would have eaten the checkpoint it exports.
+    if out.suffix.lower() != ".onnx":
+        raise InputError(f"--out {out}: an exported model is written as a .onnx file; give a name ending in .onnx")
     if quantize not in (None, "int8"):
         raise InputError(f"--quantize {quantize}: the supported precision is int8")
     if quantize and fp16:

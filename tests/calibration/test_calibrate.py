@@ -339,7 +339,7 @@ def test_unreadable_images_are_left_out_and_counted(
     assert code == 0, err
     record = load_record(station_dir / "calibration" / "s1.yaml")
     assert record.dataset.excluded == 1 and record.dataset.n_ng == 8  # the truncated file is no evidence of recall
-    assert "1 excluded (no score)" in out and "excluded ng/crack/partial.png: truncated" in out
+    assert "1 excluded" in out and "excluded ng/crack/partial.png: truncated" in out
 
 
 def test_roi_decisions_from_replay_calibrate_like_the_images(
@@ -372,3 +372,52 @@ def test_an_automatic_band_that_is_not_needed_says_why(tmp_path: Path) -> None:
     ng, ok = (np.array([x.score for x in samples if x.ng == is_ng]) for is_ng in (True, False))
     page = write_calibration_report(tmp_path / "s1.report.html", record, {"*": (ng, ok)}).read_text()
     assert f"<h3>Uncertain band</h3><p>None: {scope.uncertain_band_note}.</p>" in page.replace("&#x27;", "'")
+
+
+def test_copies_and_repeated_lines_are_one_sample_not_more_evidence(
+    models: dict[str, Path], tiles: Path, station_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiles, data)
+    ng = sorted((data / "ng" / "crack").iterdir())
+    (data / "ng" / "again").mkdir()
+    for p in ng:  # the same NG parts once more, as a copy and as links: 8 NG must stay 8
+        shutil.copy(p, data / "ng" / "again" / f"copy-{p.name}")
+        (data / "ng" / "again" / f"link-{p.name}").symlink_to(p)
+    shutil.copy(tiles / "ok" / min(os.listdir(tiles / "ok")), data / "stray.png")
+    code, out, err = _run(capsys, "calibrate", data, "--model", models["dark"], "--target-recall", "0.8", "--confidence", "0.8",
+                          "--station", "s1")
+    assert code == 0, err
+    record = load_record(station_dir / "calibration" / "s1.yaml")
+    assert (record.dataset.n_ng, record.dataset.n_ok, record.dataset.excluded, record.dataset.unlabelled) == (8, 12, 8, 1)
+    assert "12 OK / 8 NG frames, 8 excluded, 1 unlabelled frames left out" in out
+    assert "the same image as ng/again/copy-crack_" in out and "frames_unlabelled" in err  # ng/again/ sorts first
+    # Replay's decisions listed twice: each frame counts once.
+    replayed = tmp_path / "replayed"
+    assert main(["replay", str(tiles), "--model", str(models["dark"]), "--out", str(replayed), "--no-report"]) == 0
+    lines = (replayed / "decisions.jsonl").read_text().splitlines()
+    (replayed / "decisions.jsonl").write_text("\n".join(lines + [line for line in lines if json.loads(line)["label"]["frame"] == "ng"]) + "\n")
+    capsys.readouterr()
+    code, out, err = _run(capsys, "calibrate", "--decisions", replayed / "decisions.jsonl", "--target-recall", "0.8",
+                          "--confidence", "0.8", "--station", "s2")
+    assert code == 0, err
+    record = load_record(station_dir / "calibration" / "s2.yaml")
+    assert (record.dataset.n_ng, record.dataset.excluded) == (8, 8) and "listed again (one frame is one sample)" in out
+
+
+def test_the_record_replaces_only_a_record_and_no_report_leaves_no_stale_report(
+    models: dict[str, Path], tiles: Path, station_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ("calibrate", tiles, "--model", models["dark"], "--target-recall", "0.8", "--confidence", "0.8", "--station", "s1")
+    model_copy = station_dir / "calibration" / "model.yaml"
+    model_copy.write_bytes(models["dark"].read_bytes())
+    code, _, err = _run(capsys, *args, "--out", model_copy)
+    assert code == 2 and "exists and is not a calibration record; choose another name or move it away" in err
+    assert model_copy.read_bytes() == models["dark"].read_bytes()
+    code, _, err = _run(capsys, *args, "--out", station_dir / "calibration" / "s1.onnx")
+    assert code == 2 and "a calibration record is a .yaml file" in err
+    assert _run(capsys, *args)[0] == 0
+    report = station_dir / "calibration" / "s1.report.html"
+    assert report.is_file()
+    code, out, _ = _run(capsys, *args, "--no-report")
+    assert code == 0 and not report.exists() and f"removed {Path('calibration/s1.report.html')}: it described the earlier record" in out

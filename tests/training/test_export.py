@@ -41,6 +41,9 @@ def test_export_writes_a_model_the_runtime_runs_with_the_trained_preprocessing(t
     assert _leftovers(tmp_path) == ["model.onnx"]
     # Readable by the service user that runs `inspector run`, as any file written under that umask.
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    assert "replaced" not in stdout
+    code, stdout, err = export_cli(capsys, str(trained / "best.pt"), "--out", str(out))
+    assert code == 0 and "(replaced the model that was there)" in stdout
     clf = OnnxClassifier(out, ModelSettings(providers=[Provider.CPU]))
     ckpt = load_checkpoint(trained / "best.pt")
     assert clf.spec.to_json() == ckpt["spec"] and clf.classes == ("ok", "ng")
@@ -126,7 +129,7 @@ def test_golden_images_come_from_a_folder_when_the_validation_images_are_gone(tr
     assert "parity gate passed: 24 images" in stdout
 
 
-def test_a_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_file_that_is_not_a_checkpoint_is_a_clear_error(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bogus = tmp_path / "model.pt"
     torch.save({"weights": torch.zeros(2)}, bogus)
     code, _, err = export_cli(capsys, str(bogus), "--out", str(tmp_path / "m.onnx"))
@@ -140,6 +143,11 @@ def test_a_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path: Path, capsys
         assert code == 2 and err.strip().splitlines() == [
             f"inspector: error: {tmp_path / name}: not a checkpoint written by `inspector train` (not a file written by torch.save, or a damaged one)"
         ]
+    before = (trained / "best.pt").read_bytes()
+    code, _, err = export_cli(capsys, str(trained / "best.pt"), "--out", str(trained / "best.pt"))
+    # Only a .onnx name: the checkpoint, an image, a record under --out would be replaced by a model.
+    assert code == 2 and "an exported model is written as a .onnx file; give a name ending in .onnx" in err
+    assert (trained / "best.pt").read_bytes() == before
     with_code = tmp_path / "code.pt"
     torch.save({"format": "inspector.checkpoint/1", "hook": Path("x")}, with_code)
     code, _, err = export_cli(capsys, str(with_code), "--out", str(tmp_path / "m.onnx"))
