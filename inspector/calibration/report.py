@@ -180,10 +180,9 @@ def _band_table(s: ScopeResult) -> str:
     return "<h3>Uncertain band</h3>" + table(["Figure", "Value"], [(esc(k), esc(v)) for k, v in rows], "band")
 
 
-def _groups_table(title: str, label: str, groups: dict[str, GroupFigures]) -> str:
+def _groups_table(title: str, label: str, groups: dict[str, GroupFigures], worst: str | None) -> str:
     if not groups:
         return ""
-    worst = limiting_group(groups) if len(groups) > 1 else None  # one group limits trivially: nothing to point at
     rows = []
     for name, g in groups.items():
         cls = " limit" if name == worst else ""
@@ -194,7 +193,8 @@ def _groups_table(title: str, label: str, groups: dict[str, GroupFigures]) -> st
         ]
         rows.append([f'<td class="limit">{cells[0]}</td>' if cls else str(cells[0]), *(_td(c, "num" + cls) for c in cells[1:])])
     head = [label, "NG", "caught", "NG recall", "lower bound", "OK", "false-reject rate", "lowest NG score", "threshold alone", "demonstrated alone"]
-    note = "Highlighted: the group whose own threshold is lowest, the one that holds the shared threshold down." if worst else ""
+    note = "Highlighted: the group of the NG sample the shared threshold sits on (limited by). A group's own threshold with " \
+        "\"demonstrated alone: no\" is the point estimate less the margin: its few NG cannot carry the target alone." if worst else ""
     return f"<h3>{esc(title)}</h3>" + table(head, rows, "groups") + (f'<p class="caption">{esc(note)}</p>' if note else "")
 
 
@@ -299,8 +299,8 @@ def _scope_section(name: str, s: ScopeResult, record: CalibrationRecord, scores:
         _threshold_table(s, record),
         _cost_table(s, record, scores),
         _band_table(s),
-        _groups_table("Per defect class", "Defect", s.per_defect),
-        _groups_table("Per ROI", "ROI", s.per_roi),
+        _groups_table("Per defect class", "Defect", s.per_defect, limiting_group(s, "defect")),
+        _groups_table("Per ROI", "ROI", s.per_roi, limiting_group(s, "roi")),
         _plots(name, s, record, scores),
     ))
 

@@ -190,6 +190,10 @@ def _scope(samples: tuple[Sample, ...] | list[Sample], options: CalibrateOptions
     else:
         chosen_by = "recall-bound" if choice.demonstrated else "point-estimate-minus-margin"
     limit = ng_samples[choice.limiting]
+    if chosen_by == "expected-cost":
+        # The cost rule's threshold sits elsewhere: the NG part nearest to passing is the lowest one it still rejects.
+        caught = [s for s in ng_samples if s.score >= threshold]
+        limit = caught[0] if caught else limit
     band, band_note = None, None
     if options.band is not None:
         b = uncertain_band(ng, ok, threshold, None if options.band == "auto" else float(options.band), options.band_false_reject, ng_rate)
@@ -245,9 +249,20 @@ def _groups(samples: tuple[Sample, ...] | list[Sample], key: str, threshold: flo
     return out
 
 
-def limiting_group(groups: dict[str, GroupFigures]) -> str | None:
-    """The group whose own threshold is lowest: the one that holds the shared threshold down."""
-    return min(groups, key=lambda k: (groups[k].threshold_alone, k)) if groups else None
+def limiting_group(scope: ScopeResult, key: str) -> str | None:
+    """The defect class (key "defect") or ROI ("roi") of the NG sample the threshold sits on, when there are groups
+    to tell apart: the one that holds the shared threshold down."""
+    groups = scope.per_defect if key == "defect" else scope.per_roi
+    name = scope.limited_by.defect if key == "defect" else scope.limited_by.roi
+    return name if len(groups) > 1 and name in groups else None
+
+
+def alone_text(f: GroupFigures) -> str:
+    """What one group would need on its own evidence, and on which rule."""
+    if f.demonstrated_alone:
+        return f"alone it would need threshold {f.threshold_alone:g}"
+    # Fewer NG than the target needs: the point estimate less the margin, lower than a pooled threshold can be.
+    return f"alone its {f.n_ng} NG cannot demonstrate the target (threshold {f.threshold_alone:g} by point estimate less the margin)"
 
 
 def _pct(x: float | None) -> str:
@@ -286,13 +301,12 @@ def describe(record: CalibrationRecord, excluded: tuple[str, ...] = ()) -> list[
         )
         lim = s.limited_by
         lines.append(f"{head}  limited by {lim.sample} (score {lim.score:g}" + (f", {lim.defect}" if lim.defect else "") + ")")
-        for label, groups in (("defect", s.per_defect), ("ROI", s.per_roi)):
-            worst = limiting_group(groups)
+        for label, key, groups in (("defect", "defect", s.per_defect), ("ROI", "roi", s.per_roi)):
+            worst = limiting_group(s, key)
             for g, f in groups.items():
-                mark = "  <- limits the threshold" if g == worst and len(groups) > 1 else ""
+                mark = "  <- the threshold sits on its lowest NG" if g == worst else ""
                 lines.append(
-                    f"{head}  {label} {g}: {f.n_ng} NG, recall {_pct(f.ng_recall)} (lower {_pct(f.ng_recall_lower)}), "
-                    f"alone it would need threshold {f.threshold_alone:g}{mark}"
+                    f"{head}  {label} {g}: {f.n_ng} NG, recall {_pct(f.ng_recall)} (lower {_pct(f.ng_recall_lower)}), {alone_text(f)}{mark}"
                 )
         if s.cost is not None:
             c = s.cost

@@ -199,7 +199,9 @@ def test_per_roi_thresholds_from_roi_labels(
                         "--confidence", "0.5", "--station", "s1", "--out", station_dir / "shared.yaml")
     assert code == 0
     shared = load_record(station_dir / "shared.yaml").thresholds["*"]
-    assert set(shared.per_roi) == {"roi1", "roi2", "roi3", "roi4"} and "<- limits the threshold" in out
+    assert set(shared.per_roi) == {"roi1", "roi2", "roi3", "roi4"}
+    marked = [line.strip() for line in out.splitlines() if line.endswith("<- the threshold sits on its lowest NG")]
+    assert len(marked) == 1 and marked[0].startswith(f"ROI {shared.limited_by.roi}: ")
 
 
 @pytest.mark.parametrize(
@@ -421,3 +423,21 @@ def test_the_record_replaces_only_a_record_and_no_report_leaves_no_stale_report(
     assert report.is_file()
     code, out, _ = _run(capsys, *args, "--no-report")
     assert code == 0 and not report.exists() and f"removed {Path('calibration/s1.report.html')}: it described the earlier record" in out
+
+
+def test_cost_choice_names_the_ng_part_nearest_its_threshold_and_small_groups_say_they_cannot_stand_alone() -> None:
+    options = CalibrateOptions(station="s1", target_recall=0.95, confidence=0.9, cost_escape=1, cost_false_reject=50, choose="cost")
+    record = calibrate(_synthetic_scores(), options)
+    scope = record.thresholds["*"]
+    assert scope.chosen_by == "expected-cost" and scope.threshold != scope.recall_bound_threshold
+    caught = sorted(s.score for s in _synthetic_scores().samples if s.ng and s.score >= scope.threshold)
+    assert scope.limited_by.score == pytest.approx(caught[0], abs=1e-6), "the lowest NG the applied threshold still rejects"
+    assert sum(line.endswith("<- the threshold sits on its lowest NG") for line in describe(record)) == 1
+    # 95% recall at 90% confidence needs 45 NG with none missed: 120 cracks can show it alone, 5 dents cannot.
+    samples = [Sample(f"ok/{i}.png", 0.2 * i / 300, False) for i in range(300)]
+    samples += [Sample(f"ng/crack/{i}.png", 0.8 + 0.2 * i / 120, True, "crack") for i in range(120)]
+    samples += [Sample(f"ng/dent/{i}.png", 0.85 + 0.01 * i, True, "dent") for i in range(5)]
+    scores = ScoreSet(tuple(samples), "frame", "a" * 64, "m.onnx", ("frame",), None, "sha256:x", "files", "synthetic", (), 0)
+    lines = [line.strip() for line in describe(calibrate(scores, CalibrateOptions(station="s1", target_recall=0.95, confidence=0.9)))]
+    assert any(line.startswith("defect crack: 120 NG") and "alone it would need threshold" in line for line in lines)
+    assert any(line.startswith("defect dent: 5 NG") and "alone its 5 NG cannot demonstrate the target (threshold" in line for line in lines)
