@@ -161,7 +161,7 @@ def _add_calibrate(sub: Any) -> None:
     band = cp.add_argument_group("uncertain band (verdict `uncertain`, routed per decision.uncertain_route)")
     band.add_argument("--uncertain-band", type=_band, nargs="?", const="auto", metavar="auto|HIGH",
                       help="scores from the threshold up to HIGH get verdict uncertain; auto: up to where at most --band-false-reject of OK parts are rejected")
-    band.add_argument("--band-false-reject", type=float, default=0.005, metavar="F",
+    band.add_argument("--band-false-reject", type=float, default=None, metavar="F",
                       help="auto band: the false-reject rate allowed above the band (default 0.005)")
     cp.add_argument("--no-report", action="store_true", help="skip the HTML report beside the record")
 
@@ -462,6 +462,15 @@ def _calibrate(args: argparse.Namespace) -> int:
     if (args.data is None) == (args.decisions is None):
         raise InputError("give labelled images (DATA, with --model) or --decisions decisions.jsonl, not both and not neither")
     settings = _load(args.config)
+    if args.config and args.station and args.station != settings.station.name:
+        raise InputError(f"--station {args.station} differs from station.name {settings.station.name!r} in {args.config}: the daemon "
+                         "of that config refuses a record of another station; leave --station out or name the same station")
+    # Options that would change nothing are refused, not ignored: the user meant something by them.
+    if args.band_false_reject is not None and args.uncertain_band != "auto":
+        raise InputError("--band-false-reject sets where an automatic band ends: use it with --uncertain-band (auto), or leave it out")
+    if args.ng_rate is not None and args.cost_escape is None and args.uncertain_band is None:
+        raise InputError("--ng-rate weighs the expected cost and the band's review rate: use it with --cost-escape and "
+                         "--cost-false-reject, or --uncertain-band, or leave it out")
     station = args.station or (settings.station.name if args.config else None)
     if station is None:
         raise InputError("--station NAME is required (or --config with station.name): it names the record calibration/<station>.yaml")
@@ -483,7 +492,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     options = CalibrateOptions(
         station=station, target_recall=args.target_recall, confidence=args.confidence, safety_margin=args.safety_margin,
         per_roi=args.per_roi, cost_escape=args.cost_escape, cost_false_reject=args.cost_false_reject, ng_rate=args.ng_rate,
-        choose=args.choose, band=args.uncertain_band, band_false_reject=args.band_false_reject,
+        choose=args.choose, band=args.uncertain_band,
+        band_false_reject=0.005 if args.band_false_reject is None else args.band_false_reject,
     )
     options.check()  # before minutes of scoring
     if args.labels is not None and not args.labels.is_file():
@@ -530,7 +540,9 @@ def _calibrate(args: argparse.Namespace) -> int:
         change = "unchanged" if old == new else ", ".join(
             f"{'' if k == ALL_ROIS else k + ' '}{old.get(k, 'none')} -> {new.get(k, 'none')}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
         )
-        print(f"previous record ({previous.created_at} by {previous.created_by}): threshold {change}")
+        model = ("" if previous.model.sha256 == record.model.sha256
+                 else f"; model changed ({previous.model.name or '?'} {previous.model.sha256[:12]}… -> {record.model.name or '?'} {record.model.sha256[:12]}…)")
+        print(f"previous record ({previous.created_at} by {previous.created_by}): threshold {change}{model}")
     print(f"record: {out}  (commit it: a threshold change is a reviewed change)")
     if report:
         print(f"report: {report}")
@@ -704,6 +716,8 @@ def _export(args: argparse.Namespace) -> int:
         spec = station_spec(base, settings.rois)
     if args.golden is not None and not args.golden.exists():
         raise InputError(f"--golden {args.golden}: no such folder")
+    if args.calibration_data is not None and args.quantize is None:
+        raise InputError("--calibration-data sets the INT8 activation ranges: use it with --quantize int8, or leave it out")
     replaces = args.out.is_file()
     manifest, gate = export_mod.export_checkpoint(
         args.checkpoint, args.out, golden=args.golden, spec=spec, fp16=args.fp16, threshold=args.threshold,

@@ -110,6 +110,10 @@ def _samples(
 
 def from_decisions(path: Path, *, model_path: Path | None = None) -> ScoreSet:
     """Read labelled scores from replay's decisions.jsonl; its summary.json beside it names the model and ROIs."""
+    if path.is_dir():
+        inside = path / "decisions.jsonl"
+        hint = f"; did you mean {inside}?" if inside.is_file() else ""
+        raise InputError(f"--decisions {path}: is a folder; expected the decisions.jsonl file that `inspector replay` wrote{hint}")
     if not path.is_file():
         raise InputError(f"--decisions {path}: no such file; expected the decisions.jsonl that `inspector replay` wrote")
     records = _read_jsonl(path)

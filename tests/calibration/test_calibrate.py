@@ -217,6 +217,11 @@ def test_per_roi_thresholds_from_roi_labels(
         ("tiles", ["{data}", "--model", "{dark}", "--target-recall", "1.0"], "--target-recall must lie strictly between 0 and 1"),
         ("tiles", ["{data}", "--model", "{dark}", "--station", "../etc"], "use letters, digits"),
         ("unlabelled_decisions", ["--decisions", "{data}/decisions.jsonl"], "no decision carries a label"),
+        # Options that would change nothing: refused, not ignored.
+        ("tiles", ["{data}", "--model", "{dark}", "--band-false-reject", "0.01"], "--band-false-reject sets where an automatic band ends"),
+        ("tiles", ["{data}", "--model", "{dark}", "--ng-rate", "0.01"], "--ng-rate weighs the expected cost and the band's review rate"),
+        ("tiles", ["{data}", "--model", "{dark}", "--config", "{tmp}/station.yaml", "--station", "s1"],
+         "--station s1 differs from station.name 'press-9' in"),
     ],
 )
 def test_bad_input_is_a_clear_error_and_writes_nothing(
@@ -233,6 +238,7 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(
         assert main(["replay", str(data / "imgs"), "--model", str(models["dark"]), "--out", str(data), "--no-report"]) == 0
     else:
         shutil.copytree(tiles, data)
+    (station_dir / "station.yaml").write_text("station:\n  name: press-9\n")
     capsys.readouterr()
     fill = {"data": data, "dark": models["dark"], "tmp": station_dir}
     full = [a.format(**fill) for a in args]
@@ -441,3 +447,17 @@ def test_cost_choice_names_the_ng_part_nearest_its_threshold_and_small_groups_sa
     lines = [line.strip() for line in describe(calibrate(scores, CalibrateOptions(station="s1", target_recall=0.95, confidence=0.9)))]
     assert any(line.startswith("defect crack: 120 NG") and "alone it would need threshold" in line for line in lines)
     assert any(line.startswith("defect dent: 5 NG") and "alone its 5 NG cannot demonstrate the target (threshold" in line for line in lines)
+
+
+def test_a_new_record_says_what_changed_from_the_one_it_replaces(
+    models: dict[str, Path], tiles: Path, station_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ("calibrate", tiles, "--target-recall", "0.8", "--confidence", "0.8", "--station", "s1", "--no-report")
+    assert _run(capsys, *args, "--model", models["dark"])[0] == 0
+    code, out, _ = _run(capsys, *args, "--model", models["dark"])
+    assert code == 0 and "threshold unchanged\n" in out
+    code, out, _ = _run(capsys, *args, "--model", models["multi"])
+    line = next(line for line in out.splitlines() if line.startswith("previous record"))
+    assert code == 0 and f"; model changed (dark.onnx {file_sha256(models['dark'])[:12]}… -> multi.onnx" in line
+    code, _, err = _run(capsys, "calibrate", "--decisions", station_dir, "--target-recall", "0.8", "--station", "s1")
+    assert code == 2 and "is a folder; expected the decisions.jsonl file" in err
