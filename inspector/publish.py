@@ -158,6 +158,7 @@ class Outbox:
                 # Nothing may be published before it is journaled: hold the batch (upstream waits) and retry.
                 self.log.error("journal_write_failed", path=str(self.journal.path), error=str(exc), frames=len(batch))
                 self.health.set_flag("journal_error", str(exc))
+                self._presence_only()
                 time.sleep(1.0)
                 self.health.beat("outbox")
         self.health.clear_flag("journal_error")
@@ -200,6 +201,13 @@ class Outbox:
         if time.monotonic() >= self._next_journal_check:
             self._next_journal_check = time.monotonic() + _JOURNAL_CHECK_S
             self._check_journal()
+
+    def _presence_only(self) -> None:
+        """While decisions wait for the journal: broker events and status/state only, so monitoring sees journal_error."""
+        self._handle_events()
+        if self.link.connected and self.health.version != self._health_version:
+            self._publish_presence()
+        self.link.poll()
 
     def metrics_snapshot(self) -> dict[str, Any]:
         """The metrics message: counters, latencies, queue and outbox depth, provider."""

@@ -183,3 +183,26 @@ def test_a_journal_removed_under_the_running_daemon_is_reported(
     again.signal(signal.SIGTERM)
     assert again.wait(15) == 0
     sub.close()
+
+
+def test_decisions_wait_for_a_stuck_journal_while_state_shows_why(
+    tmp_path: Path, broker: Broker, models: dict[str, Path], daemons: list
+) -> None:
+    sub = Subscriber(broker, (f"{PREFIX}/decision", f"{PREFIX}/state"))
+    daemon = _start(tmp_path, broker, models["dark"], daemons)
+    holder = sqlite3.connect(tmp_path / "journal.sqlite3", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        write_parts(tmp_path / "in", 1)
+        daemon.wait_event("journal_write_failed", 20)
+        # Monitoring sees it while it lasts; the decision itself is not published before it is journaled.
+        assert wait_until(lambda: any("journal_error" in m.json()["degraded"] for m in sub.on("state")), 10)
+        assert sub.on("decision") == []
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert sub.wait_for("decision", 1, 15)[0].json()["frame_id"] == "part0000.png"
+    assert wait_until(lambda: sub.on("state")[-1].json()["degraded"] == {}, 10)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(15) == 0
+    sub.close()
