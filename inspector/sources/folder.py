@@ -33,8 +33,6 @@ from inspector.journal import Record
 
 PROCESSED = "processed"
 QUARANTINE = "quarantine"
-# Reads that fail for these reasons say the filesystem, not the file, is at fault: retried at the next rescan.
-_TRANSIENT = {errno.EAGAIN, errno.EINTR, errno.EBUSY}
 # In delete mode a judged file is first renamed to `<_CLAIM><seq>.<name>` (never a candidate), checked to be the file
 # that was read, then unlinked: unlinking by its name could delete a new part that has just replaced it.
 _CLAIM = ".inspector-deleting."
@@ -314,6 +312,8 @@ class FolderSource:
             st = os.lstat(path)
         except FileNotFoundError:
             return frame(None, read_error=f"vanished before it could be read: {path}")
+        except OSError as exc:  # EACCES, EIO, ...: this file gets its reject; the source goes on
+            return frame(None, read_error=f"{exc.strerror}: {path}")
         # The part was captured when the file was written, if that was before the daemon saw it: a file that waited
         # while the daemon was down (or unwatched) is late, and its deadline says so.
         common["captured_at"] = min(arrived, st.st_mtime)
