@@ -218,7 +218,7 @@ def _add_train(sub: Any) -> None:
         "summary.json, plots and report.html to --out.",
     )
     tp.add_argument("data", type=Path, metavar="DATA", help="ok/ + ng/<defect>/ folders, or frames with labels.csv (one sample per ROI)")
-    tp.add_argument("--out", type=Path, required=True, help="output folder for checkpoints, metrics and plots")
+    tp.add_argument("--out", type=Path, help="output folder for checkpoints, metrics and plots (with --resume: the checkpoint's own folder)")
     tp.add_argument("--config", type=Path, help="training YAML with `preprocess:` and `train:` sections; flags override it")
     tp.add_argument("--labels", type=Path, help="CSV frame,roi1,... (default DATA/labels.csv when DATA has no ok/ folder)")
     tp.add_argument("--classes", choices=("binary", "multi"), default="binary", help="binary: ok/ng; multi: ok + one class per defect folder")
@@ -673,9 +673,15 @@ def _train(args: argparse.Namespace) -> int:
         unsupported = sorted(k for k in overrides if k != "train.epochs")
         if unsupported or args.config:
             raise InputError(f"--resume continues the checkpoint's recipe; only --epochs may change it (got {', '.join(unsupported) or '--config'})")
+        if args.lr_find:
+            raise InputError("--lr-find starts from the recipe's initial weights; it does not continue a run (leave --resume out)")
+        args.out = args.out or args.resume.parent  # a resumed run writes only into its own folder
+    elif args.out is None:
+        raise InputError("--out FOLDER is required: where the run's checkpoints, metrics and plots go")
     config = load_train_config(args.config, overrides)
     if not args.data.is_dir():
-        raise InputError(f"{args.data}: no such folder; expected ok/ + ng/<defect>/ folders, or frames with labels.csv")
+        what = "is a file" if args.data.exists() else "no such folder"
+        raise InputError(f"{args.data}: {what}; expected a folder of ok/ + ng/<defect>/ folders, or of frames with labels.csv")
     if args.labels is not None and not args.labels.is_file():
         raise InputError(f"--labels {args.labels}: no such file")
     multi = args.classes == "multi"

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from inspector.errors import InputError
-from inspector.replay.files import REPORT_IMAGES, is_replay_output
+from inspector.replay.files import REPORT_IMAGES, is_output, is_replay_output
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 LABELS = ("ok", "ng")
@@ -34,7 +34,7 @@ class ReplaySet:
     skipped_files: tuple[str, ...] = ()  # files without an image suffix
     ignored_dirs: tuple[str, ...] = ()  # top-level folders beside ok/ and ng/ (masks/, ...)
     labels_without_frame: tuple[str, ...] = ()
-    replay_outputs: tuple[str, ...] = ()  # replay output folders (or a root's own report images) left out
+    outputs_skipped: tuple[str, ...] = ()  # output folders of replay or train (or a root's own report images) left out
     loose_files: tuple[str, ...] = ()  # images beside ok/ and ng/: in `items`, without a label
 
 
@@ -47,7 +47,7 @@ def collect(
 ) -> ReplaySet:
     """List the frames under `path` with their labels; InputError when there is nothing usable.
 
-    Folders in `exclude` (this run's --out) and earlier replay outputs are left out and listed in `replay_outputs`;
+    Folders in `exclude` (this run's --out) and earlier outputs of replay or train are left out, listed in `outputs_skipped`;
     images beside ok/ and ng/ are frames without a label (and listed in `loose_files`).
     """
     if not path.exists():
@@ -63,7 +63,7 @@ def collect(
     if not items:
         left_out = [f"{len(found.skipped)} other files skipped"] if found.skipped else []
         if found.outputs:
-            left_out.append(f"replay output folders skipped: {', '.join(found.outputs)}")
+            left_out.append(f"output folders of replay or train skipped: {', '.join(found.outputs)}")
         if found.loose:
             left_out.append(f"{len(found.loose)} images beside {' and '.join(found.label_dirs)} carry no label")
         raise InputError(
@@ -111,7 +111,7 @@ def _visible_files(root: Path, exclude: frozenset[Path], outputs: list[str]) -> 
             sub = here / name
             if name.startswith("."):
                 continue
-            if sub.resolve() in exclude or is_replay_output(sub):
+            if sub.resolve() in exclude or is_output(sub):
                 outputs.append(sub.relative_to(root).as_posix())
                 continue
             keep.append(name)

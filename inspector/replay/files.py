@@ -1,4 +1,5 @@
-"""The files replay writes into --out, by name: a later replay recognises its output by them, and --no-report removes only these."""
+"""The files replay writes into --out, by name: a later replay recognises its output by them, and --no-report removes only these.
+Also how any folder walk (replay, calibrate, train) tells an output folder of replay or train from a folder of frames."""
 
 from __future__ import annotations
 
@@ -25,3 +26,18 @@ def is_replay_output(folder: Path) -> bool:
     # The `replay` block is what replay adds to its summary; a summary.json of another tool beside some
     # decisions.jsonl must not hide a folder of frames.
     return isinstance(summary, dict) and isinstance(summary.get("replay"), dict) and "frames" in summary
+
+
+# Files only `inspector train` writes into its --out: last.pt each epoch (before any plot), best.pt, and cv.json at a
+# k-fold root. No folder of frames holds them.
+TRAINING_MARKERS = ("best.pt", "last.pt", "cv.json")
+
+
+def is_training_output(folder: Path) -> bool:
+    """True when `folder` is an `inspector train` output: a run, a fold, or a k-fold root."""
+    return any((folder / name).is_file() for name in TRAINING_MARKERS)
+
+
+def is_output(folder: Path) -> bool:
+    """True for a folder that replay or train wrote: its plots and contact sheets are not frames."""
+    return is_replay_output(folder) or is_training_output(folder)

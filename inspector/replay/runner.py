@@ -83,7 +83,7 @@ def run_replay(
             "ignored_dirs": list(dataset.ignored_dirs),
             "labels_without_frame": len(dataset.labels_without_frame),
             "loose_files": len(dataset.loose_files),
-            "replay_outputs": list(dataset.replay_outputs),
+            "outputs_skipped": list(dataset.outputs_skipped),
             "inspector_version": __version__,
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         },
@@ -156,12 +156,13 @@ def log_dataset(log: structlog.typing.FilteringBoundLogger, dataset: ReplaySet) 
         log.warning("files_skipped", count=len(dataset.skipped_files), examples=list(dataset.skipped_files[:3]), why="not an image suffix")
     if dataset.ignored_dirs:
         log.warning("folders_ignored", folders=list(dataset.ignored_dirs), why="only ok/ and ng/ carry labels")
-    if dataset.replay_outputs:
+    if dataset.outputs_skipped:
         log.warning(
-            "replay_outputs_skipped",
-            count=len(dataset.replay_outputs),
-            folders=list(dataset.replay_outputs),
-            why="output of a replay (decisions.jsonl + summary.json), or this run's --out: its report images are not frames",
+            "outputs_skipped",
+            count=len(dataset.outputs_skipped),
+            folders=list(dataset.outputs_skipped),
+            why="output of replay (decisions.jsonl + summary.json) or train (best.pt, last.pt, cv.json), or this run's --out: "
+            "its plots and contact sheets are not frames",
         )
     if dataset.loose_files:
         log.warning(

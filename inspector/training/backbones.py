@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
 import torch
 import torchvision
 from torch import nn
@@ -48,13 +50,15 @@ def build_model(recipe: TrainRecipe, num_classes: int, in_channels: int, *, load
         resnets = ", ".join(n for n in names if n.startswith("resnet"))
         raise InputError(f"unknown backbone {recipe.backbone!r}; expected one of torchvision's models, e.g. {resnets}")
     weights = recipe.weights if load_weights else "none"
+    transfer = None
     if weights == "imagenet":
         model = _imagenet(recipe.backbone)
     else:
         model = torchvision.models.get_model(recipe.backbone, weights=None)
         if weights != "none":
-            _load_state_dict(model, Path(weights))
-    pretrained = weights != "none"
+            transfer = _load_state_dict(model, Path(weights), recipe.backbone)
+    # Gray input sums the pretrained RGB filters; a file whose input convolution did not fit left them random.
+    pretrained = weights != "none" and f"{_input_conv_name(model)}.weight" not in (transfer.left if transfer else {})
     if in_channels != 3:
         _adapt_input(model, in_channels, pretrained)
     _replace_head(model, num_classes, recipe.dropout)
@@ -69,6 +73,8 @@ def build_model(recipe: TrainRecipe, num_classes: int, in_channels: int, *, load
         model.maxpool = nn.Identity()
     if recipe.seg_weight > 0:
         model = DefectMapResNet(model, num_classes, recipe.dropout)
+    if transfer is not None:
+        _load_what_fits_now(model, transfer, Path(weights))
     return model
 
 
@@ -120,18 +126,105 @@ def _imagenet(name: str) -> nn.Module:
         ) from exc
 
 
-def _load_state_dict(model: nn.Module, path: Path) -> None:
+# What `inspector train` writes as "format" in its checkpoints (trainer.CHECKPOINT_FORMAT, which imports this module).
+_CHECKPOINT_PREFIX = "inspector.checkpoint/"
+
+
+@dataclass(slots=True)
+class _Transfer:
+    """What a --weights file gave the unmodified torchvision model, and what waits for the modified one."""
+
+    loaded: set[str]  # the model's tensor names filled from the file
+    left: dict[str, torch.Tensor]  # the file's tensors that did not fit yet: the input convolution, inspector's defect-map head
+    head: list[str]  # the file's head tensors: never loaded, the head is this run's
+
+
+def _load_state_dict(model: nn.Module, path: Path, backbone: str) -> _Transfer:
+    """Load the file's tensors into the unmodified torchvision `model`; InputError when the file is another architecture.
+
+    The classification head is always new (this run's classes), so the file's head is never loaded, whatever its shape.
+    The input convolution may differ in shape (a 1-channel file, an inspector checkpoint trained on gray): it is tried
+    again once the input is adapted. Any other difference (keys missing or extra, shapes) means another architecture,
+    and loading only what fits would start from a partly random backbone that the user believes pretrained: refused.
+    """
     state = torch_load(path, f"--weights {path}: cannot read as a torch state dict")
+    if isinstance(state, dict) and str(state.get("format", "")).startswith(_CHECKPOINT_PREFIX):
+        recipe = state.get("recipe")
+        trained = recipe.get("backbone") if isinstance(recipe, dict) else None
+        if trained is not None and trained != backbone:
+            raise InputError(
+                f"--weights {path}: an `inspector train` checkpoint of a {trained}, but this run's backbone is {backbone}; "
+                f"give --backbone {trained} to start from it"
+            )
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise InputError(f"--weights {path}: expected a state dict (a mapping of parameter names to tensors), got {type(state).__name__}")
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    head = _head_name(model)
+
+    def in_head(key: str) -> bool:
+        return head is not None and key.startswith(f"{head}.")
+
+    own = model.state_dict()
+    file_head = [str(k) for k in state if in_head(str(k))]
+    extra = {str(k): v for k, v in state.items() if str(k).startswith("seg_head.") and isinstance(v, torch.Tensor)}
+    given = {str(k): v for k, v in state.items() if not in_head(str(k)) and str(k) not in extra}
+    missing = [k for k in own if not in_head(k) and k not in given]
+    unexpected = [k for k, v in given.items() if k not in own or not isinstance(v, torch.Tensor)]
+    if missing or unexpected:
         raise InputError(
-            f"--weights {path} does not fit the backbone: missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}; "
-            "expected the state dict of the unmodified torchvision model (3-channel input, original head)"
+            f"--weights {path} does not fit the backbone: missing {missing[:5]}, unexpected {unexpected[:5]}; "
+            f"expected the state dict of a torchvision {backbone} (its input convolution and head may differ), or a checkpoint of `inspector train`"
         )
+    input_weight = f"{_input_conv_name(model)}.weight"
+    left = {k: v for k, v in given.items() if v.shape != own[k].shape}
+    wrong = [f"{k} (file {_shape(v)}, model {_shape(own[k])})" for k, v in left.items() if k != input_weight]
+    if wrong:
+        raise InputError(
+            f"--weights {path} does not fit the backbone: {len(wrong)} tensor(s) differ in shape: {'; '.join(wrong[:5])}; "
+            f"expected the state dict of a torchvision {backbone} (only the input convolution and the head may differ)"
+        )
+    fits = {k: v for k, v in given.items() if k not in left}
+    model.load_state_dict(fits, strict=False)
+    return _Transfer(set(fits), {**left, **extra}, file_head)
+
+
+def _load_what_fits_now(model: nn.Module, transfer: _Transfer, path: Path) -> None:
+    """After the input and head changed: load the left tensors that now fit; log what came from the file and what did not."""
+    own = model.state_dict()
+    fits = {k: v for k, v in transfer.left.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(fits, strict=False)
+    loaded = (transfer.loaded & set(own)) | set(fits)
+    left_out = [f"{k} {_shape(v)}" for k, v in transfer.left.items() if k not in fits]
+    structlog.get_logger("inspector.train").info(
+        "weights_loaded", path=str(path), tensors=len(loaded), of=len(own),
+        new=[k for k in own if k not in loaded and not k.endswith("num_batches_tracked")][:8],
+        head_not_loaded=len(transfer.head),
+        left_out=left_out[:5],
+        **({"why": "the file's tensors that do not fit this run's input channels or heads; those layers start from "
+                   "their initialization"} if left_out else {}),
+    )
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "x".join(str(d) for d in t.shape) or "scalar"
+
+
+def _head_name(model: nn.Module) -> str | None:
+    """Name of the last Linear module: the head that `_replace_head` swaps."""
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = name
+    return last
+
+
+def _input_conv_name(model: nn.Module) -> str | None:
+    """Name of the first 3-channel convolution: the one `_adapt_input` replaces for gray input."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and module.in_channels == 3:
+            return name
+    return None
 
 
 def _adapt_input(model: nn.Module, in_channels: int, pretrained: bool) -> None:

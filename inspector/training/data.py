@@ -27,6 +27,22 @@ from inspector.training.recipe import Augment
 
 MASKS_DIR = "masks"
 
+# What `inspector train` writes into --out (trainer.BEST, trainer.LAST, run.py's files and report.py's plots).
+RUN_FILES = (
+    "best.pt", "last.pt", "metrics.json", "summary.json", "train.yaml", "cv.json", "report.html",
+    "curves.png", "confusion_matrix.png", "roc.png", "most_confused.jpg", "gradcam.jpg",
+)
+FOLD_DIR = re.compile(r"fold-\d+")
+
+
+def run_files(folder: Path) -> list[str]:
+    """What of a training run's output `folder` already holds (files, fold-N/ folders); empty for a folder train may write in."""
+    if not folder.is_dir():
+        return []
+    found = [name for name in RUN_FILES if (folder / name).exists()]
+    found += sorted(f"{p.name}/" for p in folder.iterdir() if p.is_dir() and FOLD_DIR.fullmatch(p.name))
+    return found
+
 
 @dataclass(frozen=True, slots=True)
 class Sample:
@@ -47,6 +63,7 @@ class SampleSet:
     classes: tuple[str, ...]
     root: Path
     unlabelled: tuple[str, ...] = ()  # images found without a label (beside ok/ and ng/, or not in the CSV): not used
+    skipped_runs: tuple[str, ...] = ()  # output folders of train or replay under the root (their plots are no samples): not used
 
     @property
     def targets(self) -> np.ndarray:
@@ -74,19 +91,31 @@ def collect_samples(root: Path, spec: PreprocessSpec, *, labels_csv: Path | None
             f"{labels_csv}: per-ROI labels need ROI boxes; give the station's `preprocess.rois` in the training config (--config)"
         )
     found = collect(root, labels_csv=labels_csv, roi_names=spec.roi_names if labels_csv else ())
+    items, skipped_runs = found.items, found.outputs_skipped  # earlier runs (or replays) inside DATA: their plots are no samples
     samples: list[Sample] = []
-    unlabelled = tuple(item.frame_id for item in found.items if item.label is None)
+    unlabelled = tuple(item.frame_id for item in items if item.label is None)
     if found.labelled_by == "layout":
-        for item in found.items:
+        if len(spec.rois) > 1:
+            # A frame in ng/ does not say which of its ROIs holds the defect: labelling every crop NG would teach the
+            # model that defect-free crops are NG, and whole frames would train a model that never sees the crops it judges.
+            raise InputError(
+                f"{root}: the ok/ and ng/ folders label whole frames, but preprocess.rois names {len(spec.rois)} ROIs "
+                f"({', '.join(spec.roi_names)}) and a frame's folder does not say which of them holds the defect; "
+                f"give per-ROI labels in a labels CSV (header frame,{','.join(spec.roi_names)}; one row per frame, ok or ng "
+                "per ROI; --labels FILE or DATA/labels.csv), or leave preprocess.rois out to train on whole frames"
+            )
+        # One ROI: the station judges that crop alone, so the frame's label is the crop's, and the crop is what trains.
+        roi, suffix = (0, f"#{spec.roi_names[0]}") if spec.rois else (None, "")
+        for item in items:
             if item.label is None:
                 continue  # in `unlabelled`
             cls = (item.defect or "ng") if multi and item.label == "ng" else item.label
-            samples.append(Sample(item.path, item.frame_id, None, cls, "ok" if item.label == "ok" else f"ng/{item.defect or ''}"))
+            samples.append(Sample(item.path, item.frame_id + suffix, roi, cls, "ok" if item.label == "ok" else f"ng/{item.defect or ''}"))
     elif found.labelled_by == "csv":
         if multi:
             raise InputError(f"--classes multi needs ok/ + ng/<defect>/ folders; {labels_csv} labels ROIs only ok or ng")
         index = {name: i for i, name in enumerate(spec.roi_names)}
-        for item in found.items:
+        for item in items:
             for name, label in item.roi_labels or ():
                 samples.append(Sample(item.path, f"{item.frame_id}#{name}", index[name], label, label))
     else:
@@ -102,7 +131,7 @@ def collect_samples(root: Path, spec: PreprocessSpec, *, labels_csv: Path | None
     if OK_CLASS not in counts:
         raise InputError(f"{root}: no ok samples; training needs images under ok/ (or ok labels in the CSV)")
     classes = (OK_CLASS, *sorted(c for c in counts if c != OK_CLASS))
-    return SampleSet(tuple(samples), classes, root, unlabelled)
+    return SampleSet(tuple(samples), classes, root, unlabelled, skipped_runs)
 
 
 GroupOf = Callable[[Sample], str]
@@ -136,7 +165,7 @@ def stratified_split(samples: SampleSet, val_fraction: float, seed: int, group_o
     train, val = [], []
     for stratum, groups in _strata(samples, group_of).items():
         if len(groups) < 2:
-            raise InputError(f"class {stratum!r} has {_count(groups, group_of)}; a train/validation split needs at least 2 of each")
+            raise InputError(f"class {stratum!r} has {_count(samples, groups, group_of)}; a train/validation split needs at least 2 of each")
         order = np.random.default_rng(seed).permutation(len(groups))
         n_val = min(len(groups) - 1, max(1, round(len(groups) * val_fraction)))
         val += [i for g in order[:n_val] for i in groups[g]]
@@ -149,7 +178,7 @@ def kfold_splits(samples: SampleSet, k: int, seed: int, group_of: GroupOf | None
     folds: list[list[int]] = [[] for _ in range(k)]
     for stratum, groups in _strata(samples, group_of).items():
         if len(groups) < k:
-            raise InputError(f"class {stratum!r} has {_count(groups, group_of)}; {k}-fold cross-validation needs at least {k} of each")
+            raise InputError(f"class {stratum!r} has {_count(samples, groups, group_of)}; {k}-fold cross-validation needs at least {k} of each")
         order = np.random.default_rng(seed).permutation(len(groups))
         for j, g in enumerate(order):
             folds[j % k] += groups[g]
@@ -157,9 +186,16 @@ def kfold_splits(samples: SampleSet, k: int, seed: int, group_of: GroupOf | None
     return [(np.array(sorted(every - set(f))), np.array(sorted(f))) for f in folds]
 
 
-def _count(groups: list[list[int]], group_of: GroupOf | None) -> str:
+def _count(samples: SampleSet, groups: list[list[int]], group_of: GroupOf | None) -> str:
+    """What the split counts, in words: groups of train.group_by, frames (whose ROIs stay together), or samples."""
     n = len(groups)
-    return f"{n} group{'s' * (n != 1)} (train.group_by)" if group_of is not None else f"{n} sample{'s' * (n != 1)}"
+    if group_of is not None:
+        return f"{n} group{'s' * (n != 1)} (train.group_by)"
+    if any(s.roi is not None for s in samples.samples) and len(groups) < sum(len(g) for g in groups):
+        rows = sum(len(g) for g in groups)
+        return (f"{n} frame{'s' * (n != 1)} ({rows} ROI samples: the ROIs of a frame stay on one side, "
+                "and a frame with any ng ROI counts as ng)")
+    return f"{n} sample{'s' * (n != 1)}"
 
 
 def _strata(samples: SampleSet, group_of: GroupOf | None = None) -> dict[str, list[list[int]]]:

@@ -20,6 +20,7 @@ from inspector.training.data import (
     collect_samples,
     kfold_splits,
     regex_groups,
+    run_files,
     stratified_split,
 )
 from inspector.training.export import load_checkpoint
@@ -42,6 +43,7 @@ from inspector.training.report import (
 )
 from inspector.training.trainer import (
     BEST,
+    LAST,
     Batches,
     TrainResult,
     load_cache,
@@ -66,27 +68,32 @@ def run_training(
     """Train (one split, or every fold) and write everything to `out_dir`; returns the summary."""
     log = log or structlog.get_logger("inspector.train")
     check_output(out_dir, "--out", folder=True)
+    _check_outside_data(out_dir, data, resuming=resume is not None)
     spec, recipe = config.preprocess, config.train
     state = None
     if resume is not None:
         state = load_checkpoint(resume)
         if "optimizer" not in state:
             raise InputError(f"{resume}: a best.pt holds weights only; resume from last.pt of the same run")
+        _check_resumable(resume, out_dir, state, resume_epochs)
         saved = dict(state["recipe"])
         if resume_epochs is not None:
             saved["epochs"] = resume_epochs
         recipe = TrainRecipe.model_validate(saved)
         spec = type(spec).from_json(state["spec"])
-    elif recipe.weights not in ("none", "imagenet") and not Path(recipe.weights).is_file():
-        raise InputError(f"--weights {recipe.weights}: no such file; expected none, imagenet, or the path of a state dict")
-    elif (out_dir / BEST).exists():
-        raise InputError(f"{out_dir} already holds a training run; choose another --out, or continue it with --resume {out_dir / 'last.pt'}")
+    else:
+        if recipe.weights not in ("none", "imagenet") and not Path(recipe.weights).is_file():
+            raise InputError(f"--weights {recipe.weights}: no such file; expected none, imagenet, or the path of a state dict")
+        _check_no_run(out_dir)
     if state is not None:
         multi = tuple(state["classes"]) != ("ok", "ng")
     samples = collect_samples(data, spec, labels_csv=labels_csv, multi=multi)
     if state is not None and tuple(state["classes"]) != samples.classes:
         raise InputError(f"the data's classes {list(samples.classes)} differ from the checkpoint's {state['classes']}")
     log.info("dataset", root=str(data), samples=len(samples.samples), classes={c: int((samples.targets == i).sum()) for i, c in enumerate(samples.classes)})
+    if samples.skipped_runs:
+        log.warning("outputs_skipped", folders=list(samples.skipped_runs[:5]), count=len(samples.skipped_runs),
+                    why="earlier outputs of train (best.pt, last.pt or cv.json) or replay inside DATA: their plots are not training images")
     if samples.unlabelled:
         log.warning("images_unlabelled", count=len(samples.unlabelled), examples=list(samples.unlabelled[:3]),
                     why="beside ok/ and ng/, or not in labels.csv: not used for training")
@@ -102,6 +109,66 @@ def run_training(
     result = train(samples, spec, recipe, out_dir, train_idx=train_idx, val_idx=val_idx, resume=state, progress=progress, log=log)
     _write_config(out_dir, config.model_copy(update={"preprocess": spec, "train": recipe}))
     return finish(result, samples, recipe, log)
+
+
+def _check_outside_data(out_dir: Path, data: Path, *, resuming: bool = False) -> None:
+    """InputError when --out is DATA or inside it: the run's plots would be read as images of DATA by later trainings,
+    calibrate and replay."""
+    out, root = out_dir.resolve(), data.resolve()
+    if out.is_relative_to(root):
+        where = "move the run's folder out of DATA and resume it there" if resuming else "choose a folder outside DATA, e.g. runs/NAME beside it"
+        raise InputError(
+            f"--out {out_dir}: inside DATA {data}; the run's plots (report images) would be read as images of DATA by later "
+            f"trainings, calibrate and replay; {where}"
+        )
+
+
+def _check_no_run(out_dir: Path) -> None:
+    """InputError when `out_dir` holds any part of a training run, finished or not: a new run would overwrite some of its files
+    and leave the rest, a folder that contradicts itself."""
+    found = run_files(out_dir)
+    if not found:
+        return
+    listed = ", ".join(found[:6]) + (", ..." if len(found) > 6 else "")
+    folds = [f for f in found if f.startswith("fold-")]
+    if folds or "cv.json" in found:
+        fold = out_dir / (folds[0] if folds else "fold-1").rstrip("/")
+        hint = (f"; a cross-validation resumes one fold at a time (--resume {fold / LAST} --out {fold}), "
+                "and cv.json is then not rewritten")
+    elif (out_dir / LAST).is_file():
+        hint = f", or continue it with --resume {out_dir / LAST} --out {out_dir}"
+    else:
+        hint = " (it has no last.pt to resume from)"
+    raise InputError(f"--out {out_dir}: already holds a training run ({listed}); choose another --out{hint}")
+
+
+def _check_resumable(resume: Path, out_dir: Path, state: dict[str, Any], resume_epochs: int | None) -> None:
+    """InputError, before anything is written, when resuming `state` into `out_dir` cannot continue that run."""
+    run_dir = resume.parent
+    if out_dir.resolve() != run_dir.resolve():
+        raise InputError(
+            f"--out {out_dir}: --resume {resume} continues the run in {run_dir}, and a resumed run writes only there; "
+            f"give --out {run_dir} (to start a new run from these weights: --weights {run_dir / BEST} with a new --out)"
+        )
+    done, epochs = int(state["epoch"]), int(state["recipe"]["epochs"])
+    early_stop, best_epoch = state["recipe"].get("early_stop"), int(state.get("best_epoch", done))
+    stopped = early_stop is not None and done - best_epoch >= early_stop
+    complete = all((run_dir / name).is_file() for name in ("summary.json", "report.html"))  # finish() writes them last
+    if resume_epochs is not None and resume_epochs < done:
+        raise InputError(
+            f"--epochs {resume_epochs}: the run in {run_dir} has already run {done} epochs; --epochs must be more than {done} "
+            "to extend it" + ("" if complete else " (or leave --epochs out to finish it)") + "; nothing was changed"
+        )
+    if complete and stopped:
+        raise InputError(
+            f"{resume}: the run is complete: it stopped early at epoch {done} (no better validation ROC-AUC for {early_stop} "
+            "epochs), so more epochs would stop again; nothing was changed"
+        )
+    if complete and done >= (resume_epochs or epochs):
+        raise InputError(
+            f"{resume}: the run is complete: it has run all {done} of its epochs; give --epochs more than {done} to extend it; "
+            "nothing was changed"
+        )
 
 
 def _write_config(out_dir: Path, config: TrainConfig) -> None:
@@ -181,6 +248,7 @@ def _cross_validate(samples: SampleSet, spec: Any, recipe: TrainRecipe, config: 
 def run_lr_find(data: Path, out_dir: Path, config: TrainConfig, *, labels_csv: Path | None = None, multi: bool = False) -> LrFinding:
     """The LR range test on the training split; writes lr_find.png and lr_find.json."""
     check_output(out_dir, "--out", folder=True)
+    _check_outside_data(out_dir, data)
     spec, recipe = config.preprocess, config.train
     samples = collect_samples(data, spec, labels_csv=labels_csv, multi=multi)
     train_idx, _ = stratified_split(samples, recipe.val_fraction, recipe.seed, regex_groups(recipe.group_by))

@@ -588,6 +588,8 @@ def _train(
             set_frozen(model, [])
             frozen = []
         log.info("training_resumed", epoch=start_epoch, best_epoch=best_epoch, best_roc_auc=best_key[0])
+    # A run that had already stopped early (interrupted while writing its report) trains no further epoch.
+    stopped_early = resume is not None and recipe.early_stop is not None and start_epoch - best_epoch >= recipe.early_stop
 
     ema = _ema(model, recipe)
     if ema is not None and resume is not None and "ema" in resume:
@@ -600,7 +602,6 @@ def _train(
     scaler = torch.amp.GradScaler(device.type, enabled=precision.scaled)
     if resume is not None and "scaler" in resume:
         scaler.load_state_dict(resume["scaler"])
-    stopped_early = False
     log.info(
         "training_started", samples=len(samples.samples), train=len(train_idx), validation=len(val_idx),
         classes=list(samples.classes), backbone=recipe.backbone, weights=recipe.weights, device=str(device),
@@ -608,7 +609,7 @@ def _train(
         class_weights=None if loss_fn.weight is None else [round(w, 3) for w in loss_fn.weight.tolist()],
         **({"defect_masks": cache.mask_count} if recipe.seg_weight > 0 else {}),
     )
-    for epoch in range(start_epoch, recipe.epochs):
+    for epoch in range(start_epoch, start_epoch if stopped_early else recipe.epochs):
         t0 = time.monotonic()
         if recipe.unfreeze_after is not None and epoch == recipe.unfreeze_after and frozen:
             set_frozen(model, [])

@@ -114,7 +114,7 @@ def _replay_output(folder: Path, summary: dict) -> None:
     (folder / "false_rejects.jpg").write_bytes(b"\xff\xd8\xff sheet \xff\xd9")
 
 
-def test_replay_outputs_and_the_out_folder_are_left_out_and_listed(tmp_path: Path, tiles: Path) -> None:
+def test_outputs_skipped_and_the_out_folder_are_left_out_and_listed(tmp_path: Path, tiles: Path) -> None:
     data = tmp_path / "data"
     shutil.copytree(tiles / "ok", data)
     _replay_output(data / "runs" / "old", {"frames": 12, "replay": {"path": str(data)}})
@@ -122,7 +122,7 @@ def test_replay_outputs_and_the_out_folder_are_left_out_and_listed(tmp_path: Pat
     (data / "now").mkdir()
     (data / "now" / "x.png").write_bytes((tiles / "ok" / "ok_0000.png").read_bytes())  # this run's --out, not written yet
     ds = collect(data, exclude=(data / "now",))
-    assert ds.replay_outputs == ("now", "runs/old")
+    assert ds.outputs_skipped == ("now", "runs/old")
     ids = {i.frame_id for i in ds.items}
     assert "other/false_rejects.jpg" in ids and not any(i.startswith(("runs/", "now/")) for i in ids) and len(ids) == 13
 
@@ -133,7 +133,7 @@ def test_a_folder_that_was_its_own_out_keeps_its_frames_but_not_its_report_image
     (tmp_path / "d" / "summary.json").write_text(json.dumps({"frames": 12, "replay": {}}))
     (tmp_path / "d" / "missed_ng.jpg").write_bytes(b"\xff\xd8\xff sheet \xff\xd9")
     ds = collect(tmp_path / "d")
-    assert len(ds.items) == 12 and ds.replay_outputs == ("missed_ng.jpg",)
+    assert len(ds.items) == 12 and ds.outputs_skipped == ("missed_ng.jpg",)
 
 
 @pytest.mark.parametrize(

@@ -191,13 +191,13 @@ def test_an_out_folder_inside_the_replayed_folder_is_not_judged_by_the_next_repl
     assert code == 0
     ids = [r["frame_id"] for r in _decisions(data / "runs" / "r2")]
     assert len(ids) == 10 and all(i.startswith("frames/") for i in ids)
-    assert json.loads((data / "runs" / "r2" / "summary.json").read_text())["replay"]["replay_outputs"] == ["runs/r1"]
-    assert "replay_outputs_skipped" in err and "runs/r1" in err
+    assert json.loads((data / "runs" / "r2" / "summary.json").read_text())["replay"]["outputs_skipped"] == ["runs/r1"]
+    assert "outputs_skipped" in err and "runs/r1" in err
 
     # Into an --out used before: that folder and the other run's are both left out.
     code, _, _ = _replay(capsys, *args, "--out", str(data / "runs" / "r1"))
     assert code == 0 and len(_decisions(data / "runs" / "r1")) == 10
-    assert json.loads((data / "runs" / "r1" / "summary.json").read_text())["replay"]["replay_outputs"] == ["runs/r1", "runs/r2"]
+    assert json.loads((data / "runs" / "r1" / "summary.json").read_text())["replay"]["outputs_skipped"] == ["runs/r1", "runs/r2"]
 
 
 def test_images_beside_ok_and_ng_are_judged_unlabelled_and_counted(

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from structlog.testing import capture_logs
 
 from inspector.errors import InputError
 from inspector.training.backbones import build_model, frozen_names
@@ -93,3 +94,42 @@ def test_the_defect_map_head_feeds_the_classifier_and_leaves_eval_a_plain_classi
     assert "seg_head.0.weight" not in frozen_names(model, "layer4") and "layer3.0.conv1.weight" in frozen_names(model, "layer4")
     with pytest.raises(InputError, match=r"seg_weight needs a ResNet-style backbone .* lacks \['conv1'"):
         build_model(TrainRecipe(backbone="mobilenet_v3_small", seg_weight=1.0), 2, 1)
+
+
+def test_a_state_dict_with_another_head_or_input_loads_the_rest_and_says_what_was_left_out(tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    source = torchvision.models.resnet18(num_classes=10)  # fine-tuned elsewhere on 10 classes
+    source.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)  # and on gray images
+    path = tmp_path / "r18-10.pth"
+    torch.save(source.state_dict(), path)
+    with capture_logs() as logs:
+        gray = build_model(TrainRecipe(weights=str(path)), num_classes=2, in_channels=1)
+    assert torch.equal(gray.conv1.weight, source.conv1.weight)  # a 1-channel input convolution fits a gray run as it is
+    assert torch.equal(gray.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+    assert gray.fc.out_features == 2  # the head is always this run's
+    (logged,) = [e for e in logs if e["event"] == "weights_loaded"]
+    assert logged["new"] == ["fc.weight", "fc.bias"] and logged["left_out"] == [] and logged["head_not_loaded"] == 2
+    with capture_logs() as logs:
+        rgb = build_model(TrainRecipe(weights=str(path)), num_classes=2, in_channels=3)
+    assert torch.equal(rgb.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+    (logged,) = [e for e in logs if e["event"] == "weights_loaded"]
+    assert logged["left_out"] == ["conv1.weight 64x1x7x7"] and "conv1.weight" in logged["new"]
+
+
+def test_a_state_dict_whose_backbone_tensors_differ_in_shape_is_refused_naming_them(tmp_path: Path) -> None:
+    wide = torchvision.models.resnet18().state_dict()
+    wide["layer4.1.conv2.weight"] = torch.zeros(512, 512, 1, 1)
+    path = tmp_path / "odd.pth"
+    torch.save(wide, path)
+    with pytest.raises(InputError, match=r"1 tensor\(s\) differ in shape: layer4.1.conv2.weight \(file 512x512x1x1, model 512x512x3x3\)"):
+        build_model(TrainRecipe(weights=str(path)), 2, 1)
+
+
+def test_a_checkpoint_of_inspector_train_starts_a_new_run_from_its_backbone(trained: Path, tmp_path: Path) -> None:
+    ckpt = torch.load(trained / "best.pt", weights_only=True)
+    model = build_model(TrainRecipe(weights=str(trained / "best.pt"), dropout=0.3, seg_weight=1.0), num_classes=3, in_channels=1)
+    assert torch.equal(model.conv1.weight, ckpt["state_dict"]["conv1.weight"])  # gray, as trained
+    assert torch.equal(model.layer3[0].bn1.running_mean, ckpt["state_dict"]["layer3.0.bn1.running_mean"])
+    assert model.fc[1].out_features == 3
+    with pytest.raises(InputError, match=r"an `inspector train` checkpoint of a resnet18, but this run's backbone is resnet34; give --backbone resnet18"):
+        build_model(TrainRecipe(weights=str(trained / "best.pt"), backbone="resnet34"), 2, 1)

@@ -238,3 +238,43 @@ def test_group_by_errors_name_the_setting(tmp_path: Path) -> None:
     s = collect_samples(two_camera_parts(tmp_path), GRAY32)
     with pytest.raises(InputError, match=r"class 'ng/crack' has 1 group \(train.group_by\); a train/validation split needs at least 2"):
         stratified_split(s, 0.25, 0, group_of=regex_groups(r"^ng/"))  # every NG image one part
+
+
+def test_folder_labels_with_several_rois_are_refused_naming_the_labels_csv(parts: Path) -> None:
+    # A frame in ng/ does not say which ROI holds the defect, and training on whole frames would not train the crops it judges.
+    with pytest.raises(InputError, match=r"the ok/ and ng/ folders label whole frames, but preprocess.rois names 4 ROIs .*"
+                       r"labels CSV \(header frame,roi1,roi2,roi3,roi4; one row per frame"):
+        collect_samples(parts, ROI_SPEC)
+
+
+def test_folder_labels_with_one_roi_train_that_crop(parts: Path) -> None:
+    spec = PreprocessSpec(color="gray", resize={"width": 32, "height": 32}, rois=[{"name": "part", "box": [0.25, 0.25, 0.75, 0.75], "units": "fraction"}])
+    found = collect_samples(parts, spec)
+    assert {s.roi for s in found.samples} == {0} and len(found.samples) == 64
+    sample = found.samples[0]
+    assert sample.key.endswith("#part")
+    cache = ImageCache(spec)
+    cache.load([sample.path])
+    runtime = Preprocessor(spec)(Preprocessor(spec).decode(sample.path.read_bytes()))
+    assert np.array_equal(cache.tensor(cache.crop(sample)), runtime[0])  # what the station judges
+
+
+def test_an_earlier_training_run_inside_data_is_not_read_as_images(parts: Path, trained: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(parts, data)
+    shutil.copytree(trained, data / "ok" / "run1")  # an --out inside DATA, from before train refused it
+    found = collect_samples(data, GRAY32)
+    assert Counter(s.label for s in found.samples) == {"ok": 40, "ng": 24}
+    assert found.skipped_runs == ("ok/run1",)
+
+
+def test_a_multi_roi_class_too_small_to_split_counts_frames(roi_frames: tuple[Path, Path], tmp_path: Path) -> None:
+    root, _ = roi_frames
+    labels = tmp_path / "labels.csv"  # one frame all ok; nine with one NG ROI each: 31 ok samples, but one ok frame
+    rows = [f"{root / 'frames' / f'{i:03d}.png'},{'ok' if i == 0 else 'ng'},ok,ok,ok" for i in range(10)]
+    labels.write_text("frame,roi1,roi2,roi3,roi4\n" + "\n".join(rows) + "\n")
+    s = collect_samples(root, ROI_SPEC, labels_csv=labels)
+    assert Counter(x.label for x in s.samples) == {"ok": 31, "ng": 9}
+    with pytest.raises(InputError, match=r"class 'ok' has 1 frame \(4 ROI samples: the ROIs of a frame stay on one side, "
+                       r"and a frame with any ng ROI counts as ng\); a train/validation split needs at least 2"):
+        stratified_split(s, 0.2, 0)

@@ -228,6 +228,14 @@ def test_k_folds_train_one_model_per_fold(parts: Path, tmp_path: Path, capsys: p
     assert code == 0, err
     assert [v["key"] for v in torch.load(fold / "last.pt", weights_only=True)["validation"]] == before
     assert [e["epoch"] for e in json.loads((fold / "metrics.json").read_text())["epochs"]] == [1, 2]
+    # A finished cross-validation is a run too: a later run into the same folder is refused, whatever its options.
+    before = _files(tmp_path / "cv")
+    for flags in (["--folds", "2"], []):
+        code, _, err = train_cli(capsys, str(parts), "--out", str(tmp_path / "cv"), "--epochs", "1", *FAST, *flags)
+        assert code == 2
+        assert f"already holds a training run (train.yaml, cv.json, fold-1/, fold-2/); choose another --out; " \
+               f"a cross-validation resumes one fold at a time (--resume {tmp_path / 'cv' / 'fold-1'}/last.pt" in err
+    assert _files(tmp_path / "cv") == before
 
 
 def test_lr_find_prints_a_suggestion_and_plots_it(parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -259,7 +267,8 @@ def test_early_stopping_keeps_the_best_epoch(parts: Path, tmp_path: Path) -> Non
     [
         ("empty", [], "no images found"),
         ("one_class", [], "every sample is 'ok'; training needs both ok and ng examples"),
-        ("missing", [], "no such folder; expected ok/ + ng/<defect>/ folders"),
+        ("missing", [], "no such folder; expected a folder of ok/ + ng/<defect>/ folders"),
+        ("file", [], "data: is a file; expected a folder of ok/ + ng/<defect>/ folders"),
         ("parts", ["--device", "cuda"], "device=cuda but torch finds no CUDA GPU"),
         ("parts", ["--backbone", "resnet19"], "unknown backbone 'resnet19'"),
         ("parts", ["--weights", "/nonexistent.pth"], "--weights /nonexistent.pth: no such file"),
@@ -275,6 +284,8 @@ def test_bad_input_is_a_clear_error_with_exit_2_and_nothing_written(
         data.mkdir()
     if setup == "one_class":
         shutil.copytree(parts / "ok", data / "ok")
+    if setup == "file":
+        data.write_text("frame,roi1\n")
     out = tmp_path / "out"
     code, _stdout, err = train_cli(capsys, str(data), "--out", str(out), "--epochs", "1", *FAST, *args)
     assert code == 2
@@ -461,3 +472,99 @@ def test_group_by_holds_out_whole_parts(tmp_path: Path, capsys: pytest.CaptureFi
     parts = {name.split("_")[0] for name in held}
     assert parts and all(f"{p}_cam1.png" in held and f"{p}_cam2.png" in held for p in parts)
     assert TrainRecipe.model_validate(ckpt["recipe"]).group_by == r"(SN\d+)_cam"
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_resume_writes_only_into_the_checkpoints_own_folder(trained: Path, parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    other, run = tmp_path / "other", tmp_path / "run"
+    shutil.copytree(trained, other)
+    shutil.copytree(trained, run)
+    before = _files(other)
+    for out in (other, tmp_path / "new"):
+        code, _, err = train_cli(capsys, str(parts), "--out", str(out), "--resume", str(run / "last.pt"), "--epochs", "3")
+        assert code == 2, err
+        assert f"--resume {run / 'last.pt'} continues the run in {run}, and a resumed run writes only there; give --out {run}" in err
+        assert "Traceback" not in err
+    assert _files(other) == before
+    assert not (tmp_path / "new").exists()
+
+
+def test_resume_of_a_finished_run_needs_more_epochs_and_changes_nothing(trained: Path, parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = _files(run)
+    code, _, err = train_cli(capsys, str(parts), "--out", str(run), "--resume", str(run / "last.pt"), "--epochs", "1")
+    assert code == 2
+    assert f"--epochs 1: the run in {run} has already run 2 epochs; --epochs must be more than 2 to extend it; nothing was changed" in err
+    for more in ([], ["--epochs", "2"]):
+        code, _, err = train_cli(capsys, str(parts), "--out", str(run), "--resume", str(run / "last.pt"), *more)
+        assert code == 2
+        assert "the run is complete: it has run all 2 of its epochs; give --epochs more than 2 to extend it; nothing was changed" in err
+    assert _files(run) == before
+
+
+@pytest.mark.parametrize(
+    ("kept", "message"),
+    [
+        (["last.pt", "metrics.json"], "already holds a training run (last.pt, metrics.json); choose another --out, or continue it with --resume"),
+        (["train.yaml"], "already holds a training run (train.yaml); choose another --out (it has no last.pt to resume from)"),
+        (["fold-1/", "fold-2/"], "already holds a training run (fold-1/, fold-2/); choose another --out; a cross-validation resumes one fold at a time"),
+    ],
+    ids=["interrupted", "config-only", "k-fold-interrupted"],
+)
+def test_any_part_of_a_run_keeps_a_new_run_out(
+    kept: list[str], message: str, trained: Path, parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    for name in kept:
+        if name.endswith("/"):
+            shutil.copytree(trained, out / name)
+        else:
+            out.mkdir(exist_ok=True)
+            shutil.copy(trained / name, out / name)
+    before = _files(out)
+    code, _, err = train_cli(capsys, str(parts), "--out", str(out), "--epochs", "1", *FAST)
+    assert code == 2 and message in err
+    assert _files(out) == before
+
+
+def test_weights_from_an_earlier_run_start_a_new_one(trained: Path, parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = train_cli(capsys, str(parts), "--out", str(tmp_path / "r"), "--epochs", "1", "--weights", str(trained / "best.pt"), *FAST)
+    assert code == 0, err
+    logged = json.loads(next(line for line in err.splitlines() if '"event": "weights_loaded"' in line))
+    assert logged["new"] == ["fc.weight", "fc.bias"] and logged["left_out"] == []
+
+
+def test_an_out_inside_data_is_refused_before_anything_is_written(parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(parts, data)
+    for out, flags in ((data / "ok" / "run", []), (data, []), (data / "runs" / "lr", ["--lr-find"])):
+        code, _, err = train_cli(capsys, str(data), "--out", str(out), "--epochs", "1", *FAST, *flags)
+        assert code == 2
+        assert f"--out {out}: inside DATA {data}; the run's plots (report images) would be read as images of DATA" in err
+    assert _files(data) == _files(parts)
+
+
+def test_rois_with_folder_labels_are_refused_before_anything_is_written(parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "train.yaml"
+    rois = "".join(f"    - {{name: {n}, box: {list(b)}, units: fraction}}\n" for n, b in GRID_ROIS.items())
+    cfg.write_text(f"preprocess:\n  color: gray\n  rois:\n{rois}")
+    code, _, err = train_cli(capsys, str(parts), "--config", str(cfg), "--out", str(tmp_path / "r"), "--epochs", "1", *FAST)
+    assert code == 2
+    assert "the ok/ and ng/ folders label whole frames, but preprocess.rois names 4 ROIs" in err and "labels CSV" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_without_out_continues_in_the_checkpoints_folder_and_lr_find_does_not_resume(
+    parts: Path, trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = train_cli(capsys, str(parts), "--resume", str(trained / "last.pt"))
+    # Nothing to do for a finished run, but the folder it speaks of is the checkpoint's own: --out defaulted to it.
+    assert code == 2 and f"{trained / 'last.pt'}: the run is complete" in err
+    code, _, err = train_cli(capsys, str(parts), "--resume", str(trained / "last.pt"), "--lr-find")
+    assert code == 2 and "--lr-find starts from the recipe's initial weights" in err
+    code, _, err = train_cli(capsys, str(parts))
+    assert code == 2 and "--out FOLDER is required" in err
