@@ -282,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"inspector: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("inspector: interrupted", file=sys.stderr)
+        last = getattr(args, "out", None)
+        last = last / "last.pt" if args.command == "train" and isinstance(last, Path) else None
+        hint = f"; continue with: inspector train {args.data} --resume {last}" if last is not None and last.is_file() else ""
+        print(f"inspector: interrupted{hint}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # The reader left (`inspector journal list | head`): nothing more to say, and nowhere to say it.

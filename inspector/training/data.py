@@ -110,6 +110,10 @@ def collect_samples(root: Path, spec: PreprocessSpec, *, labels_csv: Path | None
             if item.label is None:
                 continue  # in `unlabelled`
             cls = (item.defect or "ng") if multi and item.label == "ng" else item.label
+            if multi and item.label == "ng" and cls.lower() == OK_CLASS:
+                # The class list is built from folder names: an ng/ok/ folder would put NG parts into the OK class.
+                raise InputError(f"{root / 'ng' / item.defect}: a defect class cannot be named {OK_CLASS!r} (with --classes multi its "
+                                 "NG images would join the OK class); rename the folder after the defect")
             samples.append(Sample(item.path, item.frame_id + suffix, roi, cls, "ok" if item.label == "ok" else f"ng/{item.defect or ''}"))
     elif found.labelled_by == "csv":
         if multi:
@@ -221,8 +225,8 @@ class ImageCache:
         self._frames: dict[Path, np.ndarray] = {}
         self._masks: dict[Path, np.ndarray] = {}
 
-    def load(self, paths: list[Path]) -> None:
-        """Read every path; InputError listing all files that cannot be used."""
+    def load(self, paths: list[Path], purpose: str = "training") -> None:
+        """Read every path; InputError listing all files that cannot be used for `purpose`."""
         bad = []
         for path in dict.fromkeys(paths):
             if path in self._frames:
@@ -239,7 +243,7 @@ class ImageCache:
             self._frames[path] = self.pre.equalize(image)
         if bad:
             shown = "\n  ".join(bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
-            raise InputError(f"{len(bad)} image(s) cannot be used for training:\n  {shown}")
+            raise InputError(f"{len(bad)} image(s) cannot be used for {purpose}:\n  {shown}")
 
     def frame(self, path: Path) -> np.ndarray:
         """The equalized frame."""

@@ -135,7 +135,7 @@ def golden_labels(ckpt: dict[str, Any], golden: Path | None, frames: list[Path])
 def torch_probabilities(model: nn.Module, spec: PreprocessSpec, frames: list[Path]) -> list[np.ndarray]:
     """Per frame, (n_rois, classes) probabilities through the training code path."""
     cache = ImageCache(spec)
-    cache.load(frames)
+    cache.load(frames, "the parity gate (--golden)")
     out = []
     with torch.inference_mode():
         for path in frames:

@@ -278,3 +278,12 @@ def test_a_multi_roi_class_too_small_to_split_counts_frames(roi_frames: tuple[Pa
     with pytest.raises(InputError, match=r"class 'ok' has 1 frame \(4 ROI samples: the ROIs of a frame stay on one side, "
                        r"and a frame with any ng ROI counts as ng\); a train/validation split needs at least 2"):
         stratified_split(s, 0.2, 0)
+
+
+def test_a_defect_folder_named_ok_is_refused_with_multi_classes(parts: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(parts, data)
+    (data / "ng" / "crack").rename(data / "ng" / "OK")
+    with pytest.raises(InputError, match="a defect class cannot be named 'ok'"):
+        collect_samples(data, GRAY32, multi=True)
+    assert collect_samples(data, GRAY32).classes == ("ok", "ng"), "binary: the folder is just NG"

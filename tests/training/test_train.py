@@ -568,3 +568,14 @@ def test_resume_without_out_continues_in_the_checkpoints_folder_and_lr_find_does
     assert code == 2 and "--lr-find starts from the recipe's initial weights" in err
     code, _, err = train_cli(capsys, str(parts))
     assert code == 2 and "--out FOLDER is required" in err
+
+
+def test_ctrl_c_says_how_to_continue(parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # Ctrl-C once an epoch has written last.pt
+
+    monkeypatch.setattr("inspector.training.run.finish", interrupted)
+    out = tmp_path / "run"
+    code, _, err = train_cli(capsys, str(parts), "--out", str(out), "--epochs", "1", *FAST)
+    assert code == 130
+    assert err.strip().splitlines()[-1] == f"inspector: interrupted; continue with: inspector train {parts} --resume {out / 'last.pt'}"
