@@ -170,6 +170,15 @@ def broker(tmp_path: Path):
     b.stop()
 
 
+@pytest.fixture
+def daemons():
+    """Started daemons (tests.mqtt_helpers.DaemonProcess), killed at teardown if a test left them running."""
+    started: list = []
+    yield started
+    for d in started:
+        d.stop()
+
+
 def write_parts(folder: Path, n: int, *, defect_every: int = 0, seed: int = 0, prefix: str = "part", size: int = 64) -> list[str]:
     """Write n gray PNG tiles into `folder` by rename (complete at once); every `defect_every`-th has a crack. Returns names."""
     import cv2

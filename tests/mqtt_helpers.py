@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -169,6 +170,21 @@ class Subscriber:
         """Disconnect."""
         self.client.disconnect()
         self.client.loop_stop()
+
+
+PREFIX = "inspector/v1/l1/s1"  # the topic prefix of `station_config`'s station
+
+
+@contextlib.contextmanager
+def locked_journal(path: Path) -> Iterator[None]:
+    """Hold the journal's write lock from outside (a backup, a stuck disk): the daemon's writes fail once its busy timeout runs out."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
 
 
 def station_config(tmp: Path, broker: Broker, model: Path, **sections: dict[str, Any]) -> Path:

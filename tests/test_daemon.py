@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -26,14 +25,15 @@ from tests.conftest import (
     write_parts,
 )
 from tests.mqtt_helpers import (
+    PREFIX,
     Broker,
     DaemonProcess,
     Subscriber,
+    locked_journal,
     station_config,
     wait_until,
 )
 
-PREFIX = "inspector/v1/l1/s1"
 pytestmark = pytest.mark.slow
 
 
@@ -47,15 +47,6 @@ def _journal(tmp_path: Path, *args: str) -> list[dict]:
         capture_output=True, text=True, check=True,
     )
     return [json.loads(line) for line in out.stdout.splitlines()]
-
-
-@pytest.fixture
-def daemons():
-    """Started daemons, killed at teardown if a test left them running."""
-    started: list[DaemonProcess] = []
-    yield started
-    for d in started:
-        d.stop()
 
 
 def test_folder_to_mqtt_decisions_payloads_properties_ack_and_clean_stop(
@@ -349,15 +340,10 @@ def test_fps_after_a_journal_stall_is_the_line_rate(tmp_path: Path, broker: Brok
     daemon = DaemonProcess(station_config(tmp_path, broker, models["dark"]))
     daemons.append(daemon)
     daemon.wait_event("daemon_ready")
-    holder = sqlite3.connect(tmp_path / "journal.sqlite3", isolation_level=None)
-    holder.execute("BEGIN EXCLUSIVE")  # e.g. a backup or a slow disk: the outbox cannot write for 3 s
-    try:
+    with locked_journal(tmp_path / "journal.sqlite3"):  # e.g. a backup or a slow disk: the outbox cannot write for 3 s
         for i in range(30):  # 10 parts a second, all decided (and held) while the journal is stalled
             write_parts(tmp_path / "in", 1, prefix=f"p{i:02d}-", seed=i)
             time.sleep(0.1)
-    finally:
-        holder.rollback()
-        holder.close()
     assert wait_until(lambda: any(m.json()["frames"] == 30 for m in sub.on("metrics")), 10)
     fps = next(m.json()["fps"] for m in sub.on("metrics") if m.json()["frames"] == 30)
     assert 5 <= fps <= 12, f"the line ran at 10 frames/s, the metric says {fps}"

@@ -13,24 +13,16 @@ import pytest
 
 from tests.conftest import write_parts
 from tests.mqtt_helpers import (
+    PREFIX,
     Broker,
     DaemonProcess,
     Subscriber,
+    locked_journal,
     station_config,
     wait_until,
 )
 
-PREFIX = "inspector/v1/l1/s1"
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def daemons():
-    """Started daemons, killed at teardown if a test left them running."""
-    started: list[DaemonProcess] = []
-    yield started
-    for d in started:
-        d.stop()
 
 
 def _start(tmp_path: Path, broker: Broker, model: Path, daemons: list, **sections: dict) -> DaemonProcess:
@@ -71,16 +63,11 @@ def test_a_journal_that_refuses_writes_does_not_stop_the_output_stage(
     daemon = _start(tmp_path, broker, models["dark"], daemons)
     write_parts(tmp_path / "in", 1)
     first = sub.wait_for("decision", 1, 10)[0].json()
-    holder = sqlite3.connect(tmp_path / "journal.sqlite3", isolation_level=None)
-    holder.execute("BEGIN EXCLUSIVE")  # a backup, a full disk: any write fails once the busy timeout runs out
-    try:
+    with locked_journal(tmp_path / "journal.sqlite3"):  # a backup, a full disk: any write fails once the busy timeout runs out
         sub.client.publish(f"{PREFIX}/decision/ack", json.dumps({"seq": first["seq"], "part_id": first["part_id"]}), qos=1)
         failed = daemon.wait_event("ack_not_journaled", 15)
         assert failed["level"] == "error" and failed["seq"] == first["seq"]
         assert wait_until(lambda: any("journal_error" in m.json()["degraded"] for m in sub.on("state")), 15)
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
     write_parts(tmp_path / "in", 1, prefix="after")
     assert sub.wait_for("decision", 2, 15)[1].json()["frame_id"] == "after0000.png"
     assert wait_until(lambda: sub.on("state")[-1].json()["degraded"] == {}, 5), sub.on("state")[-1].json()["degraded"]
@@ -190,17 +177,12 @@ def test_decisions_wait_for_a_stuck_journal_while_state_shows_why(
 ) -> None:
     sub = Subscriber(broker, (f"{PREFIX}/decision", f"{PREFIX}/state"))
     daemon = _start(tmp_path, broker, models["dark"], daemons)
-    holder = sqlite3.connect(tmp_path / "journal.sqlite3", isolation_level=None)
-    holder.execute("BEGIN EXCLUSIVE")
-    try:
+    with locked_journal(tmp_path / "journal.sqlite3"):
         write_parts(tmp_path / "in", 1)
         daemon.wait_event("journal_write_failed", 20)
         # Monitoring sees it while it lasts; the decision itself is not published before it is journaled.
         assert wait_until(lambda: any("journal_error" in m.json()["degraded"] for m in sub.on("state")), 10)
         assert sub.on("decision") == []
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
     assert sub.wait_for("decision", 1, 15)[0].json()["frame_id"] == "part0000.png"
     assert wait_until(lambda: sub.on("state")[-1].json()["degraded"] == {}, 10)
     daemon.signal(signal.SIGTERM)
