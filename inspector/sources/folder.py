@@ -208,10 +208,12 @@ class FolderSource:
         try:
             entries = sorted(os.scandir(self.root), key=_mtime_name)
         except OSError as exc:
-            self.log.error("folder_unreadable", folder=str(self.root), error=str(exc))
-            self.health.set_flag("source_unreadable", str(exc))
+            # Once per outage (the flag says it lasts), not at every rescan: a folder gone overnight would fill the log.
+            if self.health.set_flag("source_unreadable", str(exc)):
+                self.log.error("folder_unreadable", folder=str(self.root), error=str(exc))
             return
-        self.health.clear_flag("source_unreadable")
+        if self.health.clear_flag("source_unreadable"):
+            self.log.info("folder_readable", folder=str(self.root))
         for entry in entries:
             if entry.is_dir(follow_symlinks=False) or self._candidate(entry.path) is None:
                 continue  # an ignored name (x.part) would otherwise be "found" at every rescan

@@ -421,3 +421,19 @@ def test_a_watched_folder_removed_and_made_again_is_watched_again(folder: Path, 
         assert logged.getvalue().count('"folder_gone"') == 1, "one event per loss"
     finally:
         run.close()
+
+
+def test_an_unreadable_folder_is_logged_once_per_outage(folder: Path, tmp_path: Path) -> None:
+    logged = io.StringIO()
+    configure_logging("info", "json", stream=logged)
+    run = Running(folder, watch="poll", settle_ms=50, rescan_s=0.5, poll_interval_ms=20)
+    try:
+        folder.rename(tmp_path / "away")
+        time.sleep(2.2)  # four rescans find no folder
+        assert logged.getvalue().count('"folder_unreadable"') == 1
+        assert run.source.health.flags().keys() == {"source_unreadable"}
+        (tmp_path / "away").rename(folder)
+        assert wait_until(lambda: '"folder_readable"' in logged.getvalue(), 3)
+        assert run.source.health.flags() == {}
+    finally:
+        run.close()
