@@ -139,6 +139,9 @@ class Journal:
             except (OSError, sqlite3.Error) as exc:
                 os.close(self._lock_fd)
                 raise InputError(f"cannot open the journal {self.path}: {_open_reason(exc)}") from exc
+            except InputError:  # a newer format: this run does not write it, so the next may
+                os.close(self._lock_fd)
+                raise
         self._db.execute("PRAGMA busy_timeout=5000")
         self._last_seq = self.last_seq()
 
