@@ -16,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import structlog
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
+from pydantic import ValidationError
 
 from inspector.config import GraphOptimization, ModelSettings, Provider, Spinning
 from inspector.cpu_affinity import allowed_cores, worker_affinities
@@ -160,7 +161,8 @@ class OnnxClassifier:
                     entries = [self._provider_entry(p, data, settings, gpu) for p in chain]
                     session = ort.InferenceSession(data, so, providers=entries, enable_fallback=0)
                 except ORT_EXCEPTIONS as exc:
-                    if Provider.CUDA in chain and settings.cuda_graphs and "graph" in str(exc).lower():
+                    # "graph" alone is in every ONNX error (its source path, "No graph was found"): CUDA graphs say "cuda graph".
+                    if Provider.CUDA in chain and settings.cuda_graphs and "cuda graph" in str(exc).lower().replace("_", " "):
                         self.log.warning("cuda_graphs_unavailable", reason=_first_line(exc), consequence="the cuda provider runs without CUDA graphs")
                         settings = settings.model_copy(update={"cuda_graphs": False})
                         self._settings = settings
@@ -265,7 +267,9 @@ class OnnxClassifier:
 
     def _io(self) -> tuple[str, list[object], list[object], type]:
         """(input name, input shape, output shape, input dtype); a dimension is an int or a name."""
-        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        one_each(self.path, [i.name for i in inputs], [o.name for o in outputs])
+        inp, out = inputs[0], outputs[0]
         self._output_name = out.name
         return inp.name, list(inp.shape), list(out.shape), np.float16 if inp.type == "tensor(float16)" else np.float32
 
@@ -319,8 +323,9 @@ class OnnxClassifier:
         )
         try:
             return ModelManifest(classes=tuple(settings.classes), preprocess=config_spec, output=settings.output)
-        except ValueError as exc:
-            raise ModelError(f"model.classes: {exc}") from exc
+        except ValidationError as exc:
+            problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+            raise ModelError(f"model.classes {list(settings.classes)}: {problems}") from exc
 
     def _check_shapes(self) -> bool:
         shape = self._input_shape
@@ -346,13 +351,16 @@ class OnnxClassifier:
     # --- running ------------------------------------------------------------------------------
 
     def warmup(self, batch_size: int, runs: int) -> None:
-        """Run blank batches so the first frame does not pay for lazy initialisation."""
+        """Run blank batches so the first frame does not pay for lazy initialisation; a model whose output is not what its
+        manifest declares is refused here, at load (with `runs` 0, each frame is rejected as `inference_error` instead)."""
         blank = np.zeros((batch_size, *self.spec.input_shape), np.float32)
         if self._runner is not None:
             self._check_binding(blank)
         try:
             for _ in range(runs):
                 self.predict(blank)
+        except ModelError as exc:
+            raise ModelError(f"{self.path} fails its warm-up inference: {exc}") from exc
         except ORT_EXCEPTIONS as exc:
             raise ModelError(f"{self.path} fails its warm-up inference on a blank batch of {batch_size}: {_first_line(exc)}") from exc
 
@@ -389,11 +397,38 @@ class OnnxClassifier:
         else:
             raw = self._run(x)
         raw = np.asarray(raw, np.float32)
+        if raw.shape != (len(x), len(self.classes)):
+            raise ModelError(f"output shape {list(raw.shape)} for a batch of {len(x)}; expected {[len(x), len(self.classes)]} "
+                             f"(one row of {len(self.classes)} classes {list(self.classes)} per ROI)")
         if not self._logits:
+            check_probabilities(raw)
             return np.clip(raw, 0.0, 1.0)
         shifted = raw - raw.max(axis=1, keepdims=True)
         e = np.exp(shifted)
         return e / e.sum(axis=1, keepdims=True)
+
+
+def one_each(path: Path, inputs: list[str], outputs: list[str]) -> None:
+    """ModelError unless the model has one input and one output: which of several to feed, or to judge by, is a guess."""
+    if len(inputs) != 1:
+        raise ModelError(f"{path}: {len(inputs)} inputs ({', '.join(inputs)}); expected one, the (N, C, H, W) image batch")
+    if len(outputs) != 1:
+        raise ModelError(f"{path}: {len(outputs)} outputs ({', '.join(outputs)}); expected one, the (N, classes) probabilities or logits")
+
+
+# fp16 and INT8 models round their softmax: a row may miss 1 by a few thousandths, logits miss it by far more.
+_PROBABILITY_SLACK = 0.02
+
+
+def check_probabilities(raw: np.ndarray) -> None:
+    """ModelError when rows declared probabilities are not: values outside 0..1 or rows that do not sum to 1 (logits)."""
+    low, high = float(np.nanmin(raw)), float(np.nanmax(raw))
+    sums = raw.sum(axis=1)
+    if low < -_PROBABILITY_SLACK or high > 1 + _PROBABILITY_SLACK or np.any(np.abs(sums - 1) > _PROBABILITY_SLACK):
+        raise ModelError(
+            f"the model's output is declared probabilities but is not (values {low:.3g}..{high:.3g}, row sums "
+            f"{float(sums.min()):.3g}..{float(sums.max()):.3g}); if it outputs logits, export it with output: logits"
+        )
 
 
 def load_classifier(

@@ -14,7 +14,7 @@ import structlog
 
 from inspector.config import ModelSettings
 from inspector.errors import ModelError
-from inspector.model import OnnxClassifier
+from inspector.model import OnnxClassifier, one_each
 
 
 class OpenVinoClassifier(OnnxClassifier):
@@ -41,7 +41,9 @@ class OpenVinoClassifier(OnnxClassifier):
                 "INFERENCE_NUM_THREADS": settings.intra_op_threads,
             })
         except RuntimeError as exc:
-            raise ModelError(f"OpenVINO cannot load {self.path}: {str(exc).strip().splitlines()[0]}") from exc
+            # OpenVINO's first lines name its own source file ("Exception from src/...:105:"); the reason comes after.
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.strip().startswith("Exception from")]
+            raise ModelError(f"OpenVINO cannot load {self.path}: {lines[0] if lines else str(exc).strip()}") from exc
         self._request = compiled.create_infer_request()
         return compiled, [f"openvino-cpu-{self.precision}"]
 
@@ -51,6 +53,7 @@ class OpenVinoClassifier(OnnxClassifier):
         return {str(k): v.astype(str) for k, v in dict(info["framework"]).items()} if "framework" in info else {}
 
     def _io(self) -> tuple[str, list[object], list[object], type]:
+        one_each(self.path, [i.get_any_name() for i in self._model.inputs], [o.get_any_name() for o in self._model.outputs])
         inp, out = self._model.inputs[0], self._model.outputs[0]
         return inp.get_any_name(), _dims(inp.get_partial_shape()), _dims(out.get_partial_shape()), np.float32
 

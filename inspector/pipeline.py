@@ -75,7 +75,7 @@ class FramePipeline:
             self._blank = np.zeros((len(self.roi_names), *self.preprocessor.spec.input_shape), np.float32)
         try:
             self.classifier.predict(self._blank)
-        except ORT_EXCEPTIONS as exc:  # a keep-alive must never stop the line: the next real frame reports the fault
+        except (*ORT_EXCEPTIONS, ModelError, ValueError) as exc:  # a keep-alive must never stop the line: the next frame reports it
             self.log.warning("keepalive_failed", error=f"{type(exc).__name__}: {exc}")
             return False
         return True

@@ -252,3 +252,61 @@ def test_spinning_sets_how_onnxruntime_workers_wait(models: dict[str, Path], spi
             options.get_session_config_entry("session.force_spinning_stop")
     else:
         assert options.get_session_config_entry("session.force_spinning_stop") == stop
+
+
+def _two_outputs(path: Path) -> Path:
+    """The dark-spot network with a constant "all ok" output put first: judged by output 0, every part would pass."""
+    import torch
+
+    from inspector.training.onnx_export import export_classifier
+    from tests.conftest import _dark_spot_module
+
+    class TwoOutputs(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _dark_spot_module()
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = self.net(x)
+            return torch.stack([torch.ones_like(logits[:, 0]), torch.zeros_like(logits[:, 0])], dim=1), logits
+
+    export_classifier(TwoOutputs(), GRAY64, ("ok", "ng"), path)
+    return path
+
+
+def _two_inputs(path: Path, source: Path) -> Path:
+    """An input `aux` added beside `input` (summed into it): the runtime cannot know what to feed it."""
+    model = onnx.load(str(source))
+    aux = onnx.helper.make_tensor_value_info("aux", onnx.TensorProto.FLOAT, ["batch", 1, 64, 64])
+    model.graph.input.append(aux)
+    for node in model.graph.node:
+        node.input[:] = ["input_plus_aux" if name == "input" else name for name in node.input]
+    model.graph.node.insert(0, onnx.helper.make_node("Add", ["input", "aux"], ["input_plus_aux"]))
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_model_must_have_one_input_and_one_output(models: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"2 outputs \(logits, .*\); expected one, the \(N, classes\) probabilities or logits"):
+        OnnxClassifier(_two_outputs(tmp_path / "two.onnx"), CPU)
+    with pytest.raises(ModelError, match=r"2 inputs \(input, aux\); expected one, the \(N, C, H, W\) image batch"):
+        OnnxClassifier(_two_inputs(tmp_path / "twoin.onnx", models["dark"]), CPU)
+
+
+def test_logits_declared_as_probabilities_are_refused_not_clipped(tmp_path: Path, tiles: Path) -> None:
+    from inspector.config import load_settings
+    from inspector.pipeline import build_pipeline, read_file_frame
+    from inspector.training.onnx_export import export_classifier
+    from tests.conftest import _dark_spot_module
+
+    path = tmp_path / "mislabelled.onnx"
+    export_classifier(_dark_spot_module(), GRAY64, ("ok", "ng"), path, output="probabilities")
+    # At load, the warm-up sees it; clipped, logits [0, 5] would read as P(ok) = 0 or 1 at random.
+    with pytest.raises(ModelError, match="declared probabilities but is not .*export it with output: logits"):
+        build_pipeline(load_settings(None, model={"providers": ["cpu"]}), model_path=path)
+    # Without a warm-up, each frame is an inference_error reject, NG and OK alike.
+    pipe = build_pipeline(load_settings(None, model={"providers": ["cpu"], "warmup_runs": 0}), model_path=path)
+    for frame in (tiles / "ok" / "ok_0001.png", next((tiles / "ng").rglob("*.png"))):
+        v = pipe.process(read_file_frame(frame))
+        assert (v.verdict, v.reason.value) == ("reject", "inference_error") and "declared probabilities" in v.detail
+
