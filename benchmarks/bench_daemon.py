@@ -47,7 +47,7 @@ from common import (  # benchmarks/ is on sys.path when run as a script
 
 from inspector.config import PipelineSettings, Spinning
 from inspector.demo import stop_process
-from inspector.model import file_sha256
+from inspector.digest import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "datasets" / "magnetic-tile"

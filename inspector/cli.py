@@ -363,7 +363,7 @@ def check_config(path: Path, *, run: bool = False) -> list[str]:
 
 def _record_errors(record: Any, settings: InspectorSettings) -> list[str]:
     """What the daemon would refuse about a calibration record, found without loading the model."""
-    from inspector.model import file_sha256
+    from inspector.digest import file_sha256
 
     errors = []
     if record.station != settings.station.name:

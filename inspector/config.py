@@ -29,6 +29,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from inspector.digest import file_sha256
 from inspector.errors import ConfigError
 from inspector.preprocess import MAX_ROIS, PreprocessSpec, Roi, repeated_names
 from inspector.strict_numbers import StrictNumbers
@@ -657,9 +658,16 @@ def _ssl_reason(exc: Exception) -> str:
 
 def model_errors(settings: InspectorSettings, *, required: bool) -> list[str]:
     """model.path missing (when `required`) or not a file, as `dotted.path: message` lines."""
-    if settings.model.path is None:
+    path, pin = settings.model.path, settings.model.sha256
+    if path is None:
         return ["model.path: required by `inspector run`"] if required else []
-    return [] if settings.model.path.is_file() else [f"model.path: file not found: {settings.model.path}"]
+    if path.is_dir():
+        return [f"model.path: is a folder; expected the model's .onnx file: {path}"]
+    if not path.is_file():
+        return [f"model.path: file not found: {path}"]
+    if pin is not None and (actual := file_sha256(path)) != pin:
+        return [f"model.sha256: pins {pin}, but model.path {path} has sha256 {actual}"]
+    return []
 
 
 def run_errors(settings: InspectorSettings) -> list[str]:

@@ -21,7 +21,7 @@ class ModelManifest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format_version: int = Field(default=FORMAT_VERSION, ge=1, description="Manifest format version.")
+    format_version: int = Field(default=FORMAT_VERSION, ge=1, le=FORMAT_VERSION, strict=True, description="Manifest format version.")
     classes: tuple[str, ...] = Field(min_length=2, description="Output classes in order; 'ok' plus 'ng' or named defect classes.")
     preprocess: PreprocessSpec = Field(description="The preprocessing the model was trained with.")
     output: Literal["logits", "probabilities"] = Field(default="logits", description="What the model's output holds.")
@@ -58,7 +58,7 @@ def parse_manifest(metadata: dict[str, str], source: str) -> ModelManifest | Non
     try:
         return ModelManifest.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the manifest'}: {e['msg']}" for e in exc.errors())
         raise ModelError(f"{source}: invalid manifest: {problems}") from exc
 
 

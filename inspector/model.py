@@ -72,15 +72,6 @@ class Classifier(Protocol):
         ...
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, hex."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class OnnxClassifier:
     """An ONNX OK/NG (or multi-defect) classifier, loaded, checked and warmed up."""
 
@@ -152,7 +143,8 @@ class OnnxClassifier:
             if _ORT_NAME[p] in built:
                 chain.append(p)
             else:
-                self._unavailable(p, "not in this onnxruntime build (install onnxruntime-gpu for cuda/tensorrt)", settings)
+                self._unavailable(p, "not in this onnxruntime build (install onnxruntime-gpu for cuda/tensorrt)",
+                                  [q for q in settings.providers if q is not p and _ORT_NAME[q] in built])
         gpu = gpu_identity(settings.device_id) if {Provider.TENSORRT, Provider.CUDA} & set(chain) else None
         ort.set_default_logger_severity(_LOG_QUIET)
         try:
@@ -171,12 +163,12 @@ class OnnxClassifier:
                     if failed is None:
                         raise ModelError(f"cannot load model {self.path}: {_first_line(exc)}") from exc
                     chain.remove(failed)
-                    self._unavailable(failed, _provider_reason(failed) or _first_line(exc), settings)
+                    self._unavailable(failed, _provider_reason(failed) or _first_line(exc), chain)
                     continue
                 active = [_BY_ORT_NAME[n] for n in session.get_providers() if n in _BY_ORT_NAME]
                 for p in chain:
                     if p not in active:
-                        self._unavailable(p, _provider_reason(p) or "failed to initialise", settings)
+                        self._unavailable(p, _provider_reason(p) or "failed to initialise", [q for q in chain if q in active])
                 wanted = [p for p in active if p in chain]
                 if not wanted:
                     break
@@ -250,9 +242,9 @@ class OnnxClassifier:
             graphs = self.provider == Provider.CUDA.value and settings.cuda_graphs
             self._runner = BoundRunner(self.session, self._input_name, self._output_name, settings.device_id, graphs=graphs)
 
-    def _unavailable(self, provider: Provider, reason: str, settings: ModelSettings) -> None:
-        rest = [p.value for p in settings.providers[settings.providers.index(provider) + 1 :]]
-        self.log.warning("provider_unavailable", provider=provider.value, reason=reason, falling_back_to=rest or None)
+    def _unavailable(self, provider: Provider, reason: str, rest: list[Provider]) -> None:
+        # `rest`: the providers still in play, in order, not the configured list (some of it may have failed already).
+        self.log.warning("provider_unavailable", provider=provider.value, reason=reason, falling_back_to=[p.value for p in rest] or None)
 
     @staticmethod
     def _failed_provider(chain: list[Provider], message: str) -> Provider | None:

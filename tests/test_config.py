@@ -10,6 +10,7 @@ import yaml
 
 from inspector.cli import main
 from inspector.config import InspectorSettings, load_settings
+from inspector.digest import file_sha256
 from inspector.errors import ConfigError
 
 
@@ -299,3 +300,14 @@ def test_an_error_in_a_value_from_the_environment_names_the_variable(tmp_path: P
         "decision.threshold: Input should be less than or equal to 1 (set by INSPECTOR_DECISION)",
         "mqtt.port: Input should be a valid integer, unable to parse string as an integer (set by INSPECTOR_MQTT__PORT)",
     ]
+
+
+def test_config_check_names_a_model_folder_and_a_pin_the_file_does_not_match(
+    tmp_path: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "m.onnx").mkdir()
+    assert main(["config", "check", str(_write(tmp_path, f"model:\n  path: {tmp_path / 'm.onnx'}\n"))]) == 2
+    assert capsys.readouterr().out.strip() == f"model.path: is a folder; expected the model's .onnx file: {tmp_path / 'm.onnx'}"
+    pin = "0" * 64
+    assert main(["config", "check", str(_write(tmp_path, f"model:\n  path: {models['dark']}\n  sha256: '{pin}'\n"))]) == 2
+    assert capsys.readouterr().out.strip() == f"model.sha256: pins {pin}, but model.path {models['dark']} has sha256 {file_sha256(models['dark'])}"

@@ -629,7 +629,7 @@ def test_calibration_record_sets_thresholds_and_uncertain_parts_go_to_review(
     tmp_path: Path, broker: Broker, models: dict[str, Path], daemons: list
 ) -> None:
     from inspector.calibration.record import write_record
-    from inspector.model import file_sha256
+    from inspector.digest import file_sha256
     from tests.conftest import calibration_record
 
     record = tmp_path / "s1.yaml"
@@ -668,7 +668,7 @@ def test_a_calibration_record_of_another_station_or_model_stops_the_daemon(
     tmp_path: Path, broker: Broker, models: dict[str, Path]
 ) -> None:
     from inspector.calibration.record import write_record
-    from inspector.model import file_sha256
+    from inspector.digest import file_sha256
     from tests.conftest import calibration_record
 
     for station, sha, message in (

@@ -15,10 +15,11 @@ import pytest
 
 from inspector.config import ModelSettings
 from inspector.cpu_affinity import allowed_cores
+from inspector.digest import file_sha256
 from inspector.errors import ModelError
 from inspector.logs import configure_logging
 from inspector.manifest import MANIFEST_KEY
-from inspector.model import OnnxClassifier, file_sha256
+from inspector.model import OnnxClassifier
 from inspector.preprocess import PreprocessSpec
 from tests.conftest import GRAY64
 
@@ -42,6 +43,19 @@ def test_default_providers_fall_back_with_one_clear_warning_each_and_no_onnxrunt
     assert all(w["level"] == "warning" and w["reason"] for w in warnings)
     out, err = capfd.readouterr()
     assert "EP Error" not in out + err and "onnxruntime" not in out + err
+
+
+def test_each_fallback_warning_names_what_is_still_left(models: dict[str, Path]) -> None:
+    if OnnxClassifier(models["dark"], ModelSettings()).provider != "cpu":
+        pytest.skip("a GPU provider works on this machine")
+    for order in (["cuda", "tensorrt", "cpu"], ["cpu", "cuda"]):
+        logs = io.StringIO()
+        configure_logging("info", "json", stream=logs)
+        OnnxClassifier(models["dark"], ModelSettings(providers=order))
+        warnings = [e for e in _events(logs) if e["event"] == "provider_unavailable"]
+        # The last to fail falls back to cpu alone, and cpu listed first still counts: never "null" while cpu runs.
+        assert warnings and warnings[-1]["falling_back_to"] == ["cpu"], (order, warnings)
+        assert all(w["provider"] not in (w["falling_back_to"] or []) for w in warnings)
 
 
 def test_without_cpu_in_the_list_a_missing_gpu_is_an_error_naming_the_fix(models: dict[str, Path]) -> None:
@@ -83,15 +97,23 @@ def test_a_config_spec_that_differs_from_the_manifest_is_refused_naming_the_fiel
     assert OnnxClassifier(models["dark"], CPU, config_spec=GRAY64).spec == GRAY64
 
 
-def test_a_newer_manifest_format_asks_for_an_upgrade(models: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("version", "message"),
+    [
+        (99, "manifest format 99 is newer.*upgrade inspector"),
+        ("2", "format_version: Input should be a valid integer"),  # a string is not read as a number, old or new
+        (True, "format_version: Input should be a valid integer"),
+    ],
+)
+def test_a_newer_or_odd_manifest_format_is_refused(models: dict[str, Path], tmp_path: Path, version: object, message: str) -> None:
     model = onnx.load(str(models["dark"]))
     manifest = json.loads(model.metadata_props[0].value)
-    manifest["format_version"] = 99
+    manifest["format_version"] = version
     del model.metadata_props[:]
     model.metadata_props.add(key=MANIFEST_KEY, value=json.dumps(manifest))
     path = tmp_path / "future.onnx"
     onnx.save(model, str(path))
-    with pytest.raises(ModelError, match="manifest format 99 is newer.*upgrade inspector"):
+    with pytest.raises(ModelError, match=message):
         OnnxClassifier(path, CPU)
 
 

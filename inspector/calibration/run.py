@@ -88,6 +88,10 @@ def calibrate(scores: ScoreSet, options: CalibrateOptions) -> CalibrationRecord:
     """The record for these scores: one threshold for all ROIs, or one per ROI with `per_roi`."""
     options.check()
     samples = scores.samples
+    if not samples and scores.excluded:
+        # Not a data problem: nothing could be scored, so the model (or every image) is what to look at.
+        shown = "; ".join(scores.excluded[:3]) + ("; ..." if len(scores.excluded) > 3 else "")
+        raise InputError(f"no sample could be scored: all {len(scores.excluded)} were left out ({shown})")
     _require_both_labels(samples, "the calibration data")
     if options.per_roi:
         if scores.unit != "roi":

@@ -13,8 +13,8 @@ import structlog
 from inspector.calibration.record import preprocess_sha256
 from inspector.calibration.threshold import Sample
 from inspector.config import InspectorSettings
+from inspector.digest import file_sha256
 from inspector.errors import InputError, ModelError
-from inspector.model import file_sha256
 from inspector.pipeline import build_pipeline
 from inspector.replay.dataset import ReplaySet, collect
 from inspector.replay.runner import judge, log_dataset

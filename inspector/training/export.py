@@ -22,10 +22,11 @@ from pydantic import ValidationError
 from torch import nn
 
 from inspector.config import ModelSettings, Provider
+from inspector.digest import file_sha256
 from inspector.errors import InputError, ModelError
 from inspector.frame import FrameFault
 from inspector.manifest import ModelManifest, write_manifest
-from inspector.model import OnnxClassifier, file_sha256
+from inspector.model import OnnxClassifier
 from inspector.outputs import check_output, make_output_folder, temp_file_beside
 from inspector.preprocess import Preprocessor, PreprocessSpec
 from inspector.replay.dataset import collect

@@ -19,8 +19,8 @@ from inspector.calibration.run import CalibrateOptions, calibrate, describe
 from inspector.calibration.scores import ScoreSet
 from inspector.calibration.threshold import Sample, below
 from inspector.cli import main
+from inspector.digest import file_sha256
 from inspector.errors import ConfigError
-from inspector.model import file_sha256
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -461,3 +461,11 @@ def test_a_new_record_says_what_changed_from_the_one_it_replaces(
     assert code == 0 and f"; model changed (dark.onnx {file_sha256(models['dark'])[:12]}… -> multi.onnx" in line
     code, _, err = _run(capsys, "calibrate", "--decisions", station_dir, "--target-recall", "0.8", "--station", "s1")
     assert code == 2 and "is a folder; expected the decisions.jsonl file" in err
+
+
+def test_a_model_that_scores_nothing_is_named_not_the_data(
+    models: dict[str, Path], tiles: Path, station_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _run(capsys, "calibrate", tiles, "--model", models["nan"], "--target-recall", "0.8", "--station", "s1")
+    assert code == 2 and "no sample could be scored: all 20 were left out (" in err and "inference_error" in err
+    assert list((station_dir / "calibration").iterdir()) == []

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from inspector.config import ModelSettings, Provider
-from inspector.model import OnnxClassifier, file_sha256
+from inspector.digest import file_sha256
+from inspector.model import OnnxClassifier
 from inspector.preprocess import Preprocessor
 from inspector.training.export import (
     export_checkpoint,
