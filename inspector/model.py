@@ -304,6 +304,12 @@ class OnnxClassifier:
                     "the model's own preprocessing is the one it was trained with: remove `preprocess` from the config "
                     "(use `rois` to place this station's ROIs)"
                 )
+            if settings.classes is not None and tuple(settings.classes) != manifest.classes:
+                # Names in another order would swap what the scores mean: the model's own list is the one it was trained with.
+                raise ModelError(
+                    f"model.classes {list(settings.classes)} differs from the classes inside {self.path} {list(manifest.classes)}; "
+                    "model.classes is only for a model without a manifest: remove it from the config"
+                )
             return manifest
         if config_spec is None or not settings.classes:
             raise ModelError(

@@ -97,6 +97,12 @@ def test_a_config_spec_that_differs_from_the_manifest_is_refused_naming_the_fiel
     assert OnnxClassifier(models["dark"], CPU, config_spec=GRAY64).spec == GRAY64
 
 
+def test_config_classes_that_contradict_the_manifest_are_refused(models: dict[str, Path]) -> None:
+    with pytest.raises(ModelError, match=r"model.classes \['ng', 'ok'\] differs from the classes inside .* \['ok', 'ng'\]"):
+        OnnxClassifier(models["dark"], ModelSettings(providers=["cpu"], classes=["ng", "ok"]))
+    assert OnnxClassifier(models["dark"], ModelSettings(providers=["cpu"], classes=["ok", "ng"])).classes == ("ok", "ng")
+
+
 @pytest.mark.parametrize(
     ("version", "message"),
     [
