@@ -180,6 +180,10 @@ def _type(prop: dict[str, Any], defs: dict[str, Any]) -> tuple[str, str]:
     kind = " or ".join(kinds) or "any"
     if nullable:
         kind += " or null"
+    consts = [_resolve(v, defs).get("const") for v in _variants(prop) if "const" in _resolve(v, defs)]
+    if consts and "boolean" in kinds and len(allowed) == len(consts):
+        # `bool | Literal["auto"]`: the values are the two booleans and the literals, not "only auto".
+        return kind, "one of " + ", ".join(f"`{_inline(c)}`" for c in (True, False, *consts))
     return kind, "; ".join(allowed) or "-"
 
 

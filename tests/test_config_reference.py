@@ -63,3 +63,8 @@ def test_preprocess_and_roi_fields_are_documented_too() -> None:
 def test_config_reference_command_prints_the_page(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["config", "reference"]) == 0
     assert capsys.readouterr().out == configuration_reference()
+
+
+def test_a_boolean_or_literal_setting_lists_every_allowed_value() -> None:
+    row = next(line for line in configuration_reference().splitlines() if line.startswith("| `model.pin_threads` |"))
+    assert "| one of `true`, `false`, `auto` |" in row  # not "only `auto`": true and false are accepted too

@@ -35,7 +35,7 @@ Run (paho-mqtt >= 2.0):
 One line per decision on stdout, e.g.
 
     seq=1042 part=P-1042 OPEN    pass, 412 ms before the deadline
-    seq=1043 part=P-1043 REJECT  verdict reject (score: ROI roi1 scored 0.91 >= 0.50)
+    seq=1043 part=P-1043 REJECT  verdict reject (score)
     seq=1043 part=P-1043 IGNORE  duplicate: already acted on
 
 The decision logic is the pure function `gate(payload, now, seen)`; everything MQTT is in `main()`.
