@@ -57,6 +57,9 @@ class Frame:
     # Waited on disk before the source started watching (a folder's files at start or after a restart): queued for
     # inference as room frees up, never rejected as `overload`; its capture time still makes a late pass a `deadline`.
     backlog: bool = False
+    # The file this frame was read from: (inode, mtime ns, size) of the descriptor read, so that only that file moves
+    # under its decision, after a crash too (the journal keeps it). None for a camera frame, or nothing read.
+    file_identity: tuple[int, int, int] | None = None
 
 
 class FrameFault(Exception):

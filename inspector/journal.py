@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS records (
     payload TEXT NOT NULL,
     decision_sent_at REAL,  -- the broker acknowledged the `decision` message
     record_sent_at REAL,    -- the broker acknowledged the `record` message
-    plc_acked_at REAL       -- a subscriber acknowledged on decision/ack
+    plc_acked_at REAL,      -- a subscriber acknowledged on decision/ack
+    source_identity TEXT    -- "inode:mtime_ns:size" of the file judged (folder source): crash recovery moves only that file
 );
 CREATE INDEX IF NOT EXISTS records_record_unsent ON records(seq) WHERE record_sent_at IS NULL;
 CREATE INDEX IF NOT EXISTS records_decision_unsent ON records(seq) WHERE decision_sent_at IS NULL;
@@ -52,6 +53,7 @@ class Pending:
     session: str
     part_id: str | None
     deadline_at: float
+    file_identity: tuple[int, int, int] | None = None  # the file the verdict judged (folder source)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +135,11 @@ class Journal:
                         f"journal {self.path} has format {version}, newer than this inspector reads ({_USER_VERSION}); upgrade inspector"
                     )
                 self._db.executescript(_SCHEMA)
+                columns = {row[1] for row in self._db.execute("PRAGMA table_info(records)")}
+                if "source_identity" not in columns:
+                    # Added without a format change: an older inspector names its columns, so it reads and writes this
+                    # journal as before; its records just carry no identity.
+                    self._db.execute("ALTER TABLE records ADD COLUMN source_identity TEXT")
                 if version != _USER_VERSION:  # a write: on a full disk, reopening an existing journal must not need one
                     self._db.execute(f"PRAGMA user_version={_USER_VERSION}")
                 self._identity = _inode(self.path)
@@ -175,9 +182,9 @@ class Journal:
                 text = json.dumps(payload, separators=(",", ":"))
                 self._db.execute(
                     "INSERT INTO records (seq, session, frame_id, part_id, source, verdict, reason, score, captured_at, decided_at, "
-                    "deadline_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "deadline_at, payload, source_identity) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (seq, p.session, v.frame_id, p.part_id, v.source, v.verdict, v.reason.value if v.reason else None, v.score,
-                     v.captured_at, v.decided_at, p.deadline_at, text),
+                     v.captured_at, v.decided_at, p.deadline_at, text, identity_text(p.file_identity)),
                 )
                 records.append(Record(seq, p, payload, text))
         self._last_seq = seq  # only once committed: a failed batch reuses its numbers
@@ -253,10 +260,13 @@ class Journal:
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
         return int(row[0]) if row else 0
 
-    def decided(self, source: str, since: float) -> tuple[int, str, str | None] | None:
-        """(seq, verdict, reason) of the latest decision on `source` made at or after `since`, if any."""
+    def decided(self, source: str, since: float, identity: tuple[int, int, int] | None = None) -> tuple[int, str, str | None] | None:
+        """(seq, verdict, reason) of the latest decision on `source` made at or after `since`, if any; with `identity`,
+        only a decision on that very file (records written before identities were kept match by time alone)."""
         row = self._db.execute(
-            "SELECT seq, verdict, reason FROM records WHERE source = ? AND decided_at >= ? ORDER BY seq DESC LIMIT 1", (source, since)
+            "SELECT seq, verdict, reason FROM records WHERE source = ? AND decided_at >= ? "
+            "AND (source_identity IS NULL OR ? IS NULL OR source_identity = ?) ORDER BY seq DESC LIMIT 1",
+            (source, since, identity_text(identity), identity_text(identity)),
         ).fetchone()
         return (int(row[0]), str(row[1]), row[2]) if row else None
 
@@ -303,6 +313,11 @@ class _Tx:
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def identity_text(identity: tuple[int, int, int] | None) -> str | None:
+    """A file identity as the journal stores it: "inode:mtime_ns:size"."""
+    return None if identity is None else ":".join(map(str, identity))
 
 
 def _writer_lock(path: Path) -> int:

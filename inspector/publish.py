@@ -149,7 +149,7 @@ class Outbox:
         self._drain()
 
     def _write(self, batch: list[Decided]) -> None:
-        pending = [Pending(d.verdict, self.session, d.frame.part_id, d.deadline_at) for d in batch]
+        pending = [Pending(d.verdict, self.session, d.frame.part_id, d.deadline_at, d.frame.file_identity) for d in batch]
         while True:
             try:
                 records = self.journal.append(pending)

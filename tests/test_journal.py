@@ -73,6 +73,27 @@ def test_recovery_lookup_finds_decisions_made_after_the_file_was_written(tmp_pat
     j.append([_pending(0, reject=True)])
     assert j.decided("/in/f0.png", since=1_800_000_000.0) == (1, "reject", "score")
     assert j.decided("/in/f0.png", since=1_800_000_001.0) is None, "a newer file of the same name is not yet decided"
+    # With the file's identity kept, only that file matches; a record without one (an older inspector's) matches by time.
+    v = _pending(1).verdict
+    j.append([Pending(v, "s", "p1", 1.0, (11, 22, 33))])
+    assert j.decided("/in/f1.png", 1_800_000_000.0, (11, 22, 33)) == (2, "pass", None)
+    assert j.decided("/in/f1.png", 1_800_000_000.0, (11, 22, 34)) is None
+    assert j.decided("/in/f0.png", 1_800_000_000.0, (99, 99, 99)) == (1, "reject", "score")
+
+
+def test_a_journal_without_the_identity_column_gets_it_and_keeps_its_records(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    Journal(path).close()
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE records DROP COLUMN source_identity")  # as an older inspector made it
+    db.execute("INSERT INTO records (session, frame_id, source, verdict, captured_at, decided_at, deadline_at, payload) "
+               "VALUES ('s', 'f', '/in/f', 'pass', 1, 2, 3, '{}')")
+    db.commit()
+    db.close()
+    j = Journal(path)
+    assert j.decided("/in/f", 1.0, (1, 2, 3)) == (1, "pass", None)
+    assert [r.seq for r in j.append([_pending(5)])] == [2]
+    j.close()
 
 
 def test_settings_in_the_file_are_durable_wal_full(tmp_path: Path) -> None:

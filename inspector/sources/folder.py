@@ -37,7 +37,7 @@ QUARANTINE = "quarantine"
 # that was read, then unlinked: unlinking by its name could delete a new part that has just replaced it.
 _CLAIM = ".inspector-deleting."
 
-Lookup = Callable[[str, float], "tuple[int, str, str | None] | None"]
+Lookup = Callable[[str, float, "tuple[int, int, int] | None"], "tuple[int, str, str | None] | None"]
 _Identity = tuple[int, int, int]  # inode, mtime (ns), size: the same name with another identity is another file
 
 
@@ -68,10 +68,6 @@ class FolderSource:
         self._lock = threading.Lock()
         self._pending: dict[str, tuple[float, int, float]] = {}  # name -> (first seen, size, when the size last changed)
         self._tracked: set[str] = set()  # pending, ready, or judged but not yet moved
-        # Tracked names read and not yet finished: the identity of the file that was read (fstat of the descriptor the
-        # data came from; None when nothing was there). Only that file moves under the decision. One file per name is in
-        # flight at a time, so the name is the key.
-        self._read_as: dict[str, _Identity | None] = {}
         # Tracked names under which something arrived after they were queued (when it first did, and whether the latest
         # arrival was a rename, i.e. whole): once that decision is finished, a file there that is not the one read is
         # judged as its own part. Several arrivals meanwhile leave one file: the ones it replaced were never read.
@@ -235,7 +231,8 @@ class FolderSource:
             if entry.is_dir(follow_symlinks=False) or self._candidate(entry.path) is None:
                 continue
             st = entry.stat(follow_symlinks=False)
-            found = lookup(str(self.root / entry.name), st.st_mtime)
+            # This very file, not just one of its name: another renamed over a decided file before a crash is still news.
+            found = lookup(str(self.root / entry.name), st.st_mtime, _stat_identity(st))
             if found is not None:
                 seq, verdict, reason = found
                 self.log.info("file_already_decided", file=entry.name, seq=seq, verdict=verdict)
@@ -305,10 +302,9 @@ class FolderSource:
         common = {"frame_id": name, "source": str(path), "captured_at": arrived, "part_id": part_id, "backlog": backlog}
 
         def frame(read: _Identity | None, **kw: Any) -> Frame:
-            # `read`: the file this frame's decision is about; only that file moves under it (`_finish`).
-            with self._lock:
-                self._read_as[name] = read
-            return Frame(**common, **kw)
+            # `read`: the file this frame's decision is about (fstat of the descriptor the data came from; None when
+            # nothing was there). Only that file moves under it (`_finish`), and the journal keeps it for crash recovery.
+            return Frame(**common, file_identity=read, **kw)
 
         try:
             st = os.lstat(path)
@@ -353,10 +349,8 @@ class FolderSource:
     def done(self, frame: Frame, record: Record) -> None:
         """Move the file to processed/ or quarantine/ (or delete it), per its journaled verdict: the file that was read,
         never another that has taken its name since (that one is judged as its own part)."""
-        with self._lock:
-            judged = self._read_as.pop(frame.frame_id, None)
         v = record.verdict
-        self._finish(frame.frame_id, record.seq, v.verdict, v.reason, v.detail, judged)
+        self._finish(frame.frame_id, record.seq, v.verdict, v.reason, v.detail, frame.file_identity)
 
     def _finish(self, name: str, seq: int, verdict: str, reason: Reason | None, detail: str | None, judged: _Identity | None) -> None:
         """Move `name` per the decision if it is still the file `judged` (its identity when read), then judge whatever

@@ -69,7 +69,7 @@ def _drop(folder: Path, name: str, data: bytes = b"\x89PNG....") -> float:
 def _record(frame: Frame, seq: int, verdict: str = "pass", reason: Reason | None = None) -> Record:
     v = Verdict(frame.frame_id, frame.source, frame.captured_at, frame.captured_at, verdict, reason, 0.5, (), "0" * 64, "cpu",
                 Latency(), detail="why" if reason else None)
-    return Record(seq, Pending(v, "s", frame.part_id, frame.captured_at + 1), {}, "{}")
+    return Record(seq, Pending(v, "s", frame.part_id, frame.captured_at + 1, frame.file_identity), {}, "{}")
 
 
 @pytest.mark.parametrize(("watch", "settle_ms"), [("inotify", 5000), ("poll", 200)])
@@ -437,3 +437,21 @@ def test_an_unreadable_folder_is_logged_once_per_outage(folder: Path, tmp_path: 
         assert run.source.health.flags() == {}
     finally:
         run.close()
+
+
+def test_recovery_moves_only_the_file_decided_not_one_renamed_over_it_before_the_crash(folder: Path, tmp_path: Path) -> None:
+    judged = folder / "img.png"
+    judged.write_bytes(b"\x89PNG judged NG")
+    st = judged.stat()
+    journal = Journal(tmp_path / "j.sqlite3")
+    frame = Frame("img.png", str(folder.resolve() / "img.png"), time.time() + 1,
+                  file_identity=(st.st_ino, st.st_mtime_ns, st.st_size))
+    journal.append([_record(frame, 0, "reject", Reason.SCORE).pending])
+    # Before the crash: a new part, written earlier (its time predates the decision), renamed over the judged file.
+    newer = tmp_path / "incoming.png"
+    newer.write_bytes(b"\x89PNG a new part")
+    os.utime(newer, (st.st_atime - 60, st.st_mtime - 60))
+    newer.rename(judged)
+    source = FolderSource(SourceSettings(kind="folder", path=folder), health=Health(), log=structlog.get_logger("test"))
+    assert source.recover(journal.decided) == 0, "not under the reject of the file it replaced"
+    assert judged.read_bytes() == b"\x89PNG a new part" and not (folder / "processed").exists()
