@@ -18,6 +18,7 @@ from inspector.config import (
     InspectorSettings,
     load_settings,
     model_errors,
+    pin_errors,
     run_errors,
     settings_schema,
     settings_yaml,
@@ -343,6 +344,7 @@ def check_config(path: Path, *, run: bool = False) -> list[str]:
     except ConfigError as exc:
         return exc.errors or [str(exc)]
     errors = run_errors(settings) if run else model_errors(settings, required=False)
+    errors += pin_errors(settings)
     if settings.decision.calibration is not None:
         from inspector.calibration.record import load_record
 
@@ -496,7 +498,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         station=station, target_recall=args.target_recall, confidence=args.confidence, safety_margin=args.safety_margin,
         per_roi=args.per_roi, cost_escape=args.cost_escape, cost_false_reject=args.cost_false_reject, ng_rate=args.ng_rate,
         choose=args.choose, band=args.uncertain_band,
-        band_false_reject=0.005 if args.band_false_reject is None else args.band_false_reject,
+        **({} if args.band_false_reject is None else {"band_false_reject": args.band_false_reject}),  # else the options' default
     )
     options.check()  # before minutes of scoring
     if args.labels is not None and not args.labels.is_file():
@@ -531,10 +533,11 @@ def _calibrate(args: argparse.Namespace) -> int:
             )
         report = write_calibration_report(report_path(out), record, by_scope)
     write_record(out, record)  # last: a failure before it leaves the station's record as it was
-    if args.no_report and report_path(out).is_file():
+    stale = report_path(out)
+    if args.no_report and stale.is_file():
         # Reviewers commit the record and its report together: an earlier report would show other figures.
-        report_path(out).unlink()
-        print(f"removed {report_path(out)}: it described the earlier record")
+        stale.unlink()
+        print(f"removed {stale}: it described the earlier record")
     for line in describe(record, scores.excluded):
         print(line)
     if previous is not None:

@@ -187,8 +187,7 @@ class Outbox:
         self._flush_acks()
         if self.link.connected:
             self._pump()
-            if self.health.version != self._health_version:
-                self._publish_presence()
+            self._presence_if_changed()
             now = time.monotonic()
             if self.settings.metrics.interval_s and now >= self._next_metrics:
                 self._next_metrics = now + self.settings.metrics.interval_s
@@ -205,8 +204,7 @@ class Outbox:
     def _presence_only(self) -> None:
         """While decisions wait for the journal: broker events and status/state only, so monitoring sees journal_error."""
         self._handle_events()
-        if self.link.connected and self.health.version != self._health_version:
-            self._publish_presence()
+        self._presence_if_changed()
         self.link.poll()
 
     def metrics_snapshot(self) -> dict[str, Any]:
@@ -267,6 +265,11 @@ class Outbox:
                 if seq not in self._dec_inflight and not self._send_decision(seq, text, part_id, self._gate_of(text), deadline):
                     break  # paho's queue is full: this seq is the first of the next pass, not skipped by it
                 self._dec_cursor = seq
+
+    def _presence_if_changed(self) -> None:
+        """status and state again when a degraded flag changed (and the broker is there to take them)."""
+        if self.link.connected and self.health.version != self._health_version:
+            self._publish_presence()
 
     def _publish_presence(self) -> None:
         self._health_version = self.health.version

@@ -27,22 +27,6 @@ from inspector.training.recipe import Augment
 
 MASKS_DIR = "masks"
 
-# What `inspector train` writes into --out (trainer.BEST, trainer.LAST, run.py's files and report.py's plots).
-RUN_FILES = (
-    "best.pt", "last.pt", "metrics.json", "summary.json", "train.yaml", "cv.json", "report.html",
-    "curves.png", "confusion_matrix.png", "roc.png", "most_confused.jpg", "gradcam.jpg",
-)
-FOLD_DIR = re.compile(r"fold-\d+")
-
-
-def run_files(folder: Path) -> list[str]:
-    """What of a training run's output `folder` already holds (files, fold-N/ folders); empty for a folder train may write in."""
-    if not folder.is_dir():
-        return []
-    found = [name for name in RUN_FILES if (folder / name).exists()]
-    found += sorted(f"{p.name}/" for p in folder.iterdir() if p.is_dir() and FOLD_DIR.fullmatch(p.name))
-    return found
-
 
 @dataclass(frozen=True, slots=True)
 class Sample:

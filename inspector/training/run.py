@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,6 @@ from inspector.training.data import (
     collect_samples,
     kfold_splits,
     regex_groups,
-    run_files,
     stratified_split,
 )
 from inspector.training.export import load_checkpoint
@@ -121,6 +121,24 @@ def _check_outside_data(out_dir: Path, data: Path, *, resuming: bool = False) ->
             f"--out {out_dir}: inside DATA {data}; the run's plots (report images) would be read as images of DATA by later "
             f"trainings, calibrate and replay; {where}"
         )
+
+
+# What `inspector train` writes into --out (trainer.BEST, trainer.LAST, this module's files and report.py's plots; the
+# subset every run folder has is replay/files.py's TRAINING_MARKERS).
+RUN_FILES = (
+    "best.pt", "last.pt", "metrics.json", "summary.json", "train.yaml", "cv.json", "report.html",
+    "curves.png", "confusion_matrix.png", "roc.png", "most_confused.jpg", "gradcam.jpg",
+)
+FOLD_DIR = re.compile(r"fold-\d+")
+
+
+def run_files(folder: Path) -> list[str]:
+    """What of a training run's output `folder` already holds (files, fold-N/ folders); empty for a folder train may write in."""
+    if not folder.is_dir():
+        return []
+    found = [name for name in RUN_FILES if (folder / name).exists()]
+    found += sorted(f"{p.name}/" for p in folder.iterdir() if p.is_dir() and FOLD_DIR.fullmatch(p.name))
+    return found
 
 
 def _check_no_run(out_dir: Path) -> None:
