@@ -411,7 +411,9 @@ class MqttSettings(_Section):
         default=1000, ge=10, le=1_000_000, description="Messages paho may hold for one connection (count); the journal holds the rest."
     )
     inflight_window: int = Field(
-        default=100, ge=1, le=65535, description="Record messages awaiting the broker's acknowledgement at once (count)."
+        default=10, ge=1, le=65535,
+        description="Record messages awaiting the broker's acknowledgement at once (count); at most half of the 20 the station "
+        "keeps in flight (fewer under a lower broker Receive Maximum), the rest being kept for decisions."
     )
     tls: TlsSettings = Field(default_factory=TlsSettings, description="TLS.")
 

@@ -303,6 +303,11 @@ class MqttLink:
             self._restart_at = time.monotonic() + delay
         return event
 
+    @property
+    def inflight_limit(self) -> int:
+        """QoS 1 messages to keep unacknowledged: paho writes 20 and queues the rest unwritten; brokers may allow fewer."""
+        return max(1, min(_PAHO_INFLIGHT, self.receive_max))
+
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, properties: Properties | None = None) -> int | None:
         """Hand one message to paho; its mid, or None when not connected or paho's queue is full."""
         if not self.connected or self._client is None:

@@ -97,6 +97,7 @@ class Outbox:
         self._next_journal_check = time.monotonic() + _JOURNAL_CHECK_S
         self._journal_gone: str | None = None
         self._refused_topics: set[str] = set()
+        self._late_counted: set[int] = set()  # late decisions counted once, however often they go out
         self._outbox_depth = journal.outbox_depth()
 
     # --- payloads -----------------------------------------------------------------------------
@@ -165,8 +166,7 @@ class Outbox:
         self._outbox_depth += len(records)
         self._rec_backlog = True
         for rec in records:
-            if self.link.connected:
-                self._send_decision(rec.seq, rec.text, rec.pending.part_id, rec.verdict.gate, rec.pending.deadline_at)
+            self._send_live(rec)
         for d, rec in zip(batch, records, strict=True):
             self.metrics.decided(d.verdict, d.deadline_at)
             self.source.done(d.frame, rec)
@@ -213,9 +213,29 @@ class Outbox:
 
     # --- sending ------------------------------------------------------------------------------
 
+    def _room(self) -> int:
+        """QoS 1 messages paho would still write at once: past its in-flight limit it holds them, while `late` and the
+        expiry, worked out when they were handed over, go stale."""
+        return self.link.inflight_limit - len(self._inflight)
+
+    def _send_live(self, rec: Record) -> None:
+        if not self.link.connected:
+            return  # _on_connected sends it from the journal
+        if self._dec_backlog:
+            return  # held-back decisions go first, in seq order: this one is among them
+        if self._send_decision(rec.seq, rec.text, rec.pending.part_id, rec.verdict.gate, rec.pending.deadline_at):
+            # Everything before it is out or on its way: a later backlog pass starts after it, so it never goes twice.
+            self._dec_cursor = max(self._dec_cursor, rec.seq)
+
     def _send_decision(self, seq: int, text: str, part_id: str | None, where: str, deadline_at: float) -> bool:
+        """Hand a decision (and its reject or review message) to paho when it writes them at once; False: it waits in
+        the journal for the backlog pass, which works out `late` again when it goes."""
         now = self._clock()
         late = now > deadline_at
+        gated = not late and where != PASS
+        if self._room() < min(1 + gated, self.link.inflight_limit):
+            self._dec_backlog = True
+            return False
         expiry = None if late else max(1, math.ceil(deadline_at - now))
         mid = self.link.publish(self.topics.decision, with_late(text, late), properties=self._props(DECISION_SCHEMA, part_id, expiry))
         if mid is None:
@@ -224,8 +244,10 @@ class Outbox:
         self._inflight[mid] = ("decision", seq, self.topics.decision)
         self._dec_inflight.add(seq)
         if late:
-            self.metrics.late()
-        elif where != PASS:
+            if seq not in self._late_counted:
+                self._late_counted.add(seq)
+                self.metrics.late()
+        elif gated:
             # A gateway reading only `reject` (or `review`) cannot see `late`: stale ones are not sent there at all.
             topic = self.topics.reject if where == REJECT else self.topics.review
             body = (part_id or json.loads(text)["frame_id"]).encode()
@@ -241,10 +263,11 @@ class Outbox:
         return payload.get("gate") or gate(payload["verdict"], self.settings.decision.uncertain_route)
 
     def _pump(self) -> None:
-        """Hand the broker the next records in seq order (and decisions an outage held back), within the window."""
-        # Stay below the broker's Receive Maximum, keeping a few slots for live decisions and status.
-        window = max(1, min(self.settings.mqtt.inflight_window, self.link.receive_max - 4))
-        room = window - self._rec_inflight
+        """Held-back decisions first, in seq order, then the next records, each only as far as paho writes them at once."""
+        if self._dec_backlog:
+            self._pump_decisions()
+        # Half of paho's window stays free for decisions: a live one never waits behind the record stream.
+        room = min(self.settings.mqtt.inflight_window - self._rec_inflight, self._room() - self.link.inflight_limit // 2)
         if self._rec_backlog and room > 0:
             rows = self.journal.unsent("record_sent_at", self._rec_cursor, room)
             self._rec_backlog = len(rows) == room  # fewer than asked: caught up until the next write
@@ -256,15 +279,20 @@ class Outbox:
                 self._inflight[mid] = ("record", seq, self.topics.record)
                 self._rec_inflight += 1
                 self._rec_cursor = seq
-        room = window - len(self._dec_inflight)
-        if self._dec_backlog and room > 0:
-            rows = self.journal.unsent("decision_sent_at", self._dec_cursor, room)
-            if len(rows) < room:
-                self._dec_backlog = False
-            for seq, text, deadline, part_id in rows:
-                if seq not in self._dec_inflight and not self._send_decision(seq, text, part_id, self._gate_of(text), deadline):
-                    break  # paho's queue is full: this seq is the first of the next pass, not skipped by it
-                self._dec_cursor = seq
+
+    def _pump_decisions(self) -> None:
+        want = self._room()
+        if want < 1:
+            return
+        rows = self.journal.unsent("decision_sent_at", self._dec_cursor, want)
+        # Acknowledged but not yet noted in the journal (that is batched): sending them again would repeat a reject.
+        acked = set(self._acked["decision_sent_at"])
+        for seq, text, deadline, part_id in rows:
+            if seq not in self._dec_inflight and seq not in acked and not self._send_decision(seq, text, part_id, self._gate_of(text), deadline):
+                return  # no room: this seq is the first of the next pass, not skipped by it
+            self._dec_cursor = seq
+        if len(rows) < want:
+            self._dec_backlog = False  # caught up: the next decision goes out live
 
     def _presence_if_changed(self) -> None:
         """status and state again when a degraded flag changed (and the broker is there to take them)."""
@@ -312,6 +340,7 @@ class Outbox:
                 self._on_ack(event)
 
     def _on_connected(self) -> None:
+        self._flush_acks(force=True)  # the journal then knows every acknowledgement of the last session: none goes twice
         self.log.info("mqtt_connected", host=self.settings.mqtt.host, port=self.settings.mqtt.port, outbox=self._outbox_depth)
         self.health.clear_flag("mqtt_refused")
         self.health.clear_flag("mqtt_disconnected")
@@ -360,12 +389,14 @@ class Outbox:
             seq, part_id = body["seq"], body["part_id"]
             if type(seq) is not int or not 1 <= seq < 2**63:  # 1.7 or true must not acknowledge record 1; SQLite ints are 64-bit
                 raise TypeError(seq)
+            if part_id is not None and type(part_id) is not str:  # ["p1"] must not become the text '['p1']'
+                raise TypeError(part_id)
         except (ValueError, KeyError, TypeError, IndexError, RecursionError):  # RecursionError: "[[[[..." nested too deep
             self.log.warning("ack_malformed", topic=event.topic, payload=event.payload[:200].decode(errors="replace"),
                              expected='{"seq": <int, 1 or more>, "part_id": <string>}')
             return
         try:
-            known = self.journal.mark_acknowledged(seq, None if part_id is None else str(part_id), self._clock())
+            known = self.journal.mark_acknowledged(seq, part_id, self._clock())
         except sqlite3.Error as exc:
             # Only the note that a PLC acted on it is lost; the decision itself is journaled and out.
             self.log.error("ack_not_journaled", seq=seq, part_id=part_id, error=str(exc))
@@ -393,6 +424,7 @@ class Outbox:
             return
         self.health.clear_flag("journal_error")
         self._outbox_depth = max(0, self._outbox_depth - len(self._acked["record_sent_at"]))
+        self._late_counted.difference_update(self._acked["decision_sent_at"])
         for seqs in self._acked.values():
             seqs.clear()
 
@@ -430,7 +462,7 @@ class Outbox:
             self._service()
             if not self.link.connected:
                 break
-            if self._outbox_depth == 0 and not self._inflight:
+            if self._outbox_depth == 0 and not self._inflight and not self._dec_backlog:
                 break
             time.sleep(0.01)
         self._flush_acks(force=True)
