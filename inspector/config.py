@@ -470,7 +470,7 @@ class InspectorSettings(BaseSettings):
         description="Preprocessing for a model without a manifest. Leave unset: the model's manifest defines it, and a different one here is refused.",
     )
     rois: tuple[Roi, ...] | None = Field(
-        default=None, description="This station's ROI layout, replacing the ROIs in the model's preprocessing (same names expected)."
+        default=None, description="This station's ROI layout, replacing the boxes of the model's ROIs: the same names, each of them (any names for a whole-frame model)."
     )
     model: ModelSettings = Field(default_factory=ModelSettings, description="The ONNX classifier.")
     decision: DecisionSettings = Field(default_factory=DecisionSettings, description="Thresholds and the decision deadline.")

@@ -151,6 +151,21 @@ def station_spec(spec: PreprocessSpec, rois: tuple[Roi, ...] | None) -> Preproce
     return PreprocessSpec.model_validate({**spec.model_dump(), "rois": [r.model_dump() for r in rois]})
 
 
+def check_station_rois(spec: PreprocessSpec, rois: tuple[Roi, ...] | None) -> None:
+    """Refuse station ROIs that rename or leave out the model's: `rois` moves the trained ROIs, it does not invent new ones."""
+    if rois is None or not spec.rois:
+        return  # a whole-frame model may judge any crops: each is a frame to it
+    trained, given = set(spec.roi_names), {r.name for r in rois}
+    if trained == given:
+        return
+    parts = [f"missing {', '.join(sorted(trained - given))}" if trained - given else "",
+             f"not in the model {', '.join(sorted(given - trained))}" if given - trained else ""]
+    raise InputError(
+        f"rois: the model was trained on ROIs {', '.join(spec.roi_names)}; this station's `rois` places them and must name "
+        f"each of them ({'; '.join(p for p in parts if p)})"
+    )
+
+
 def build_pipeline(
     settings: InspectorSettings,
     *,
@@ -181,6 +196,7 @@ def build_pipeline(
     classifier = load_classifier(
         path, model_settings, config_spec=settings.preprocess, rois=len(settings.rois) if settings.rois else None, log=log
     )
+    check_station_rois(classifier.spec, settings.rois)
     spec = station_spec(classifier.spec, settings.rois)
     if record is not None and record_path is not None:
         check_record(record, record_path, classifier.sha256, preprocess_sha256(spec.to_json()), spec.roi_names)
