@@ -17,7 +17,7 @@ class Reason(StrEnum):
     TRUNCATED = "truncated"  # a partial write: the JPEG/PNG end marker is missing
     UNREADABLE = "unreadable"  # the file could not be read (permissions, vanished, I/O error)
     DECODE_FAILED = "decode_failed"
-    UNSUPPORTED_IMAGE = "unsupported_image"  # decodes, but not 8/16-bit gray or colour
+    UNSUPPORTED_IMAGE = "unsupported_image"  # decodes, but not 8/16-bit gray or colour, or not the model's bit depth (pixel_max)
     ROI_OUT_OF_BOUNDS = "roi_out_of_bounds"  # the frame is too small for a configured ROI
     REFUSED = "refused"  # a symlink, or a path leading out of the watched folder
     INFERENCE_ERROR = "inference_error"

@@ -1,18 +1,26 @@
 """One preprocessing for train, export, replay and run: a serializable `PreprocessSpec` and its OpenCV/numpy implementation.
 
-decode (8/16-bit, gray or colour) -> colour mode -> optional CLAHE -> ROI crops -> resize
-(optional letterbox) -> normalize -> float32 NCHW batch, one row per ROI.
+decode (8/16-bit, gray or colour) -> colour mode -> bit-depth check (pixel_max) -> optional CLAHE (on 8 bits)
+-> ROI crops -> resize (optional letterbox) -> normalize -> float32 NCHW batch, one row per ROI.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Literal, Protocol
 
 import cv2
 import numpy as np
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from inspector.frame import FrameFault, Reason
 from inspector.stderr_capture import Fd2Capture, forward
@@ -95,7 +103,14 @@ class Clahe(_Strict):
     """Contrast-limited adaptive histogram equalization (on the luma channel for colour)."""
 
     enabled: bool = Field(default=False, description="Apply CLAHE before cropping the ROIs.")
-    clip_limit: float = Field(default=2.0, gt=0, le=100, description="Contrast limit, in multiples of the mean histogram bin height.")
+    clip_limit: float = Field(
+        default=2.0,
+        gt=0,
+        le=100,
+        description="Contrast limit, in multiples of the mean histogram bin height of an 8-bit (256-bin) histogram. CLAHE works on 8 "
+        "bits at every bit depth: a 16-bit frame is first scaled to 8 bits by its full scale (pixel_max, else 65535) and "
+        "continues as an 8-bit image, so a limit means the same for 8- and 16-bit frames of one scene.",
+    )
     tile_grid: tuple[Annotated[int, Field(ge=1, le=64)], Annotated[int, Field(ge=1, le=64)]] = Field(
         default=(8, 8), description="Tiles across and down (columns, rows), 1..64 each."
     )
@@ -133,10 +148,35 @@ class PreprocessSpec(_Strict):
     """Everything that turns a raw frame into the model's input; travels inside the ONNX model."""
 
     color: ColorMode = Field(default=ColorMode.RGB, description="Channels the model sees: gray (1) or rgb (3).")
+    pixel_max: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Full-scale pixel value of the frames the model is trained on, in pixel levels: 255 for 8-bit files, 4095 for "
+        "a 12-bit camera's 16-bit frames, 65535 for 16-bit; 256..65535 mean 16-bit frames. Frames of another bit depth are "
+        "rejected (`unsupported_image`), and 16-bit pixels above it too. Normalization, letterbox padding and CLAHE scale by it. "
+        "Unset: any depth, each scaled by its container (255 or 65535); `inspector train` sets it from the data.",
+    )
     clahe: Clahe = Field(default_factory=Clahe, description="Optional CLAHE on the whole frame.")
     rois: tuple[Roi, ...] = Field(default=(), max_length=MAX_ROIS, description="Named ROI crops; empty: the whole frame, named 'frame'.")
     resize: Resize = Field(default_factory=Resize, description="Resize of each crop to the model input.")
     normalize: Normalize = Field(default_factory=Normalize, description="Scaling to 0..1 then (x - mean) / std.")
+
+    @field_validator("pixel_max")
+    @classmethod
+    def _depth(cls, v: int | None) -> int | None:
+        if v is not None and v < 255:
+            raise ValueError(f"pixel_max {v} names no bit depth: use 255 for 8-bit frames, or 256..65535 for 16-bit ones (4095 for 12-bit data)")
+        return v
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_depth(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        # Specs without pixel_max keep their JSON byte for byte: its sha256 pins calibrations, and older inspectors
+        # refuse unknown keys in a manifest.
+        data = handler(self)
+        if data.get("pixel_max") is None:
+            data.pop("pixel_max", None)
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> PreprocessSpec:
@@ -175,6 +215,12 @@ class PreprocessSpec(_Strict):
             std = self.normalize.std or IMAGENET_STD
         return np.asarray(mean, np.float32), np.asarray(std, np.float32)
 
+    def full_scale(self, dtype: np.dtype | type) -> float:
+        """The pixel value that maps to 1.0 for frames of this dtype: 255 for 8-bit, pixel_max (else 65535) for 16-bit."""
+        if np.dtype(dtype) == np.uint8:
+            return 255.0
+        return float(self.pixel_max) if self.pixel_max is not None and self.pixel_max > 255 else 65535.0
+
     def to_json(self) -> str:
         """Canonical JSON, as stored in the model manifest."""
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -188,7 +234,41 @@ class PreprocessSpec(_Strict):
 # --- decoding -------------------------------------------------------------------------------
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_IEND = b"IEND\xaeB`\x82"
+_PNG_IEND_CHUNK = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # length 0, type, CRC: what no chunk's data holds by chance
+_JPEG_EOI = b"\xff\xd9"
+TRAILER_MAX = 64  # bytes a camera or its driver may append after the end marker (a newline, a frame counter)
+
+
+def _ends(data: bytes, marker: bytes, body_start: Callable[[bytes], int | None]) -> bool:
+    """Whether `data` ends with `marker`, after it only zero padding (a partly written file) or a short trailer.
+
+    The marker is only looked for in the last TRAILER_MAX bytes and at or after `body_start(data)`, where the image
+    data begins: a JPEG cut short just after its EXIF thumbnail ends with that thumbnail's EOI.
+    """
+    body = data.rstrip(b"\x00")
+    if body.endswith(marker):
+        return True
+    start = body_start(body)
+    if start is None:
+        return False
+    return body.find(marker, max(start, len(body) - TRAILER_MAX - len(marker))) >= 0
+
+
+def _jpeg_scan_start(data: bytes) -> int | None:
+    """Offset of the first scan's entropy-coded data, found by walking the marker segments; None when the file ends before."""
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker == 0xDA:  # SOS: its header, then the scan
+            return i + 2 + length
+        i += 2 + length
+    return None
 
 
 def check_complete(data: bytes) -> str:
@@ -200,11 +280,11 @@ def check_complete(data: bytes) -> str:
     if not data:
         raise FrameFault(Reason.EMPTY_FILE, "the file has 0 bytes")
     if data[:3] == b"\xff\xd8\xff":
-        if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        if not _ends(data, _JPEG_EOI, _jpeg_scan_start):
             raise FrameFault(Reason.TRUNCATED, f"JPEG without its end marker (EOI) after {len(data)} bytes")
         return "jpeg"
     if data[:8] == _PNG_SIGNATURE:
-        if not data.rstrip(b"\x00").endswith(_PNG_IEND):
+        if not _ends(data, _PNG_IEND_CHUNK, lambda body: len(_PNG_SIGNATURE)):
             raise FrameFault(Reason.TRUNCATED, f"PNG without its IEND chunk after {len(data)} bytes")
         return "png"
     if data[:2] == b"BM" and len(data) >= 6:
@@ -296,9 +376,9 @@ class Preprocessor:
         )
         mean, std = spec.mean_std()
         # (x / full_scale - mean) / std folded into one multiply-add per pixel, per bit depth.
+        self._full = {depth: spec.full_scale(depth) for depth in (np.uint8, np.uint16)}
         self._affine = {
-            depth: ((1.0 / (full * std)).astype(np.float32), (-mean / std).astype(np.float32))
-            for depth, full in ((np.uint8, 255.0), (np.uint16, 65535.0))
+            depth: ((1.0 / (full * std)).astype(np.float32), (-mean / std).astype(np.float32)) for depth, full in self._full.items()
         }
         self._interp = _CV_INTERPOLATION[spec.resize.interpolation]
 
@@ -306,10 +386,33 @@ class Preprocessor:
         """Decode encoded bytes in this spec's colour mode."""
         return decode(data, self.spec.color)
 
+    def check_depth(self, image: np.ndarray) -> None:
+        """FrameFault (unsupported_image) when the frame's bit depth or pixel values are not those the model was trained on."""
+        limit = self.spec.pixel_max
+        if limit is None:
+            return
+        bits, trained = (8 if image.dtype == np.uint8 else 16), (8 if limit <= 255 else 16)
+        if bits != trained:
+            raise FrameFault(Reason.UNSUPPORTED_IMAGE, f"{bits}-bit frame; this model was trained on {trained}-bit frames (pixel_max {limit})")
+        if bits == 16 and limit < 65535:
+            top = int(image.max())
+            if top > limit:
+                # Scaled by pixel_max, such a frame would be brighter than anything trained on: a camera sending its 12 bits
+                # left-aligned (MSB), or set to another bit depth.
+                raise FrameFault(
+                    Reason.UNSUPPORTED_IMAGE,
+                    f"pixel value {top} above pixel_max {limit}, the full scale this model was trained on; "
+                    "check the camera's bit depth and that its pixels are right-aligned (LSB)",
+                )
+
     def equalize(self, image: np.ndarray) -> np.ndarray:
-        """Apply CLAHE when enabled (on Y of YCrCb for colour, which works for 8 and 16 bit)."""
+        """Apply CLAHE when enabled, on 8 bits (a 16-bit frame comes back 8-bit), on Y of YCrCb for colour."""
         if self._clahe is None:
             return image
+        if image.dtype == np.uint16:
+            # OpenCV's 16-bit CLAHE clips a 65536-bin histogram at max(clip_limit * tile pixels / 65536, 1): the limit would
+            # mean something else and barely change a frame. On 8 bits it means the same at every depth.
+            image = cv2.convertScaleAbs(image, alpha=255.0 / self._full[np.uint16])
         if image.ndim == 2:
             return self._clahe.apply(image)
         ycrcb = cv2.cvtColor(image, cv2.COLOR_RGB2YCrCb)
@@ -346,8 +449,7 @@ class Preprocessor:
         scale = min(rs.width / w, rs.height / h)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
         resized = cv2.resize(crop, (nw, nh), interpolation=interp)
-        full = 65535 if crop.dtype == np.uint16 else 255
-        fill = round(rs.pad_value * full) if pad is None else pad
+        fill = round(rs.pad_value * self._full[crop.dtype.type]) if pad is None else pad
         canvas = np.full((rs.height, rs.width) + crop.shape[2:], fill, dtype=crop.dtype)
         top, left = (rs.height - nh) // 2, (rs.width - nw) // 2
         canvas[top : top + nh, left : left + nw] = resized
@@ -363,6 +465,7 @@ class Preprocessor:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Decoded image (gray, or RGB for an rgb spec) -> float32 (n_rois, C, H, W)."""
+        self.check_depth(image)
         image = self.equalize(image)
         crops = self.crops(image)
         batch = np.empty((len(crops), *self.spec.input_shape), np.float32)

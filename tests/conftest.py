@@ -160,6 +160,24 @@ def gray_png(path: Path, array: np.ndarray) -> Path:
     return path
 
 
+def exif_png(path: Path, array: np.ndarray, orientation: int = 6) -> Path:
+    """Write an array as PNG with an eXIf chunk holding this EXIF orientation (6: shown rotated 90 degrees clockwise)."""
+    import zlib
+
+    import cv2
+
+    ok, buf = cv2.imencode(".png", array)
+    assert ok
+    data = buf.tobytes()
+    # A big-endian TIFF header and one IFD entry: tag 0x0112 (Orientation), SHORT, count 1.
+    tiff = b"MM\x00\x2a\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01" + orientation.to_bytes(2, "big") + bytes(6)
+    chunk = len(tiff).to_bytes(4, "big") + b"eXIf" + tiff + zlib.crc32(b"eXIf" + tiff).to_bytes(4, "big")
+    after_ihdr = 8 + 25
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data[:after_ihdr] + chunk + data[after_ihdr:])
+    return path
+
+
 @pytest.fixture
 def broker(tmp_path: Path):
     """A real mosquitto on a free loopback port, anonymous access; stopped after the test."""
@@ -257,3 +275,50 @@ needs_cpu_latency_device = pytest.mark.skipif(
     not (CPU_LATENCY_DEVICE.exists() and os.access(CPU_LATENCY_DEVICE, os.R_OK | os.W_OK)),
     reason=f"needs read/write access to {CPU_LATENCY_DEVICE} (root, or deploy/udev/60-inspector-cpu-latency.rules)",
 )
+
+
+def level_model(path: Path, rois: list[dict[str, Any]] | None = None) -> Path:
+    """A real ONNX model whose score is exactly k/64 for a gray image of mean pixel value k (0..64): answers are known.
+
+    Write its images with `level_png`; with `rois` (fraction boxes) each ROI is scored by its own mean.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    from inspector.manifest import MANIFEST_KEY, ModelManifest
+
+    spec: dict[str, Any] = {"color": "gray", "resize": {"width": 8, "height": 8}, "normalize": {"mean": [0.0], "std": [1.0]}}
+    if rois:
+        spec["rois"] = rois
+    f = TensorProto.FLOAT
+    nodes = [
+        helper.make_node("ReduceMean", ["input"], ["m"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("Mul", ["m", "c255"], ["v"]),
+        helper.make_node("Round", ["v"], ["vr"]),
+        helper.make_node("Div", ["vr", "c64"], ["png"]),
+        helper.make_node("Sub", ["one", "png"], ["pok"]),
+        helper.make_node("Unsqueeze", ["pok", "axis"], ["a"]),
+        helper.make_node("Unsqueeze", ["png", "axis"], ["b"]),
+        helper.make_node("Concat", ["a", "b"], ["probs"], axis=1),
+    ]
+    inits = [helper.make_tensor("c255", f, [], [255.0]), helper.make_tensor("c64", f, [], [64.0]),
+             helper.make_tensor("one", f, [], [1.0]), helper.make_tensor("axis", TensorProto.INT64, [1], [1])]
+    graph = helper.make_graph(nodes, "level", [helper.make_tensor_value_info("input", f, ["batch", 1, 8, 8])],
+                              [helper.make_tensor_value_info("probs", f, ["batch", 2])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    manifest = ModelManifest(classes=("ok", "ng"), preprocess=PreprocessSpec.model_validate(spec), output="probabilities")
+    model.metadata_props.add(key=MANIFEST_KEY, value=manifest.to_json())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def level_png(path: Path, level: int, *, right: int | None = None, variant: int = 0) -> Path:
+    """A 16x16 gray PNG that `level_model` scores level/64 (its right half right/64 when given); `variant` makes the bytes
+    differ without changing the score, so that two parts of one score are two images."""
+    a = np.full((16, 16), level, np.uint8)
+    if right is not None:
+        a[:, 8:] = right
+    a.flat[variant % 256] += 1  # 1/256 of a level: the rounded mean stays
+    return gray_png(path, a)

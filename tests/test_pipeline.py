@@ -138,3 +138,53 @@ def test_keep_warm_runs_the_model_and_a_failure_is_logged_not_raised(models: dic
     with structlog.testing.capture_logs() as logs:
         assert broken.keep_warm() is False
     assert [e["event"] for e in logs] == ["keepalive_failed"]
+
+
+@pytest.fixture(scope="module")
+def twelve_bit(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> FramePipeline:
+    """The dark-spot detector exported for a 12-bit camera's 16-bit frames (pixel_max 4095)."""
+    from inspector.training.onnx_export import export_classifier
+    from tests.conftest import GRAY64, _dark_spot_module
+
+    path = tmp_path_factory.mktemp("twelve") / "dark12.onnx"
+    export_classifier(_dark_spot_module(), GRAY64.model_copy(update={"pixel_max": 4095}), ("ok", "ng"), path)
+    return _pipeline(path)
+
+
+def test_a_12_bit_model_judges_12_bit_frames_and_rejects_other_depths_and_left_aligned_pixels(
+    twelve_bit: FramePipeline, tmp_path: Path
+) -> None:
+    clean = tile(np.random.default_rng(3), 64, 64)
+    frames = {
+        "twelve.png": np.rint(clean * (4095 / 255)).astype(np.uint16),
+        "eight.png": clean,
+        "left_aligned.png": np.rint(clean * (4095 / 255)).astype(np.uint16) << 4,  # 12 bits in the top of 16
+    }
+    verdicts = {}
+    for name, image in frames.items():
+        cv2.imwrite(str(tmp_path / name), image)
+        verdicts[name] = twelve_bit.process(read_file_frame(tmp_path / name))
+    # Scaled by 65535 instead of 4095, the clean part would be near black: every patch a dark spot, and a reject.
+    assert (verdicts["twelve.png"].verdict, verdicts["twelve.png"].reason) == ("pass", None)
+    eight, left = verdicts["eight.png"], verdicts["left_aligned.png"]
+    assert (eight.verdict, eight.reason.value) == ("reject", "unsupported_image")
+    assert eight.detail == "8-bit frame; this model was trained on 16-bit frames (pixel_max 4095)"
+    assert (left.verdict, left.reason.value) == ("reject", "unsupported_image")
+    assert "above pixel_max 4095" in left.detail and left.rois == ()
+
+
+def test_station_rois_must_place_the_models_rois_by_name(models: dict[str, Path]) -> None:
+    from inspector.errors import InputError
+
+    boxes = [(0, 0, 0.5, 0.5), (0.5, 0, 1, 0.5), (0, 0.5, 0.5, 1), (0.4, 0.4, 1, 1)]
+
+    def station(names: list[str]) -> FramePipeline:
+        rois = [{"name": n, "box": b, "units": "fraction"} for n, b in zip(names, boxes, strict=False)]
+        return build_pipeline(load_settings(None, model={"providers": ["cpu"], "warmup_runs": 0}, rois=rois), model_path=models["rois"])
+
+    # Same names, moved boxes, another order: the station's layout.
+    assert station(["roi4", "roi2", "roi3", "roi1"]).roi_names == ("roi4", "roi2", "roi3", "roi1")
+    with pytest.raises(InputError, match=r"trained on ROIs roi1, roi2, roi3, roi4.*missing roi4; not in the model left"):
+        station(["roi1", "roi2", "roi3", "left"])
+    with pytest.raises(InputError, match=r"missing roi3, roi4\)"):
+        station(["roi1", "roi2"])

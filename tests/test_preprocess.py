@@ -67,14 +67,106 @@ def test_clahe_matches_the_hand_computed_lookup_table() -> None:
     assert {int(v): int(out[img == v][0]) for v in (10, 100, 200)} == {10: 100, 100: 199, 200: 255}
 
 
-def test_clahe_runs_on_16_bit_and_colour_without_changing_type_or_shape() -> None:
+def test_clahe_runs_on_16_bit_and_colour_keeping_the_shape_and_working_on_8_bits() -> None:
     rng = np.random.default_rng(0)
     gray16 = rng.integers(0, 65535, (32, 32), dtype=np.uint16)
     rgb8 = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
     p = Preprocessor(_spec(clahe={"enabled": True}))
-    assert p.equalize(gray16).dtype == np.uint16
+    out16 = p.equalize(gray16)
+    assert out16.shape == gray16.shape and out16.dtype == np.uint8
     out = Preprocessor(PreprocessSpec(color="rgb", clahe={"enabled": True})).equalize(rgb8)
     assert out.shape == rgb8.shape and out.dtype == np.uint8 and not np.array_equal(out, rgb8)
+
+
+def _scene(shape: tuple[int, ...] = (96, 128)) -> np.ndarray:
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    noise = np.random.default_rng(0).normal(0, 6, shape[:2])
+    return (100 + 40 * np.sin(xx / 9) + 20 * np.cos(yy / 7) + noise).clip(0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("color", ["gray", "rgb"])
+def test_clahe_on_a_16_bit_frame_equals_clahe_on_the_8_bit_frame_of_the_same_scene(color: str) -> None:
+    g8 = _scene()
+    img8 = g8 if color == "gray" else np.dstack([g8, 255 - g8, g8 // 2])
+    img16 = img8.astype(np.uint16) * 257  # the same scene, 16-bit
+    spec = PreprocessSpec(color=color, clahe={"enabled": True, "clip_limit": 2.0, "tile_grid": (4, 4)}, resize={"width": 32, "height": 32})
+    p = Preprocessor(spec)
+    eq8, eq16 = p.equalize(img8), p.equalize(img16)
+    assert not np.array_equal(eq8, img8), "CLAHE changes the scene"
+    assert np.abs(eq16.astype(int) - eq8.astype(int)).max() <= 1
+    np.testing.assert_allclose(p(img16), p(img8), atol=2 / 255 / 0.2)
+
+
+def test_clahe_on_a_12_bit_frame_scales_by_pixel_max() -> None:
+    g8 = _scene()
+    spec = _spec(clahe={"enabled": True, "tile_grid": (4, 4)}, pixel_max=4095)
+    out = Preprocessor(spec).equalize(np.rint(g8 * (4095 / 255)).astype(np.uint16))  # the scene at 12 bits
+    reference = Preprocessor(_spec(clahe={"enabled": True, "tile_grid": (4, 4)})).equalize(g8)
+    assert np.abs(out.astype(int) - reference.astype(int)).max() <= 1
+
+
+def test_pixel_max_is_left_out_of_the_json_when_unset_so_existing_hashes_stay() -> None:
+    import hashlib
+
+    expected = (
+        '{"clahe":{"clip_limit":2.0,"enabled":false,"tile_grid":[8,8]},"color":"gray","normalize":{"mean":null,"std":null},'
+        '"resize":{"height":8,"interpolation":"nearest","letterbox":false,"pad_value":0.0,"width":8},"rois":[]}'
+    )
+    spec = _spec()
+    assert spec.to_json() == expected
+    assert hashlib.sha256(spec.to_json().encode()).hexdigest() == hashlib.sha256(expected.encode()).hexdigest()
+    assert "pixel_max" not in spec.model_dump()
+    deep = _spec(pixel_max=4095)
+    assert '"pixel_max":4095' in deep.to_json()
+    assert PreprocessSpec.from_json(deep.to_json()) == deep
+    assert PreprocessSpec.from_json(expected).pixel_max is None
+
+
+@pytest.mark.parametrize("value", [0, 1, 100, 254, 65536])
+def test_pixel_max_that_names_no_bit_depth_is_refused(value: int) -> None:
+    with pytest.raises(ValidationError, match="pixel_max"):
+        _spec(pixel_max=value)
+
+
+def test_a_12_bit_frame_is_normalized_by_its_pixel_max() -> None:
+    img = np.zeros((8, 8), np.uint16)
+    img[:, 4:] = 4095
+    img[0, 0] = 2048
+    batch = Preprocessor(_spec(pixel_max=4095, normalize={"mean": [0.0], "std": [1.0]}))(img)[0, 0]
+    assert batch[0, 7] == pytest.approx(1.0)
+    assert batch[0, 0] == pytest.approx(2048 / 4095)
+    assert batch[1, 0] == 0.0
+
+
+def test_letterbox_pads_a_12_bit_frame_at_the_pad_value_of_its_pixel_max() -> None:
+    crop = np.full((8, 16), 4095, np.uint16)
+    spec = _spec(resize={"width": 8, "height": 8, "interpolation": "nearest", "letterbox": True, "pad_value": 0.5},
+                 pixel_max=4095, normalize={"mean": [0.0], "std": [1.0]})
+    batch = Preprocessor(spec)(crop)[0, 0]
+    assert batch[0, 0] == pytest.approx(0.5, abs=1e-3) and batch[4, 4] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("pixel_max", "image", "says"),
+    [
+        (255, np.zeros((8, 8), np.uint16), "16-bit frame; this model was trained on 8-bit frames (pixel_max 255)"),
+        (4095, np.zeros((8, 8), np.uint8), "8-bit frame; this model was trained on 16-bit frames (pixel_max 4095)"),
+        (65535, np.zeros((8, 8, 3), np.uint8), "8-bit frame; this model was trained on 16-bit frames (pixel_max 65535)"),
+        (4095, np.full((8, 8), 4096 * 16 - 16, np.uint16), "pixel value 65520 above pixel_max 4095"),
+    ],
+    ids=["16-on-8", "8-on-12", "8-on-16", "left-aligned-12"],
+)
+def test_a_frame_of_another_bit_depth_or_above_pixel_max_is_an_unsupported_image(pixel_max: int, image: np.ndarray, says: str) -> None:
+    with pytest.raises(FrameFault) as info:
+        Preprocessor(_spec(pixel_max=pixel_max))(image)
+    assert info.value.reason is Reason.UNSUPPORTED_IMAGE
+    assert info.value.detail.startswith(says)
+
+
+def test_without_pixel_max_any_depth_is_scaled_by_its_container() -> None:
+    p = Preprocessor(_spec(normalize={"mean": [0.0], "std": [1.0]}))
+    assert p(np.full((8, 8), 255, np.uint8))[0, 0, 0, 0] == pytest.approx(1.0)
+    assert p(np.full((8, 8), 65535, np.uint16))[0, 0, 0, 0] == pytest.approx(1.0)
 
 
 def test_pixel_roi_crop_resize_and_normalize_give_the_hand_computed_batch() -> None:
@@ -240,6 +332,46 @@ def test_what_other_threads_print_while_a_jpeg_decodes_still_reaches_stderr(tmp_
 def test_complete_files_pass_the_end_marker_check_even_with_zero_padding(tmp_path: Path) -> None:
     assert check_complete(_jpeg(tmp_path) + b"\x00" * 16) == "jpeg"
     assert check_complete(_png(tmp_path)) == "png"
+
+
+@pytest.mark.parametrize("trailer", [b"\n", b"\r\n", b"FRAME 000123\x00\x01", bytes(range(1, 65))], ids=["lf", "crlf", "counter", "64"])
+@pytest.mark.parametrize("make", [_jpeg, _png], ids=["jpeg", "png"])
+def test_a_complete_file_with_a_short_trailer_after_its_end_marker_decodes(tmp_path: Path, make, trailer: bytes) -> None:
+    data = make(tmp_path)
+    image = decode(data + trailer, ColorMode.GRAY)
+    np.testing.assert_array_equal(image, decode(data, ColorMode.GRAY))
+
+
+@pytest.mark.parametrize("make", [_jpeg, _png], ids=["jpeg", "png"])
+def test_a_long_trailer_or_a_cut_file_followed_by_bytes_is_still_truncated(tmp_path: Path, make) -> None:
+    data = make(tmp_path)
+    for bad in (data + bytes(range(1, 66)), data[:-40] + b"\n", data[: len(data) // 2] + b"\x00" * 500):
+        with pytest.raises(FrameFault) as info:
+            decode(bad, ColorMode.GRAY)
+        assert info.value.reason is Reason.TRUNCATED
+
+
+def _jpeg_with_thumbnail(tmp_path: Path) -> bytes:
+    """A 256x256 JPEG with an APP1 segment holding an EXIF-like thumbnail: a complete small JPEG, EOI included."""
+    big = tmp_path / "big.jpg"
+    cv2.imwrite(str(big), np.random.default_rng(2).integers(0, 255, (256, 256), dtype=np.uint8))
+    thumb = tmp_path / "thumb.jpg"
+    cv2.imwrite(str(thumb), np.full((8, 8), 128, np.uint8))
+    payload = b"Exif\x00\x00" + thumb.read_bytes()
+    app1 = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+    data = big.read_bytes()
+    return data[:2] + app1 + data[2:]
+
+
+def test_a_jpeg_cut_just_after_its_exif_thumbnail_is_truncated_though_a_thumbnail_eoi_is_near_its_end(tmp_path: Path) -> None:
+    data = _jpeg_with_thumbnail(tmp_path)
+    assert decode(data + b"\n", ColorMode.GRAY).shape == (256, 256)
+    thumb_end = data.index(b"\xff\xd9") + 2  # the thumbnail's EOI, inside APP1
+    # Each cut leaves the thumbnail's EOI within the trailer's reach of the end.
+    for cut in (thumb_end + 1, thumb_end + 10, thumb_end + 60):
+        with pytest.raises(FrameFault) as info:
+            check_complete(data[:cut])
+        assert info.value.reason is Reason.TRUNCATED
 
 
 def test_a_pixel_roi_outside_the_frame_is_a_fault_not_a_silent_clip() -> None:

@@ -208,10 +208,11 @@ class ImageCache:
         self.pre = Preprocessor(spec)
         self._frames: dict[Path, np.ndarray] = {}
         self._masks: dict[Path, np.ndarray] = {}
+        self._bits: dict[Path, int] = {}  # each file's bit depth as decoded (CLAHE leaves every frame 8-bit)
 
     def load(self, paths: list[Path], purpose: str = "training") -> None:
         """Read every path; InputError listing all files that cannot be used for `purpose`."""
-        bad = []
+        bad, off_scale = [], []
         for path in dict.fromkeys(paths):
             if path in self._frames:
                 continue
@@ -224,10 +225,45 @@ class ImageCache:
             except OSError as exc:
                 bad.append(f"{path}: unreadable: {exc.strerror}")
                 continue
+            try:
+                self.pre.check_depth(image)
+            except FrameFault:
+                off_scale.append(f"{path}: {_depth_of(image)}")
+                continue
+            self._bits[path] = 8 if image.dtype == np.uint8 else 16
             self._frames[path] = self.pre.equalize(image)
         if bad:
             shown = "\n  ".join(bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
             raise InputError(f"{len(bad)} image(s) cannot be used for {purpose}:\n  {shown}")
+        if off_scale:
+            limit = self.pre.spec.pixel_max
+            expected = "8-bit files" if limit is not None and limit <= 255 else f"16-bit files with pixel values up to {limit}"
+            shown = "\n  ".join(off_scale[:20]) + (f"\n  ... and {len(off_scale) - 20} more" if len(off_scale) > 20 else "")
+            raise InputError(
+                f"{len(off_scale)} image(s) do not fit preprocess.pixel_max {limit} ({expected}) and cannot be used for {purpose}:"
+                f"\n  {shown}\nconvert them, or set preprocess.pixel_max (--pixel-max) to the camera's full scale"
+            )
+
+    def settle_depth(self) -> PreprocessSpec:
+        """The spec with pixel_max taken from the loaded frames when it had none (255 all 8-bit, 65535 all 16-bit); InputError on a mix."""
+        spec = self.pre.spec
+        if spec.pixel_max is not None or not self._bits:
+            return spec
+        by_bits: dict[int, list[Path]] = {8: [], 16: []}
+        for path, bits in self._bits.items():
+            by_bits[bits].append(path)
+        if by_bits[8] and by_bits[16]:
+            # A model trained on both would see one scene at two scales, and the line camera delivers only one of them.
+            listed = "; ".join(
+                f"{len(paths)} {bits}-bit ({', '.join(str(p) for p in paths[:3])}{', ...' if len(paths) > 3 else ''})"
+                for bits, paths in by_bits.items()
+            )
+            raise InputError(
+                f"the training images mix bit depths: {listed}; a model is trained on one bit depth, the camera's: "
+                "convert the files to it (and for 16-bit data below full scale, set preprocess.pixel_max, e.g. 4095 for 12-bit)"
+            )
+        self.pre = Preprocessor(spec.model_copy(update={"pixel_max": 255 if by_bits[8] else 65535}))
+        return self.pre.spec
 
     def frame(self, path: Path) -> np.ndarray:
         """The equalized frame."""
@@ -259,7 +295,8 @@ class ImageCache:
             path = mask_for(sample, root)
             if path is None or sample.path in self._masks or sample.path not in self._frames:
                 continue
-            mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+            # As frames are read: an EXIF rotation would turn the mask against its frame.
+            mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION)
             frame = self._frames[sample.path]
             if mask is None or mask.shape != frame.shape[:2]:
                 got = "unreadable" if mask is None else f"{mask.shape[1]}x{mask.shape[0]}"
@@ -319,10 +356,14 @@ class ImageCache:
 
 
 def augment(
-    image: np.ndarray, aug: Augment, rng: np.random.Generator, mask: np.ndarray | None = None
+    image: np.ndarray, aug: Augment, rng: np.random.Generator, mask: np.ndarray | None = None, *, full_scale: float
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Flips, transpose, rotation and brightness/contrast on one resized crop, in its own dtype; `mask` gets the same geometry."""
-    full = 65535.0 if image.dtype == np.uint16 else 255.0
+    """Flips, transpose, rotation and brightness/contrast on one resized crop, in its own dtype; `mask` gets the same geometry.
+
+    Brightness shifts by fractions of `full_scale` (the spec's `full_scale(image.dtype)`) and clips to it: a 12-bit
+    camera's frames, scaled by 65535, would mostly be shifted below black.
+    """
+    full = float(full_scale)
     if aug.hflip and rng.random() < 0.5:
         image, mask = image[:, ::-1], None if mask is None else mask[:, ::-1]
     if aug.vflip and rng.random() < 0.5:
@@ -344,6 +385,11 @@ def augment(
         mean = float(image.mean())
         image = np.clip((image.astype(np.float32) - mean) * gain + mean + bias, 0, full).astype(image.dtype)
     return image, mask
+
+
+def _depth_of(image: np.ndarray) -> str:
+    """A frame's bit depth in words, with its top value when 16-bit."""
+    return "8-bit" if image.dtype == np.uint8 else f"16-bit, pixel values up to {int(image.max())}"
 
 
 def erase(row: np.ndarray, rng: np.random.Generator) -> None:

@@ -184,9 +184,9 @@ def parity_gate(model: nn.Module, train_spec: PreprocessSpec, onnx_path: Path, f
 def _spec_diff(a: PreprocessSpec, b: PreprocessSpec) -> list[str]:
     da, db = a.model_dump(mode="json"), b.model_dump(mode="json")
     out = []
-    for section in da:
-        if da[section] != db[section]:
-            out.append(f"{section}: {da[section]} -> {db[section]}")
+    for section in [*da, *(k for k in db if k not in da)]:  # an unset pixel_max is left out of the dump
+        if da.get(section) != db.get(section):
+            out.append(f"{section}: {da.get(section)} -> {db.get(section)}")
     return out
 
 

@@ -140,7 +140,7 @@ def most_confused(pred: Predictions, samples: SampleSet, val_idx: np.ndarray, ca
     for j in order:
         s = samples.samples[int(val_idx[j])]
         rows.append({"key": s.key, "label": s.label, "predicted": samples.classes[int(pred.probabilities[j].argmax())], "p_true": float(p_true[j]), "score": float(pred.scores[j])})
-        crop = cache.crop(s)
+        crop = _eight_bit(cache.crop(s), cache)
         crop = cv2.cvtColor(crop, cv2.COLOR_RGB2BGR) if crop.ndim == 3 else crop  # the sheet is written as BGR
         tiles.append((crop, s.key.rsplit("/", 1)[-1], _caption(pred, int(j), samples.classes)))
     if tiles:
@@ -170,23 +170,31 @@ def gradcam_sheet(
                 with_mask += 1
                 hits += peak_in_mask(cam, mask)
             if j in chosen:
-                tiles.append((j, overlay(cache.crop(s), cam, mask), s.key.rsplit("/", 1)[-1]))
+                tiles.append((j, overlay(_eight_bit(cache.crop(s), cache), cam, mask), s.key.rsplit("/", 1)[-1]))
     extra = [j for j in chosen if j in wrong and not pred.is_ng[j]]  # false rejects: what made an OK part look NG
     if extra:
         sel = [samples.samples[int(val_idx[j])] for j in extra]
         cams = grad_cam(model, torch.from_numpy(np.stack([cache.tensor(cache.crop(s)) for s in sel])).to(device))
-        tiles += [(j, overlay(cache.crop(s), cam), s.key.rsplit("/", 1)[-1]) for j, s, cam in zip(extra, sel, cams, strict=True)]
+        tiles += [(j, overlay(_eight_bit(cache.crop(s), cache), cam), s.key.rsplit("/", 1)[-1]) for j, s, cam in zip(extra, sel, cams, strict=True)]
     tiles.sort(key=lambda t: chosen.index(t[0]))
     if tiles:
         contact_sheet([(img, name, _caption(pred, j, samples.classes)) for j, img, name in tiles], path)
     return {"ng_with_mask": with_mask, "peak_on_defect": hits, "pointing_game": (hits / with_mask) if with_mask else None}
 
 
+def _eight_bit(crop: np.ndarray, cache: ImageCache) -> np.ndarray:
+    """The crop as 8-bit for a sheet, scaled by its full scale: a 12-bit camera's crops would show near-black otherwise."""
+    if crop.dtype == np.uint8:
+        return crop
+    return cv2.convertScaleAbs(crop, alpha=255.0 / cache.pre.spec.full_scale(crop.dtype))
+
+
 def _mask(sample: Any, samples: SampleSet, cache: ImageCache) -> np.ndarray | None:
     path = mask_for(sample, samples.root)
     if path is None:
         return None
-    m = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_GRAYSCALE)
+    # As frames and training's masks are read: an EXIF rotation would turn the mask against its frame.
+    m = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION)
     frame = cache.frame(sample.path)
     if m is None or m.shape[:2] != frame.shape[:2]:
         return None

@@ -107,7 +107,7 @@ def run_training(
     else:
         train_idx, val_idx = stratified_split(samples, recipe.val_fraction, recipe.seed, regex_groups(recipe.group_by))
     result = train(samples, spec, recipe, out_dir, train_idx=train_idx, val_idx=val_idx, resume=state, progress=progress, log=log)
-    _write_config(out_dir, config.model_copy(update={"preprocess": spec, "train": recipe}))
+    _write_config(out_dir, config.model_copy(update={"preprocess": result.cache.pre.spec, "train": recipe}))  # pixel_max as trained
     return finish(result, samples, recipe, log)
 
 

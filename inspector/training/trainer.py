@@ -251,7 +251,7 @@ class Batches:
                 image, pasted = paste_defect(image, self.cache, self.samples.samples[donor])
                 y = int(targets[donor])
                 mask = pasted if seg else None
-            image, mask = augment(image, aug, rng, mask)
+            image, mask = augment(image, aug, rng, mask, full_scale=self.cache.pre.spec.full_scale(image.dtype))
             row = self.cache.tensor(image)
             if aug.erasing > 0 and rng.random() < aug.erasing:
                 erase(row, rng)
@@ -353,9 +353,13 @@ def batch_loss(model: nn.Module, batch: TrainBatch, y: torch.Tensor, loss_fn: nn
 
 
 def load_cache(samples: SampleSet, spec: PreprocessSpec, recipe: TrainRecipe, paths: list[Path]) -> ImageCache:
-    """Decoded frames for `paths` and, with seg_weight or paste_defects, their masks; InputError listing every unusable file."""
+    """Decoded frames for `paths` and, with seg_weight or paste_defects, their masks; InputError listing every unusable file.
+
+    The cache's spec (`cache.pre.spec`) carries pixel_max, from the data when `spec` left it unset: train with that one.
+    """
     cache = ImageCache(spec)
     cache.load(paths)
+    cache.settle_depth()
     needs = f"seg_weight={recipe.seg_weight}" if recipe.seg_weight > 0 else f"augment.paste_defects={recipe.augment.paste_defects}"
     if (recipe.seg_weight > 0 or recipe.augment.paste_defects > 0) and cache.load_masks(samples.samples, samples.root) == 0:
         raise InputError(
@@ -559,6 +563,7 @@ def _train(
         )
 
     cache = load_cache(samples, spec, recipe, [s.path for s in samples.samples])  # every unusable file is listed before anything is written
+    spec = cache.pre.spec  # with the data's pixel_max: the checkpoint, and so the exported model, records what was trained on
     batches = Batches(samples, cache, recipe, train_idx)
     targets = samples.targets
     n_classes = len(samples.classes)

@@ -21,6 +21,7 @@ from inspector.training.data import (
     stratified_split,
 )
 from inspector.training.recipe import Augment
+from tests.conftest import exif_png, gray_png
 from tests.training.conftest import flat_png, square_part, two_camera_parts
 
 GRAY32 = PreprocessSpec(color="gray", resize={"width": 32, "height": 32})
@@ -143,13 +144,26 @@ def test_roi_jitter_moves_the_box_but_never_out_of_the_frame(roi_frames: tuple[P
 def test_augment_is_deterministic_for_a_seed_and_keeps_dtype_and_shape() -> None:
     img = np.random.default_rng(0).integers(0, 255, (32, 32), dtype=np.uint8)
     aug = Augment(rotate_deg=15, brightness=0.3, contrast=0.3)
-    a, _ = augment(img, aug, np.random.default_rng(7))
-    b, _ = augment(img, aug, np.random.default_rng(7))
+    a, _ = augment(img, aug, np.random.default_rng(7), full_scale=255)
+    b, _ = augment(img, aug, np.random.default_rng(7), full_scale=255)
     assert np.array_equal(a, b) and a.dtype == np.uint8 and a.shape == img.shape
     off = Augment(hflip=False, vflip=False, rotate_deg=0, brightness=0, contrast=0, roi_jitter=0)
-    assert np.array_equal(augment(img, off, np.random.default_rng(7))[0], img)
+    assert np.array_equal(augment(img, off, np.random.default_rng(7), full_scale=255)[0], img)
     wide = np.zeros((32, 32), np.uint16) + 1000
-    assert augment(wide, aug, np.random.default_rng(1))[0].dtype == np.uint16
+    assert augment(wide, aug, np.random.default_rng(1), full_scale=65535)[0].dtype == np.uint16
+
+
+def test_brightness_augmentation_of_12_bit_frames_works_in_their_full_scale() -> None:
+    img = np.random.default_rng(0).normal(2000, 300, (64, 64)).clip(0, 4095).astype(np.uint16)
+    aug = Augment(hflip=False, vflip=False, rotate_deg=0, brightness=0.2, contrast=0.1)
+    spec = GRAY32.model_copy(update={"pixel_max": 4095})
+    rng = np.random.default_rng(1)
+    outs = [augment(img, aug, rng, full_scale=spec.full_scale(img.dtype))[0] for _ in range(200)]
+    # Shifted by up to 0.2 x 65535, most 12-bit samples would be clipped to black or pushed past 4095.
+    assert max(int(o.max()) for o in outs) <= 4095
+    assert max(float((o == 0).mean()) for o in outs) < 0.05
+    shifts = [float(o.mean()) - float(img.mean()) for o in outs]
+    assert 0.1 * 4095 < max(shifts) <= 0.2 * 4095 + 1 and -0.2 * 4095 - 1 <= min(shifts) < -0.1 * 4095
 
 
 def test_the_rois_of_a_frame_stay_on_one_side_of_the_split(roi_frames: tuple[Path, Path]) -> None:
@@ -186,7 +200,8 @@ def test_defect_masks_move_with_the_crop_the_flips_and_the_transpose(tmp_path: P
     for seed in range(8):
         rng = np.random.default_rng(seed)
         shift, zoom = tuple(rng.uniform(-0.2, 0.2, 2)), (*rng.uniform(0.7, 1, 2), *rng.uniform(0, 1, 2))
-        image, mask = augment(cache.crop(by_name["sq.png"], shift, zoom), aug, rng, cache.crop_mask(by_name["sq.png"], shift, zoom))
+        image, mask = augment(cache.crop(by_name["sq.png"], shift, zoom), aug, rng, cache.crop_mask(by_name["sq.png"], shift, zoom),
+                              full_scale=255)
         assert mask is not None and mask.shape == image.shape and mask.max() == 255
         # The square's pixels in the image are the mask's pixels, whatever the shift, zoom and flips did.
         assert np.array_equal(image > 145, mask > 127), seed
@@ -287,3 +302,58 @@ def test_a_defect_folder_named_ok_is_refused_with_multi_classes(parts: Path, tmp
     with pytest.raises(InputError, match="a defect class cannot be named 'ok'"):
         collect_samples(data, GRAY32, multi=True)
     assert collect_samples(data, GRAY32).classes == ("ok", "ng"), "binary: the folder is just NG"
+
+
+def test_a_mask_with_an_exif_orientation_is_read_as_stored_like_its_frame(tmp_path: Path) -> None:
+    from inspector.training.report import _mask
+
+    root = tmp_path / "data"
+    for i in range(2):
+        gray_png(root / "ok" / f"ok{i}.png", np.full((48, 64), 40, np.uint8))
+    frame = np.full((48, 64), 40, np.uint8)
+    frame[5:15, 40:60] = 250
+    gray_png(root / "ng" / "crack" / "wide.png", frame)
+    mask = np.zeros((48, 64), np.uint8)
+    mask[5:15, 40:60] = 255
+    exif_png(root / "masks" / "ng" / "crack" / "wide.png", mask)  # a viewer would show it turned, 48 wide and 64 high
+    spec = PreprocessSpec(color="gray", resize={"width": 64, "height": 48, "interpolation": "nearest"})
+    samples = collect_samples(root, spec)
+    cache = ImageCache(spec)
+    cache.load([s.path for s in samples.samples])
+    assert cache.load_masks(samples.samples, root) == 1
+    ng = next(s for s in samples.samples if s.label == "ng")
+    assert np.array_equal(cache.crop_mask(ng), mask)
+    assert np.array_equal(_mask(ng, samples, cache), mask > 127)  # the report's Grad-CAM check reads it the same way
+
+
+def _depth_data(root: Path, depths: dict[str, np.dtype]) -> Path:
+    for name, dtype in depths.items():
+        full = 255 if dtype == np.uint8 else 4095
+        gray_png(root / name, np.full((16, 16), full // 2, dtype))
+    return root
+
+
+def test_the_cache_takes_pixel_max_from_the_data_and_refuses_a_mix_of_bit_depths(tmp_path: Path) -> None:
+    for dtype, expected in ((np.uint8, 255), (np.uint16, 65535)):
+        root = _depth_data(tmp_path / str(expected), {"ok/a.png": dtype, "ng/b.png": dtype})
+        cache = ImageCache(GRAY32)
+        cache.load(sorted(root.rglob("*.png")))
+        assert cache.settle_depth().pixel_max == expected and cache.pre.spec.pixel_max == expected
+    mixed = _depth_data(tmp_path / "mixed", {"ok/a.png": np.uint8, "ok/b.png": np.uint8, "ng/c.png": np.uint16})
+    cache = ImageCache(GRAY32)
+    cache.load(sorted(mixed.rglob("*.png")))
+    with pytest.raises(InputError, match=r"the training images mix bit depths: 2 8-bit \(\S*ok/a\.png, \S*ok/b\.png\); 1 16-bit \(\S*ng/c\.png\)"):
+        cache.settle_depth()
+
+
+def test_frames_that_do_not_fit_a_given_pixel_max_are_named(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    gray_png(root / "ok" / "fine.png", np.full((16, 16), 4095, np.uint16))
+    gray_png(root / "ok" / "msb.png", np.full((16, 16), 4095 << 4, np.uint16))
+    gray_png(root / "ng" / "eight.png", np.full((16, 16), 100, np.uint8))
+    cache = ImageCache(GRAY32.model_copy(update={"pixel_max": 4095}))
+    with pytest.raises(InputError) as info:
+        cache.load(sorted(root.rglob("*.png")))
+    text = str(info.value)
+    assert text.startswith("2 image(s) do not fit preprocess.pixel_max 4095 (16-bit files with pixel values up to 4095)")
+    assert "msb.png: 16-bit, pixel values up to 65520" in text and "eight.png: 8-bit" in text and "fine.png" not in text

@@ -48,6 +48,7 @@ def test_export_writes_a_model_the_runtime_runs_with_the_trained_preprocessing(t
     clf = OnnxClassifier(out, ModelSettings(providers=[Provider.CPU]))
     ckpt = load_checkpoint(trained / "best.pt")
     assert clf.spec.to_json() == ckpt["spec"] and clf.classes == ("ok", "ng")
+    assert clf.spec.pixel_max == 255  # trained on 8-bit files: the manifest says so
     info = clf.manifest.info
     assert info["checkpoint_sha256"] == file_sha256(trained / "best.pt")
     assert info["dataset"]["fingerprint"] == ckpt["dataset"]["fingerprint"]
@@ -102,7 +103,7 @@ def test_a_station_config_with_other_preprocessing_is_refused_and_nothing_writte
     code, _stdout, err = export_cli(capsys, str(trained / "best.pt"), "--out", str(out_dir / "m.onnx"), "--config", str(station))
     assert code == 2
     assert "export refused by the parity gate" in err
-    assert "the deployed preprocessing differs from training: clahe:" in err and "normalize:" in err
+    assert "the deployed preprocessing differs from training: pixel_max: 255 -> None; clahe:" in err and "normalize:" in err
     assert _leftovers(out_dir) == []
     assert "Traceback" not in err
 

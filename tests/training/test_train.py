@@ -46,6 +46,7 @@ def test_a_run_writes_checkpoints_metrics_plots_and_a_report(trained: Path, part
     ckpt = torch.load(trained / "best.pt", weights_only=True)
     assert ckpt["classes"] == ["ok", "ng"]
     assert PreprocessSpec.from_json(ckpt["spec"]).input_shape == (1, 32, 32)
+    assert PreprocessSpec.from_json(ckpt["spec"]).pixel_max == 255  # 8-bit files: the model takes 8-bit frames only
     assert TrainRecipe.model_validate(ckpt["recipe"]).epochs == 2
     assert len(ckpt["validation"]) == 12 and ckpt["dataset"]["counts"] == {"ok": 40, "ng": 24}
     assert ckpt["epoch"] == summary["best_epoch"]
@@ -579,3 +580,59 @@ def test_ctrl_c_says_how_to_continue(parts: Path, tmp_path: Path, capsys: pytest
     code, _, err = train_cli(capsys, str(parts), "--out", str(out), "--epochs", "1", *FAST)
     assert code == 130
     assert err.strip().splitlines()[-1] == f"inspector: interrupted; continue with: inspector train {parts} --resume {out / 'last.pt'}"
+
+
+def _deeper(parts: Path, root: Path, scale: float, every: int = 1) -> Path:
+    """A copy of `parts` with every `every`-th image written 16-bit, its values times `scale`."""
+    import cv2
+
+    for i, png in enumerate(sorted(parts.rglob("*.png"))):
+        out = root / png.relative_to(parts)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        img = cv2.imread(str(png), cv2.IMREAD_UNCHANGED)
+        if i % every == 0 and "masks" not in png.parts:
+            img = np.rint(img.astype(np.float64) * scale).astype(np.uint16)
+        cv2.imwrite(str(out), img)
+    return root
+
+
+def test_a_mix_of_8_and_16_bit_images_is_refused_before_training(parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _deeper(parts, tmp_path / "mixed", 257, every=8)
+    out = tmp_path / "out"
+    code, _, err = train_cli(capsys, str(data), "--out", str(out), "--epochs", "1", *FAST)
+    assert code == 2 and "Traceback" not in err
+    assert "the training images mix bit depths: 56 8-bit (" in err and "; 8 16-bit (" in err
+    assert "ng/blowhole/" in err  # names files of each kind
+    assert not out.exists()
+
+
+def test_12_bit_frames_train_with_their_pixel_max_and_the_exported_model_carries_it(
+    parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _deeper(parts, tmp_path / "twelve", 4095 / 255)
+    out = tmp_path / "run"
+    code, _, err = train_cli(capsys, str(data), "--out", str(out), "--epochs", "1", *FAST, "--clahe", "off", "--pixel-max", "4095")
+    assert code == 0, err
+    assert PreprocessSpec.from_json(torch.load(out / "best.pt", weights_only=True)["spec"]).pixel_max == 4095
+    assert "pixel_max: 4095" in (out / "train.yaml").read_text()
+    model = tmp_path / "model.onnx"
+    code, _, err = export_cli(capsys, str(out / "best.pt"), "--out", str(model))
+    assert code == 0, err
+    from inspector.config import ModelSettings, Provider
+    from inspector.model import OnnxClassifier
+
+    assert OnnxClassifier(model, ModelSettings(providers=[Provider.CPU])).spec.pixel_max == 4095
+
+
+def test_16_bit_data_without_pixel_max_records_65535_and_pixels_above_a_given_one_are_named(
+    parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _deeper(parts, tmp_path / "sixteen", 257)
+    out = tmp_path / "run"
+    code, _, err = train_cli(capsys, str(data), "--out", str(out), "--epochs", "1", *FAST)
+    assert code == 0, err
+    assert PreprocessSpec.from_json(torch.load(out / "best.pt", weights_only=True)["spec"]).pixel_max == 65535
+    code, _, err = train_cli(capsys, str(data), "--out", str(tmp_path / "r2"), "--epochs", "1", *FAST, "--pixel-max", "4095")
+    assert code == 2 and "Traceback" not in err
+    assert "64 image(s) do not fit preprocess.pixel_max 4095" in err and "ng/blowhole/blowhole_0001.png: 16-bit, pixel values up to" in err
+    assert not (tmp_path / "r2").exists()
