@@ -112,9 +112,30 @@ class Verdict:
         }
 
 
+SCORE_DECIMALS = 6
+
+
+def floor_decimals(x: float, decimals: int = SCORE_DECIMALS) -> float:
+    """The highest number of `decimals` decimals (as Python reads it back from text) that is <= x."""
+    scale = 10.0**decimals
+    k = math.floor(x * scale)
+    # x * scale is itself rounded: step to the exact answer, comparing the values a reader of the JSON would get.
+    while k / scale > x:
+        k -= 1
+    while (k + 1) / scale <= x:
+        k += 1
+    return k / scale + 0.0  # + 0.0: never -0.0
+
+
 def round_score(x: float | None) -> float | None:
-    """A score or probability as published: 6 decimals, None for missing or NaN."""
-    return None if x is None or math.isnan(x) else round(float(x), 6)
+    """A score or probability as published: floored to 6 decimals, None for missing or NaN."""
+    if x is None or math.isnan(x):
+        return None
+    if math.isinf(x):
+        return float(x)
+    # Floored, not rounded: rounded up, a score just under its threshold would be published at the threshold beside a
+    # pass. Floored, a published score is >= a threshold of up to 6 decimals exactly when the decision rejected.
+    return floor_decimals(float(x))
 
 
 def iso_time(ts: float) -> str:

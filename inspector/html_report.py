@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from inspector.percent import percent
+
 BINS = 25
 COLOURS = {"ok": "#2f9e44", "ng": "#e03131", "unlabelled": "#868e96", "all frames": "#1c7ed6"}
 CSS = """
@@ -33,8 +35,8 @@ def num(value: float | None, spec: str = ".3f") -> str:
 
 
 def pct(value: float | None, decimals: int = 1) -> str:
-    """A fraction as a percentage, or "n/a"."""
-    return "n/a" if value is None else f"{100 * value:.{decimals}f}%"
+    """A fraction as a percentage, or "n/a"; never 100% or 0% for a value that is not."""
+    return percent(value, decimals)
 
 
 def table(head: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
@@ -72,9 +74,10 @@ def _svg_open(cls: str, width: int, height: int) -> str:
 
 
 def histogram_svg(
-    series: Sequence[tuple[str, Sequence[float]]], threshold: float, *, band: tuple[float, float] | None = None, unit: str = "frames"
+    series: Sequence[tuple[str, Sequence[float]]], threshold: float | None, *, band: tuple[float, float] | None = None, unit: str = "frames"
 ) -> str:
-    """Score histograms over 0-1, one panel per (COLOURS key, scores), threshold dashed, optional [low, high) band shaded."""
+    """Score histograms over 0-1, one panel per (COLOURS key, scores), threshold dashed (None: no one threshold applies),
+    optional [low, high) band shaded."""
     # One panel per class, each with its own count scale, so a few NG frames stay visible beside many OK ones.
     width, left, right, top, panel_h, gap, bottom = 760, 60, 20, 40, 130, 30, 50
     pw = width - left - right
@@ -87,11 +90,12 @@ def histogram_svg(
         label = f"{name} (n={len(scores)})"
         parts.append(f'<rect x="{lx}" y="10" width="12" height="12" fill="{COLOURS[name]}"/>' + svg_text(lx + 17, 20, label))
         lx += 40 + 7 * len(label)
-    parts.append(f'<line x1="{lx}" y1="16" x2="{lx + 20}" y2="16" stroke="#000" stroke-width="2" stroke-dasharray="5,3"/>')
-    parts.append(svg_text(lx + 25, 20, f"threshold {threshold:g}"))
+    if threshold is not None:
+        parts.append(f'<line x1="{lx}" y1="16" x2="{lx + 20}" y2="16" stroke="#000" stroke-width="2" stroke-dasharray="5,3"/>')
+        parts.append(svg_text(lx + 25, 20, f"threshold {threshold:g}"))
+        lx += 40 + 7 * len(f"threshold {threshold:g}")
     clip = lambda v: min(max(v, 0.0), 1.0)
     if band is not None:
-        lx += 40 + 7 * len(f"threshold {threshold:g}")
         parts.append(f'<rect x="{lx}" y="10" width="20" height="12" fill="{BAND_COLOUR}" fill-opacity="0.3"/>')
         parts.append(svg_text(lx + 25, 20, f"uncertain band [{band[0]:g}, {band[1]:g})"))
     for i, (name, scores) in enumerate(series):
@@ -122,8 +126,9 @@ def histogram_svg(
         x = left + k / 10 * pw
         parts.append(f'<line x1="{x:.1f}" y1="{base}" x2="{x:.1f}" y2="{base + 5}" stroke="#495057"/>' + svg_text(x, base + 18, f"{k / 10:.1f}", "middle"))
     parts.append(svg_text(left + pw / 2, base + 40, "score (1 - P(ok))", "middle"))
-    tx = left + clip(threshold) * pw
-    parts.append(f'<line x1="{tx:.1f}" y1="{top - 6}" x2="{tx:.1f}" y2="{base}" stroke="#000" stroke-width="2" stroke-dasharray="5,3"/>')
+    if threshold is not None:
+        tx = left + clip(threshold) * pw
+        parts.append(f'<line x1="{tx:.1f}" y1="{top - 6}" x2="{tx:.1f}" y2="{base}" stroke="#000" stroke-width="2" stroke-dasharray="5,3"/>')
     return "".join(parts) + "</svg>"
 
 
@@ -222,13 +227,14 @@ def plot_svg(
     return "".join(parts) + "</svg>"
 
 
-def roc_svg(fpr: np.ndarray, tpr: np.ndarray, op: tuple[float, float], threshold: float, *, unit: str = "frames") -> str:
-    """ROC curve (false-reject rate vs NG recall) with the chance diagonal and the operating point (FRR, recall) marked."""
+def roc_svg(fpr: np.ndarray, tpr: np.ndarray, op: tuple[float, float], threshold: float | None, *, unit: str = "frames") -> str:
+    """ROC curve (false-reject rate vs NG recall) with the chance diagonal and the operating point (FRR, recall) marked;
+    threshold None: the point of per-ROI thresholds."""
     return plot_svg(
         "roc",
         f"false-reject rate (OK {unit} rejected)",
         f"NG recall (NG {unit} rejected)",
         [Line(fpr, tpr, "#1c7ed6", "ROC curve")],
         [Line((0.0, 1.0), (0.0, 1.0), "#adb5bd", "chance", width=None, dash="4,4")],
-        markers=[Marker(op[0], op[1], "#e03131", f"threshold {threshold:g}")],
+        markers=[Marker(op[0], op[1], "#e03131", "per-ROI thresholds" if threshold is None else f"threshold {threshold:g}")],
     )

@@ -77,3 +77,18 @@ def test_calibration_and_a_threshold_in_the_same_config_is_refused() -> None:
     with pytest.raises(ValidationError, match="calibration sets the thresholds: remove decision.threshold"):
         DecisionSettings(threshold=0.3, calibration="calibration/s1.yaml")
     assert DecisionSettings(calibration="calibration/s1.yaml").uncertain_route == "reject"
+
+
+@pytest.mark.parametrize("score", [0.29999995, 0.2999999, 0.2999995, 0.3, 0.30000004, 0.3000005])
+def test_a_published_score_reaches_its_threshold_exactly_when_the_part_was_rejected(score: float) -> None:
+    from inspector.decision import Latency, Verdict
+    from inspector.frame import Reason
+
+    t = Thresholds(DecisionSettings(threshold=0.3), ("a",))
+    (roi,) = t.decide(("a",), ("ok", "ng"), np.array([[1.0 - score, score]], np.float64))
+    verdict = Verdict("f", "f.png", 0.0, 0.0, roi.verdict, Reason.SCORE if roi.verdict == "reject" else None, 0.3, (roi,),
+                      "0" * 64, "cpu", Latency())
+    published = verdict.to_dict()
+    assert (published["score"] >= published["threshold"]) is (published["verdict"] == "reject")
+    assert (published["rois"][0]["score"] >= 0.3) is (roi.verdict == "reject")
+    assert published["score"] <= roi.score and len(repr(published["score"]).split(".")[1]) <= 6

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from inspector import yaml_load
 from inspector.errors import ConfigError, ModelError
 
 SCHEMA = "inspector.calibration/1"
@@ -166,7 +167,7 @@ def preprocess_sha256(spec_json: str) -> str:
 def load_record(path: Path, *, what: str = "decision.calibration") -> CalibrationRecord:
     """Read and validate a calibration record; ConfigError naming each problem."""
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        raw = yaml_load.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{what}: no calibration record at {path}", [f"{what}: file not found: {path} (run `inspector calibrate`)"]) from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:

@@ -13,7 +13,7 @@ from inspector.calibration.record import (
     GroupFigures,
     ScopeResult,
 )
-from inspector.calibration.run import limiting_group
+from inspector.calibration.run import limit_text, limiting_group
 from inspector.calibration.threshold import curves, operating_point
 from inspector.html_report import (
     BAND_COLOUR,
@@ -123,7 +123,7 @@ def _threshold_table(s: ScopeResult, record: CalibrationRecord) -> str:
         ("Chosen by", s.chosen_by),
         ("Target demonstrated", "yes" if s.demonstrated else "NO"),
         *_achieved_rows(s.achieved, s.n_ng, s.n_ok, record.target.confidence),
-        ("Limited by", f"{lim.sample} ({where})"),
+        ("Limited by", f"{lim.sample} ({where}): {limit_text(s)}"),
         ("Recall-bound threshold", f"{s.recall_bound_threshold:g}"),
         ("Point-estimate threshold", f"{s.point_estimate_threshold:g}"),
         ("Safety margin (odds)", "not applied" if s.safety_margin is None else f"{s.safety_margin:g}"),
@@ -193,7 +193,7 @@ def _groups_table(title: str, label: str, groups: dict[str, GroupFigures], worst
         ]
         rows.append([f'<td class="limit">{cells[0]}</td>' if cls else str(cells[0]), *(_td(c, "num" + cls) for c in cells[1:])])
     head = [label, "NG", "caught", "NG recall", "lower bound", "OK", "false-reject rate", "lowest NG score", "threshold alone", "demonstrated alone"]
-    note = "Highlighted: the group of the NG sample the shared threshold sits on (limited by). A group's own threshold with " \
+    note = "Highlighted: the group of the limiting NG sample (Limited by, above). A group's own threshold with " \
         "\"demonstrated alone: no\" is the point estimate less the margin: its few NG cannot carry the target alone." if worst else ""
     return f"<h3>{esc(title)}</h3>" + table(head, rows, "groups") + (f'<p class="caption">{esc(note)}</p>' if note else "")
 

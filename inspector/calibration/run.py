@@ -37,7 +37,9 @@ from inspector.calibration.threshold import (
     recall_threshold,
     uncertain_band,
 )
+from inspector.decision import floor_decimals
 from inspector.errors import InputError
+from inspector.percent import percent
 
 
 @dataclass(frozen=True)
@@ -220,7 +222,7 @@ def _scope(samples: tuple[Sample, ...] | list[Sample], options: CalibrateOptions
         n_ok=len(ok),
         n_ng=len(ng),
         achieved=_achieved(op),
-        limited_by=Limit(sample=limit.sample_id, score=round(limit.score, 6), defect=limit.defect, roi=limit.roi),
+        limited_by=Limit(sample=limit.sample_id, score=floor_decimals(limit.score), defect=limit.defect, roi=limit.roi),  # as published
         per_defect=_groups(samples, "defect", threshold, options),
         per_roi=_groups(samples, "roi", threshold, options) if with_rois else {},
         cost=cost,
@@ -246,7 +248,7 @@ def _groups(samples: tuple[Sample, ...] | list[Sample], key: str, threshold: flo
             ng_recall=round(op.ng_recall, 6),
             ng_recall_lower=round(op.ng_recall_lower, 6),
             false_reject_rate=round(op.false_reject_rate, 6) if len(ok) else None,
-            lowest_ng_score=round(float(ng[0]), 6),
+            lowest_ng_score=floor_decimals(float(ng[0])),  # as published
             threshold_alone=alone.threshold,
             demonstrated_alone=alone.demonstrated,
         )
@@ -254,11 +256,36 @@ def _groups(samples: tuple[Sample, ...] | list[Sample], key: str, threshold: flo
 
 
 def limiting_group(scope: ScopeResult, key: str) -> str | None:
-    """The defect class (key "defect") or ROI ("roi") of the NG sample the threshold sits on, when there are groups
-    to tell apart: the one that holds the shared threshold down."""
+    """The defect class (key "defect") or ROI ("roi") of the limiting NG sample (`limit_text` says how it limits), when
+    there are groups to tell apart: the one that holds the shared threshold down."""
     groups = scope.per_defect if key == "defect" else scope.per_roi
     name = scope.limited_by.defect if key == "defect" else scope.limited_by.roi
     return name if len(groups) > 1 and name in groups else None
+
+
+def limit_text(scope: ScopeResult) -> str:
+    """How the limiting NG sample sets the threshold, by the rule that chose it."""
+    if scope.chosen_by == "point-estimate-minus-margin":
+        return (f"the point estimate's threshold {scope.point_estimate_threshold:g} sits on it; the safety margin lowers the threshold "
+                f"to {scope.threshold:g}, below it")
+    if scope.chosen_by == "expected-cost":
+        return "the lowest-scoring NG the cost-chosen threshold still rejects"
+    missed = scope.achieved.ng_missed
+    return "the threshold sits just below it" + (f"; the {missed} NG scored lower are missed" if missed else ", on the lowest NG")
+
+
+def group_mark(scope: ScopeResult, group: GroupFigures) -> str:
+    """The marker for the group that holds the limiting NG sample: what the threshold does to it, true for every rule."""
+    lim = scope.limited_by
+    missed = group.n_ng - group.ng_caught
+    also = f"; {missed} of its NG are missed" if missed else ""
+    if scope.chosen_by == "point-estimate-minus-margin":
+        return f"<- the point estimate {scope.point_estimate_threshold:g} sits on its NG at {lim.score:g}{also}"
+    if scope.chosen_by == "expected-cost":
+        return f"<- holds the lowest NG still rejected ({lim.score:g}){also}"
+    if group.lowest_ng_score == lim.score:
+        return "<- the threshold sits on its lowest NG"
+    return f"<- the threshold sits on its NG at {lim.score:g}, not its lowest ({group.lowest_ng_score:g}){also}"
 
 
 def alone_text(f: GroupFigures) -> str:
@@ -270,7 +297,7 @@ def alone_text(f: GroupFigures) -> str:
 
 
 def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}%"
+    return percent(x, 2)
 
 
 def describe(record: CalibrationRecord, excluded: tuple[str, ...] = ()) -> list[str]:
@@ -304,11 +331,11 @@ def describe(record: CalibrationRecord, excluded: tuple[str, ...] = ()) -> list[
             f"false-reject rate {_pct(a.false_reject_rate)} (upper bound {_pct(a.false_reject_rate_upper)}), {a.ok_rejected} of {s.n_ok} OK"
         )
         lim = s.limited_by
-        lines.append(f"{head}  limited by {lim.sample} (score {lim.score:g}" + (f", {lim.defect}" if lim.defect else "") + ")")
+        lines.append(f"{head}  limited by {lim.sample} (score {lim.score:g}" + (f", {lim.defect}" if lim.defect else "") + f"): {limit_text(s)}")
         for label, key, groups in (("defect", "defect", s.per_defect), ("ROI", "roi", s.per_roi)):
             worst = limiting_group(s, key)
             for g, f in groups.items():
-                mark = "  <- the threshold sits on its lowest NG" if g == worst else ""
+                mark = f"  {group_mark(s, f)}" if g == worst else ""
                 lines.append(
                     f"{head}  {label} {g}: {f.n_ng} NG, recall {_pct(f.ng_recall)} (lower {_pct(f.ng_recall_lower)}), {alone_text(f)}{mark}"
                 )

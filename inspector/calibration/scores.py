@@ -35,6 +35,40 @@ class ScoreSet:
     source: str
     excluded: tuple[str, ...]  # samples without a score (faulted frames) or repeating another, with the reason
     unlabelled: int  # frames without a label, left out
+    warnings: tuple[str, ...] = ()  # what weakens the evidence without refusing it (copies that cannot be found)
+
+
+class _Copies:
+    """Finds a second name for the same image by its content hash, and labels that disagree about one image."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, tuple[str, str]] = {}  # content hash -> (the first frame with it, its labels)
+        self.conflicts: list[str] = []
+
+    def first(self, content: str | None, frame_id: str, labels: str) -> str | None:
+        """The frame this one copies (None for a first sighting, or without content); notes a label conflict."""
+        if not content:
+            return None
+        if content not in self.seen:
+            self.seen[content] = (frame_id, labels)
+            return None
+        other, other_labels = self.seen[content]
+        if other_labels != labels:
+            self.conflicts.append(f"{other} ({other_labels}) and {frame_id} ({labels})")
+        return other
+
+    def check(self, what: str) -> None:
+        """Refuse labels that disagree: one part cannot be both OK and NG, and path order must not settle it."""
+        if self.conflicts:
+            shown = "; ".join(self.conflicts[:5]) + (f"; and {len(self.conflicts) - 5} more" if len(self.conflicts) > 5 else "")
+            raise InputError(
+                f"{what}: {len(self.conflicts)} image(s) appear twice with different labels (the same bytes): {shown}; "
+                "correct or remove the wrong copy"
+            )
+
+
+def _label_text(label: str | None, roi_labels: Any) -> str:
+    return " ".join(f"{roi}={lab}" for roi, lab in roi_labels) if roi_labels else str(label)
 
 
 def _fingerprint(lines: list[str]) -> str:
@@ -67,19 +101,20 @@ def from_images(
     samples: list[Sample] = []
     excluded: list[str] = []
     lines: list[str] = []
-    seen: dict[str, str] = {}  # content hash -> the first frame with it
+    copies = _Copies()
     for item, frame, verdict in judge(pipeline, ReplaySet(tuple(labelled), dataset.labelled_by), progress, "scoring"):
         content = hashlib.sha256(frame.data or b"").hexdigest()
-        if frame.data and content in seen:
+        original = copies.first(content if frame.data else None, item.frame_id, _label_text(item.label, item.roi_labels))
+        if original is not None:
             # A copy or a link of one part is not a second part: counted twice, it would shrink the recall bound.
-            excluded.append(f"{item.frame_id}: the same image as {seen[content]}")
+            excluded.append(f"{item.frame_id}: the same image as {original}")
             continue
-        seen.setdefault(content, item.frame_id)
         lines.append(f"{item.frame_id}\t{item.label}\t{item.defect}\t{item.roi_labels}\t{content}")
         if verdict.score is None:
             excluded.append(f"{item.frame_id}: {verdict.reason.value if verdict.reason else 'no score'}")
             continue
         samples += _samples(item.frame_id, item.label, item.defect, item.roi_labels, {r.name: r.score for r in verdict.rois}, verdict.score)
+    copies.check(str(path))
     return ScoreSet(
         samples=tuple(samples),
         unit=unit,
@@ -140,6 +175,8 @@ def from_decisions(path: Path, *, model_path: Path | None = None) -> ScoreSet:
     excluded: list[str] = []
     lines: list[str] = []
     seen: set[str] = set()
+    copies = _Copies()
+    unhashed = 0
     for r in labelled:
         if r["frame_id"] in seen:
             excluded.append(f"{r['frame_id']}: listed again (one frame is one sample)")
@@ -147,12 +184,26 @@ def from_decisions(path: Path, *, model_path: Path | None = None) -> ScoreSet:
         seen.add(r["frame_id"])
         lab = r["label"]
         rois = tuple(sorted(lab["rois"].items())) if lab.get("rois") else None
+        if "sha256" not in r:
+            unhashed += 1
+        original = copies.first(r.get("sha256"), r["frame_id"], _label_text(lab.get("frame"), rois))
+        if original is not None:
+            # As with images: a copy of one part under another name is not a second part.
+            excluded.append(f"{r['frame_id']}: the same image as {original}")
+            continue
         lines.append(f"{r['frame_id']}\t{lab.get('frame')}\t{lab.get('defect')}\t{rois}\t{r.get('score')}")
         if r.get("score") is None:
             excluded.append(f"{r['frame_id']}: {r.get('reason') or 'no score'}")
             continue
         roi_scores = {x["name"]: float(x["score"]) for x in r.get("rois", [])}
         samples += _samples(r["frame_id"], lab.get("frame"), lab.get("defect"), rois, roi_scores, float(r["score"]))
+    copies.check(f"--decisions {path}")
+    warnings = []
+    if unhashed:
+        warnings.append(
+            f"{unhashed} of the {len(seen)} labelled decisions in {path} carry no image hash (an older replay wrote them): copies of one "
+            "image under other names cannot be found and would count as more parts; replay the images again to have them left out"
+        )
     roi_names = tuple(model.get("rois") or [x["name"] for x in labelled[0].get("rois", [])])
     return ScoreSet(
         samples=tuple(samples),
@@ -166,6 +217,7 @@ def from_decisions(path: Path, *, model_path: Path | None = None) -> ScoreSet:
         source=str(path),
         excluded=tuple(excluded),
         unlabelled=len(records) - len(labelled),
+        warnings=tuple(warnings),
     )
 
 

@@ -13,19 +13,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from inspector.calibration.stats import lower_bound, required_samples, upper_bound
+from inspector.decision import SCORE_DECIMALS, floor_decimals
 
-# Thresholds are kept to 6 decimals (as scores are published), a hair below the score they sit on, so a score that
-# was rounded on its way through decisions.jsonl can never end up just under its own threshold.
-_DECIMALS = 6
+# Thresholds are kept to 6 decimals (as scores are published), a hair below the score they sit on.
+_DECIMALS = SCORE_DECIMALS
 _HAIR = 10.0**-_DECIMALS
 
 
 def below(score: float) -> float:
-    """A 6-decimal threshold that still rejects `score`, whether or not `score` was rounded to 6 decimals first.
+    """A 6-decimal threshold that still rejects `score`, whether or not `score` went through decisions.jsonl first.
 
-    The score is rounded as decisions.jsonl rounds it, so images and replay's decisions give the same threshold.
+    The score is floored as decisions.jsonl floors it (and flooring twice changes nothing), so images and replay's
+    decisions give the same threshold.
     """
-    return max(0.0, round(round(score, _DECIMALS) - _HAIR, _DECIMALS))
+    return max(0.0, round(floor_decimals(score, _DECIMALS) - _HAIR, _DECIMALS))
 
 
 def meets(bound: float | np.ndarray, target: float) -> bool | np.ndarray:

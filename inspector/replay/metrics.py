@@ -95,6 +95,9 @@ def threshold_at_recall(scores: Sequence[float], positives: Sequence[bool], targ
     return float(pos[k - 1])
 
 
+NO_DEFECT_FOLDER = "(no defect folder)"  # the per-defect row of NG frames lying directly under ng/
+
+
 def binary_metrics(rejected: Iterable[bool], is_ng: Iterable[bool]) -> dict[str, Any]:
     """Confusion counts and rates with NG as positive: an escape is an NG that passed."""
     c = Counter(zip(is_ng, rejected, strict=True))
@@ -112,29 +115,60 @@ def binary_metrics(rejected: Iterable[bool], is_ng: Iterable[bool]) -> dict[str,
     }
 
 
+def _scored_figures(rejected: Sequence[bool], is_ng: Sequence[bool], faulted: Sequence[bool]) -> dict[str, Any]:
+    """Faulted counts, and NG recall and false-reject rate over the scored samples only: what the model did.
+
+    A faulted sample is rejected on the line, so the line's figures count it as caught; but it is no evidence that the
+    model would have caught that part, and forty unreadable NG images must not lift a model recall of 75% to 92%.
+    """
+    scored = [(r, ng) for r, ng, f in zip(rejected, is_ng, faulted, strict=True) if not f]
+    m = binary_metrics([r for r, _ in scored], [ng for _, ng in scored])
+    return {
+        "ng_faulted": sum(f and ng for ng, f in zip(is_ng, faulted, strict=True)),
+        "ok_faulted": sum(f and not ng for ng, f in zip(is_ng, faulted, strict=True)),
+        "scored_n_ng": m["n_ng"],
+        "scored_n_ok": m["n_ok"],
+        "scored_ng_recall": m["ng_recall"],
+        "scored_false_reject_rate": m["false_reject_rate"],
+    }
+
+
 def frame_metrics(outcomes: Sequence[Outcome], threshold: float | None = None) -> dict[str, Any] | None:
-    """Frame-level figures for the labelled outcomes: at the verdicts given, or at one threshold for every ROI."""
+    """Frame-level figures for the labelled outcomes: at the verdicts given, or at one threshold for every ROI.
+
+    The line's figures count a faulted frame as rejected (it is); the `scored_` figures leave faulted frames out.
+    """
     labelled = [o for o in outcomes if o.label is not None]
     if not labelled:
         return None
     is_ng = [o.label == "ng" for o in labelled]
     rejected = [_rejects(o, threshold) for o in labelled]
+    faulted = [o.faulted for o in labelled]
     out = binary_metrics(rejected, is_ng)
     scored = [(o.score, ng) for o, ng in zip(labelled, is_ng, strict=True) if o.score is not None]
     out["roc_auc"] = roc_auc([s for s, _ in scored], [ng for _, ng in scored]) if scored else None
-    out["faulted"] = sum(o.faulted for o in labelled)
-    defects = sorted({o.defect for o in labelled if o.label == "ng" and o.defect})
-    if defects:
-        per = {}
-        for d in defects:
-            rows = [r for o, r in zip(labelled, rejected, strict=True) if o.defect == d]
-            per[d] = {"n": len(rows), "rejected": sum(rows), "recall": _ratio(sum(rows), len(rows))}
-        out["per_defect"] = per
+    out["faulted"] = sum(faulted)
+    out.update(_scored_figures(rejected, is_ng, faulted))
+    if any(o.defect for o in labelled if o.label == "ng"):
+        per: dict[str, dict[str, Any]] = {}
+        for o, r in zip(labelled, rejected, strict=True):
+            if o.label != "ng":
+                continue
+            row = per.setdefault(o.defect or NO_DEFECT_FOLDER, {"n": 0, "rejected": 0, "faulted": 0, "scored_rejected": 0})
+            row["n"] += 1
+            row["rejected"] += r
+            row["faulted"] += o.faulted
+            row["scored_rejected"] += r and not o.faulted
+        out["per_defect"] = {
+            d: {"n": m["n"], "rejected": m["rejected"], "recall": _ratio(m["rejected"], m["n"]), "faulted": m["faulted"],
+                "scored_recall": _ratio(m["scored_rejected"], m["n"] - m["faulted"])}
+            for d, m in sorted(per.items())
+        }
     return out
 
 
 def roi_metrics(outcomes: Sequence[Outcome], threshold: float | None = None) -> dict[str, Any] | None:
-    """ROI-level figures where the labels name each ROI (a CSV), overall and per ROI."""
+    """ROI-level figures where the labels name each ROI (a CSV), overall and per ROI; `scored_` figures as in frame_metrics."""
     rows: list[tuple[str, bool, bool, float | None]] = []  # roi, is_ng, rejected, score
     for o in outcomes:
         if not o.roi_labels:
@@ -154,11 +188,13 @@ def roi_metrics(outcomes: Sequence[Outcome], threshold: float | None = None) -> 
     out = binary_metrics([r[2] for r in rows], [r[1] for r in rows])
     scored = [(r[3], r[1]) for r in rows if r[3] is not None]
     out["roc_auc"] = roc_auc([s for s, _ in scored], [ng for _, ng in scored]) if scored else None
+    out.update(_scored_figures([r[2] for r in rows], [r[1] for r in rows], [r[3] is None for r in rows]))
     out["per_roi"] = {}
+    keep = ("n_ok", "n_ng", "ng_recall", "false_reject_rate", "escapes", "false_rejects")
     for name in sorted({r[0] for r in rows}):
         mine = [r for r in rows if r[0] == name]
         m = binary_metrics([r[2] for r in mine], [r[1] for r in mine])
-        out["per_roi"][name] = {k: m[k] for k in ("n_ok", "n_ng", "ng_recall", "false_reject_rate", "escapes", "false_rejects")}
+        out["per_roi"][name] = {k: m[k] for k in keep} | _scored_figures([r[2] for r in mine], [r[1] for r in mine], [r[3] is None for r in mine])
     return out
 
 
@@ -169,16 +205,18 @@ def _rejects(o: Outcome, threshold: float | None) -> bool:
 
 
 def what_if(outcomes: Sequence[Outcome], thresholds: Sequence[float]) -> list[dict[str, Any]]:
-    """Reject rate, and with labels NG recall and false-reject rate, at each threshold; the scores are reused."""
+    """Reject rate, and with labels NG recall and false-reject rate, at each threshold applied to every ROI alike.
+
+    The scores are reused. With labels, each row also has the scored-only figures: faulted frames reject at any threshold.
+    """
     table = []
     for t in thresholds:
         rejected = sum(_rejects(o, t) for o in outcomes)
         row: dict[str, Any] = {"threshold": t, "reject_rate": _ratio(rejected, len(outcomes))}
         m = frame_metrics(outcomes, t)
         if m is not None:
-            row.update(
-                ng_recall=m["ng_recall"], false_reject_rate=m["false_reject_rate"], escapes=m["escapes"], false_rejects=m["false_rejects"]
-            )
+            row.update({k: m[k] for k in ("ng_recall", "false_reject_rate", "escapes", "false_rejects", "ng_faulted", "ok_faulted",
+                                          "scored_ng_recall", "scored_false_reject_rate")})
         table.append(row)
     return table
 

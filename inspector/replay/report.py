@@ -24,7 +24,7 @@ from inspector.html_report import (
 )
 from inspector.preprocess import Roi
 from inspector.replay.files import FALSE_REJECTS, MISSED_NG, REPORT
-from inspector.replay.metrics import Outcome, roc_curve
+from inspector.replay.metrics import NO_DEFECT_FOLDER, Outcome, roc_curve
 
 _THUMB = 160  # long side of a thumbnail, px
 _PAD = 4
@@ -48,7 +48,14 @@ class Mark:
     hot: bool = False
 
 
-def _header(summary: dict[str, Any], threshold: float, title: str) -> str:
+def _threshold_text(by_roi: dict[str, float]) -> str:
+    values = set(by_roi.values())
+    if len(values) == 1:
+        return f"{values.pop():g}"
+    return "per ROI: " + ", ".join(f"{name} {t:g}" for name, t in by_roi.items())
+
+
+def _header(summary: dict[str, Any], by_roi: dict[str, float], title: str) -> str:
     faults = {k: v for k, v in summary["reasons"].items() if k != "score"}
     faulted = str(summary["faulted"]) + (" (" + ", ".join(f"{k} {v}" for k, v in faults.items()) + ")" if faults else "")
     rows = [
@@ -57,18 +64,26 @@ def _header(summary: dict[str, Any], threshold: float, title: str) -> str:
         ("Rejected", str(summary["rejected"])),
         ("Reject rate", pct(summary["reject_rate"])),
         ("Faulted", faulted),
-        ("Threshold", f"{threshold:g}"),
+        ("Threshold", _threshold_text(by_roi)),
     ]
     fm = summary.get("frame_metrics")
     if fm is not None:
         rows += [
             ("Labelled", str(summary["labelled"])),
             *([("Unlabelled (not in the figures below)", str(summary["unlabelled"]))] if summary.get("unlabelled") else []),
-            ("NG recall", pct(fm["ng_recall"])),
-            ("False-reject rate", pct(fm["false_reject_rate"])),
-            ("Precision", pct(fm["precision"])),
-            ("ROC-AUC", num(fm["roc_auc"])),
         ]
+        if fm["ng_faulted"] or fm["ok_faulted"]:
+            # A faulted frame is rejected on the line but says nothing of the model: both figures, each named for what it counts.
+            rows += [
+                ("Faulted labelled frames (rejected without a score)", f"{fm['ng_faulted']} NG, {fm['ok_faulted']} OK"),
+                ("NG recall on the line (faulted NG counted as caught)", pct(fm["ng_recall"])),
+                (f"NG recall of the model (the {fm['scored_n_ng']} scored NG only)", pct(fm["scored_ng_recall"])),
+                ("False-reject rate on the line (faulted OK counted as rejected)", pct(fm["false_reject_rate"])),
+                (f"False-reject rate of the model (the {fm['scored_n_ok']} scored OK only)", pct(fm["scored_false_reject_rate"])),
+            ]
+        else:
+            rows += [("NG recall", pct(fm["ng_recall"])), ("False-reject rate", pct(fm["false_reject_rate"]))]
+        rows += [("Precision", pct(fm["precision"])), ("ROC-AUC", num(fm["roc_auc"]))]
     total = summary["latency_ms"]["total"]
     rows.append(("Latency total p50 / p99", f"{num(total['p50'], '.1f')} / {num(total['p99'], '.1f')} ms"))
     return f"<h1>{esc(title)}</h1>" + table(["Figure", "Value"], [(esc(k), esc(v)) for k, v in rows], "summary")
@@ -206,13 +221,24 @@ def _sheet_section(heading: str, blurb: str, rows: Sequence[Outcome], out_dir: P
 
 
 def write_report(
-    out_dir: Path, outcomes: Sequence[Outcome], summary: dict, threshold: float, *, title: str = "inspector replay", rois: Sequence[Roi] = ()
+    out_dir: Path,
+    outcomes: Sequence[Outcome],
+    summary: dict,
+    threshold: float | dict[str, float],
+    *,
+    title: str = "inspector replay",
+    rois: Sequence[Roi] = (),
 ) -> Path:
-    """Write report.html (+ contact sheet JPEGs, the `rois` boxed on each thumbnail) into out_dir and return the HTML path."""
+    """Write report.html (+ contact sheet JPEGs, the `rois` boxed on each thumbnail) into out_dir and return the HTML path.
+
+    `threshold` is one threshold for every ROI, or the threshold of each ROI as the station applies them.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    by_roi = threshold if isinstance(threshold, dict) else {"frame": threshold}
+    shared = set(by_roi.values()).pop() if len(set(by_roi.values())) == 1 else None
     fm = summary.get("frame_metrics")
-    body = [_header(summary, threshold, title)]
+    body = [_header(summary, by_roi, title)]
 
     scored = [o for o in outcomes if o.score is not None]
     if fm is not None:
@@ -223,11 +249,13 @@ def write_report(
     else:
         series = [("all frames", [o.score for o in scored])]
     faulted = len(outcomes) - len(scored)
-    body.append("<h2>Score distribution</h2>" + histogram_svg(series, threshold))
-    body.append(
-        f'<p class="caption">{BINS} bins over score 0-1; dashed line: threshold {threshold:g} (reject at or above). '
-        f"{faulted} faulted frame(s) had no score and are not shown.</p>"
+    body.append("<h2>Score distribution</h2>" + histogram_svg(series, shared))
+    line = (
+        f"dashed line: threshold {shared:g} (reject at or above)" if shared is not None
+        else f"no threshold line: each ROI has its own ({_threshold_text(by_roi).removeprefix('per ROI: ')}); a frame's score is its "
+        "highest ROI score, and a frame is rejected when any ROI reaches its own threshold"
     )
+    body.append(f'<p class="caption">{BINS} bins over score 0-1; {esc(line)}. {faulted} faulted frame(s) had no score and are not shown.</p>')
 
     if fm is not None:
         c = fm["confusion"]
@@ -237,26 +265,36 @@ def write_report(
             [("<th>ok</th>", f'<td class="num">{c["ok_passed"]}</td>', f'<td class="num">{c["ok_rejected"]}</td>'),
              ("<th>ng</th>", escape, f'<td class="num">{c["ng_rejected"]}</td>')],
             "confusion",
-        ) + '<p class="caption">NG passed = escapes. Counts follow the verdicts, faulted frames included as rejects.</p>')
+        ) + '<p class="caption">NG passed = escapes. Counts follow the verdicts, faulted frames included as rejects'
+          + (f" ({fm['ng_faulted']} NG, {fm['ok_faulted']} OK)" if fm["faulted"] else "") + ".</p>")
 
         labelled = [o for o in scored if o.label is not None]
         if fm["roc_auc"] is not None:
             scores = [o.score for o in labelled]
             is_ng = np.asarray([o.label == "ng" for o in labelled])
             fpr, tpr, _ = roc_curve(scores, is_ng)
-            hit = np.asarray(scores) >= threshold
+            # The verdicts themselves: with per-ROI thresholds no one threshold on the frame score gives them.
+            hit = np.asarray([o.verdict != PASS for o in labelled])
             op = (float(hit[~is_ng].mean()), float(hit[is_ng].mean()))
-            body.append("<h2>ROC</h2>" + roc_svg(fpr, tpr, op, threshold) + (
+            where = f"At threshold {shared:g}" if shared is not None else f"At the station's thresholds ({_threshold_text(by_roi)})"
+            curve_note = "" if shared is not None else (
+                " The curve applies one threshold to every ROI's score; the point marks the per-ROI thresholds and need not lie on it."
+            )
+            body.append("<h2>ROC</h2>" + roc_svg(fpr, tpr, op, shared) + (
                 f'<p class="caption">ROC-AUC {num(fm["roc_auc"])} over {len(labelled)} scored labelled frames. '
-                f"At threshold {threshold:g}: NG recall {pct(op[1])}, false-reject rate {pct(op[0])} (faulted frames excluded).</p>"
+                f"{esc(where)}: NG recall {pct(op[1])}, false-reject rate {pct(op[0])} (faulted frames excluded).{curve_note}</p>"
             ))
         else:
             body.append("<h2>ROC</h2><p>n/a: needs scored frames of both classes.</p>")
 
         if fm.get("per_defect"):
-            rows = [(esc(d), f'<td class="num">{m["n"]}</td>', f'<td class="num">{m["rejected"]}</td>', f'<td class="num">{pct(m["recall"])}</td>')
+            cell = lambda v: f'<td class="num">{v}</td>'
+            rows = [(esc(d), cell(m["n"]), cell(m["rejected"]), cell(pct(m["recall"])), cell(m["faulted"]), cell(pct(m["scored_recall"])))
                     for d, m in fm["per_defect"].items()]
-            body.append("<h2>Recall per defect</h2>" + table(["Defect", "NG frames", "Rejected", "Recall"], rows, "per-defect"))
+            loose = f'<p class="caption">{esc(NO_DEFECT_FOLDER)}: NG frames lying directly under ng/.</p>' if NO_DEFECT_FOLDER in fm["per_defect"] else ""
+            body.append("<h2>Recall per defect</h2>" + table(
+                ["Defect", "NG frames", "Rejected", "Recall (faulted count as rejected)", "Faulted", "Recall of the scored"], rows, "per-defect"
+            ) + loose)
 
     escapes = sorted((o for o in outcomes if o.label == "ng" and o.verdict == PASS), key=lambda o: (o.score is None, o.score or 0.0))
     false_rejects = sorted((o for o in outcomes if o.label == "ok" and o.verdict != PASS), key=lambda o: (o.score is None, -(o.score or 0.0)))

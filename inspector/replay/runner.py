@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -95,7 +96,8 @@ def run_replay(
             "rois": list(pipeline.roi_names),
             "preprocess_sha256": preprocess_sha256(pipeline.preprocessor.spec.to_json()),
         },
-        threshold=pipeline.thresholds.default,
+        # One number only when the station applies one: the lowest of differing ROI thresholds is no threshold it applies.
+        threshold=shared_threshold(pipeline.thresholds.by_roi),
         roi_thresholds=pipeline.thresholds.by_roi,
         uncertain_band_high=pipeline.thresholds.band_high or None,
     )
@@ -111,7 +113,7 @@ def run_replay(
     summary_path = out_dir / SUMMARY
     _write_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
     if report:
-        report_path = write_report(out_dir, outcomes, summary, pipeline.thresholds.default, rois=pipeline.preprocessor.spec.rois)
+        report_path = write_report(out_dir, outcomes, summary, pipeline.thresholds.by_roi, rois=pipeline.preprocessor.spec.rois)
     else:
         report_path = None
         _remove_stale_report(out_dir, log)
@@ -123,6 +125,12 @@ def run_replay(
         out=str(out_dir),
     )
     return ReplayResult(out_dir, decisions, summary_path, report_path, summary, tuple(outcomes))
+
+
+def shared_threshold(by_roi: dict[str, float]) -> float | None:
+    """The threshold every ROI applies, or None when the ROIs' thresholds differ."""
+    values = set(by_roi.values())
+    return values.pop() if len(values) == 1 else None
 
 
 def judge(pipeline: FramePipeline, dataset: ReplaySet, progress: bool | None, label: str = "replay") -> Iterator[tuple[ReplayItem, Frame, Verdict]]:
@@ -139,9 +147,11 @@ def _judge_all(pipeline: FramePipeline, dataset: ReplaySet, decisions: Path, pro
     outcomes = []
     tmp = decisions.with_suffix(".jsonl.partial")
     with tmp.open("w", encoding="utf-8") as f:
-        for item, _, verdict in judge(pipeline, dataset, progress):
+        for item, frame, verdict in judge(pipeline, dataset, progress):
             roi_labels = dict(item.roi_labels) if item.roi_labels else None
             record = verdict.to_dict()
+            # Only here, not in the verdict (the MQTT payload): calibrate --decisions needs it to find copies of one image.
+            record["sha256"] = hashlib.sha256(frame.data).hexdigest() if frame.data else None
             if item.label is not None:
                 record["label"] = {"frame": item.label, "defect": item.defect, "rois": roi_labels}
             f.write(json.dumps(record, separators=(",", ":")) + "\n")

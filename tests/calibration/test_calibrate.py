@@ -200,7 +200,7 @@ def test_per_roi_thresholds_from_roi_labels(
     assert code == 0
     shared = load_record(station_dir / "shared.yaml").thresholds["*"]
     assert set(shared.per_roi) == {"roi1", "roi2", "roi3", "roi4"}
-    marked = [line.strip() for line in out.splitlines() if line.endswith("<- the threshold sits on its lowest NG")]
+    marked = [line.strip() for line in out.splitlines() if "  <- the threshold sits on its " in line]
     assert len(marked) == 1 and marked[0].startswith(f"ROI {shared.limited_by.roi}: ")
 
 
@@ -438,7 +438,8 @@ def test_cost_choice_names_the_ng_part_nearest_its_threshold_and_small_groups_sa
     assert scope.chosen_by == "expected-cost" and scope.threshold != scope.recall_bound_threshold
     caught = sorted(s.score for s in _synthetic_scores().samples if s.ng and s.score >= scope.threshold)
     assert scope.limited_by.score == pytest.approx(caught[0], abs=1e-6), "the lowest NG the applied threshold still rejects"
-    assert sum(line.endswith("<- the threshold sits on its lowest NG") for line in describe(record)) == 1
+    marked = [line for line in describe(record) if "  <- " in line]
+    assert len(marked) == 1 and f"<- holds the lowest NG still rejected ({scope.limited_by.score:g})" in marked[0]
     # 95% recall at 90% confidence needs 45 NG with none missed: 120 cracks can show it alone, 5 dents cannot.
     samples = [Sample(f"ok/{i}.png", 0.2 * i / 300, False) for i in range(300)]
     samples += [Sample(f"ng/crack/{i}.png", 0.8 + 0.2 * i / 120, True, "crack") for i in range(120)]
@@ -469,3 +470,133 @@ def test_a_model_that_scores_nothing_is_named_not_the_data(
     code, _, err = _run(capsys, "calibrate", tiles, "--model", models["nan"], "--target-recall", "0.8", "--station", "s1")
     assert code == 2 and "no sample could be scored: all 20 were left out (" in err and "inference_error" in err
     assert list((station_dir / "calibration").iterdir()) == []
+
+
+def _level_set(root: Path, ok: list[int], ng: dict[str, list[int]], *, truncated_ng: int = 0) -> Path:
+    """ok/ and ng/<defect>/ images that `level_model` scores level/64, plus unreadable (truncated) NG files."""
+    from tests.conftest import level_png
+
+    n = 0
+    for i, level in enumerate(ok):
+        level_png(root / "ok" / f"ok_{i:03d}.png", level, variant=(n := n + 1))
+    for defect, levels in ng.items():
+        for i, level in enumerate(levels):
+            level_png(root / "ng" / defect / f"{defect}_{i:03d}.png", level, variant=(n := n + 1))
+    good = (root / "ok" / "ok_000.png").read_bytes()
+    for i in range(truncated_ng):
+        (root / "ng" / "crack" / f"unreadable_{i:03d}.png").write_bytes(good[: len(good) // 2])
+    return root
+
+
+def test_the_calibration_check_counts_only_scored_ng_and_says_how_many_faulted_it_left_out(
+    station_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.conftest import level_model
+
+    model = level_model(station_dir / "level.onnx")
+    # 10 NG at 0.75, all caught: at 80% confidence the record claims NG recall >= 85.1%.
+    cal = _level_set(station_dir / "cal", ok=[8] * 10, ng={"crack": [48] * 10})
+    assert _run(capsys, "calibrate", cal, "--model", model, "--target-recall", "0.7", "--confidence", "0.8", "--station", "s1")[0] == 0
+    # Held out: 20 unreadable NG, 4 NG the model catches (0.75) and 4 it misses (0.25). On the line 24 of 28 NG are rejected
+    # (85.7%, above the record's bound); the model caught 4 of its 8: that contradicts the record.
+    held = _level_set(station_dir / "held", ok=[8] * 6, ng={"crack": [48] * 4, "dent": [16] * 4}, truncated_ng=20)
+    code, out, err = _run(capsys, "replay", held, "--model", model, "--calibration", "calibration/s1.yaml", "--out", station_dir / "o")
+    assert code == 0, err
+    summary = json.loads((station_dir / "o" / "summary.json").read_text())
+    m = summary["frame_metrics"]
+    assert (m["n_ng"], m["ng_recall"], m["ng_faulted"], m["scored_n_ng"], m["scored_ng_recall"]) == (28, 24 / 28, 20, 8, 0.5)
+    assert m["per_defect"]["crack"] == {"n": 24, "rejected": 24, "recall": 1.0, "faulted": 20, "scored_recall": 1.0}
+    scope = summary["calibration"]["check"]["scopes"]["*"]
+    assert (scope["n_ng"], scope["ng_faulted_left_out"], scope["ng_recall"]) == (8, 20, 0.5)
+    assert scope["contradicts_calibration"] is True and scope["inside_bound"] is False
+    assert "faulted 20 NG and 0 OK frames (rejected without a score)" in out
+    assert "scored frames only, NG recall 50.00% of 8 NG" in out
+    assert "NG recall here 50.00% of 8 scored NG (one-sided 80% bounds" in out and "CONTRADICTS the calibration" in out
+    assert "left out of this check: 20 NG and 0 OK faulted frames" in out
+    assert "NG recall of the model (the 8 scored NG only)</td><td>50.0%" in (station_dir / "o" / "report.html").read_text()
+
+
+def test_decisions_carry_the_image_hash_so_copies_are_one_sample_as_with_images(
+    models: dict[str, Path], tiles: Path, station_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiles, data)
+    (data / "ng" / "again").mkdir()
+    for p in sorted((data / "ng" / "crack").iterdir()):
+        shutil.copy(p, data / "ng" / "again" / f"copy-{p.name}")
+    common = ["--target-recall", "0.8", "--confidence", "0.8", "--no-report"]
+    assert _run(capsys, "calibrate", data, "--model", models["dark"], "--station", "img", *common)[0] == 0
+    from_images = load_record(station_dir / "calibration" / "img.yaml")
+    assert main(["replay", str(data), "--model", str(models["dark"]), "--out", str(tmp_path / "r"), "--no-report"]) == 0
+    decisions = _decisions(tmp_path / "r")
+    assert all(d["sha256"] == file_sha256(data / d["frame_id"]) for d in decisions)
+    capsys.readouterr()
+    code, out, err = _run(capsys, "calibrate", "--decisions", tmp_path / "r" / "decisions.jsonl", "--station", "dec", *common)
+    assert code == 0, err
+    from_decisions = load_record(station_dir / "calibration" / "dec.yaml")
+    assert (from_decisions.dataset.n_ng, from_decisions.dataset.excluded) == (from_images.dataset.n_ng, from_images.dataset.excluded) == (8, 4)
+    assert from_decisions.demonstrated == from_images.demonstrated
+    assert "the same image as ng/again/copy-crack_" in out and "WARNING" not in out
+    # Decisions from an older replay, without the hash: used, with a warning that copies cannot be found.
+    old = tmp_path / "r" / "old.jsonl"
+    old.write_text("".join(json.dumps({k: v for k, v in d.items() if k != "sha256"}) + "\n" for d in decisions))
+    code, out, err = _run(capsys, "calibrate", "--decisions", old, "--station", "old", *common)
+    assert code == 0, err
+    assert load_record(station_dir / "calibration" / "old.yaml").dataset.n_ng == 12
+    assert f"WARNING: 24 of the 24 labelled decisions in {old} carry no image hash" in out and "cannot be found" in out
+
+
+def test_one_image_labelled_both_ok_and_ng_is_refused_naming_both_paths(
+    models: dict[str, Path], tiles: Path, station_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiles, data)
+    shutil.copy(data / "ok" / "ok_0003.png", data / "ng" / "crack" / "zz.png")
+    common = ["--target-recall", "0.8", "--station", "s1", "--no-report"]
+    code, _, err = _run(capsys, "calibrate", data, "--model", models["dark"], *common)
+    assert code == 2 and "Traceback" not in err
+    assert "1 image(s) appear twice with different labels (the same bytes): ng/crack/zz.png (ng) and ok/ok_0003.png (ok)" in err
+    assert list((station_dir / "calibration").iterdir()) == []
+    assert main(["replay", str(data), "--model", str(models["dark"]), "--out", str(tmp_path / "r"), "--no-report"]) == 0
+    capsys.readouterr()
+    code, _, err = _run(capsys, "calibrate", "--decisions", tmp_path / "r" / "decisions.jsonl", *common)
+    assert code == 2 and "ng/crack/zz.png (ng) and ok/ok_0003.png (ok)" in err
+    assert list((station_dir / "calibration").iterdir()) == []
+
+
+def _describe_scores(samples: list[Sample], unit: str = "frame") -> ScoreSet:
+    return ScoreSet(tuple(samples), unit, "a" * 64, "m.onnx", ("A", "B"), None, "sha256:x", "files", "synthetic", (), 0)
+
+
+def test_the_limit_and_its_marker_say_what_the_threshold_does_to_the_groups() -> None:
+    # Two ROIs pooled: B's NG at 0.1875 (twice) are missed, the threshold sits on B's NG at 0.25.
+    rois = [("A", 0.5, True), ("A", 0.484375, True), ("A", 0.3125, True), ("A", 0.515625, True),
+            ("B", 0.25, True), ("B", 0.1875, True), ("B", 0.1875, True), ("B", 0.625, True)]
+    rois += [("A", x / 64, False) for x in (10, 10, 40, 20, 5, 0, 16, 50)] + [("B", x / 64, False) for x in (10, 10, 20, 30, 5, 0, 16, 16)]
+    samples = [Sample(f"f{i}#{roi}", score, ng, None, roi) for i, (roi, score, ng) in enumerate(rois)]
+    record = calibrate(_describe_scores(samples, "roi"), CalibrateOptions(station="s1", target_recall=0.6, confidence=0.5))
+    assert record.thresholds["*"].threshold == below(0.25)
+    lines = describe(record)
+    assert "  limited by f4#B (score 0.25): the threshold sits just below it; the 2 NG scored lower are missed" in lines
+    b = next(line for line in lines if line.startswith("  ROI B:"))
+    assert b.endswith("<- the threshold sits on its NG at 0.25, not its lowest (0.1875); 2 of its NG are missed")
+    # Too few NG: the point estimate sits on a crack at 0.25, and the margin puts the threshold below it (under a blowhole).
+    ok = [0, 2, 4, 8, 8, 16, 20, 24, 32, 40]
+    ng = {"crack": [16, 32, 48, 64], "blowhole": [8, 24, 40, 56, 60]}
+    samples = [Sample(f"ok/{i}.png", x / 64, False) for i, x in enumerate(ok)]
+    samples += [Sample(f"ng/{d}/{i}.png", x / 64, True, d) for d, xs in ng.items() for i, x in enumerate(xs)]
+    record = calibrate(_describe_scores(samples), CalibrateOptions(station="s1", target_recall=0.8, confidence=0.9))
+    scope = record.thresholds["*"]
+    assert scope.chosen_by == "point-estimate-minus-margin" and scope.threshold < 0.25
+    lines = describe(record)
+    assert (f"  limited by ng/crack/0.png (score 0.25, crack): the point estimate's threshold {scope.point_estimate_threshold:g} "
+            f"sits on it; the safety margin lowers the threshold to {scope.threshold:g}, below it") in lines
+    assert not any("<- the threshold sits on" in line for line in lines)
+    crack = next(line for line in lines if line.startswith("  defect crack:"))
+    assert crack.endswith(f"<- the point estimate {scope.point_estimate_threshold:g} sits on its NG at 0.25")
+
+
+def test_a_target_just_below_one_never_shows_as_100_percent() -> None:
+    record = calibrate(_synthetic_scores(), CalibrateOptions(station="s1", target_recall=0.999999, confidence=0.95))
+    target = describe(record)[1]
+    assert target.startswith("target: NG recall >= 99.9999% at 95% confidence") and "100.00%" not in target

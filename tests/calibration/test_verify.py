@@ -8,8 +8,9 @@ from tests.conftest import calibration_record
 RECORD = calibration_record({"*": (0.5, None)})  # claims NG recall >= 0.95 (lower bound) and FRR <= 0.02 (upper bound)
 
 
-def _roi_metrics(n_ng: int, escapes: int, frr: float = 0.01) -> dict:
-    return {"n_ng": n_ng, "escapes": escapes, "n_ok": 100, "false_reject_rate": frr}
+def _roi_metrics(n_ng: int, escapes: int, frr: float = 0.01, *, ng_faulted: int = 0) -> dict:
+    return {"n_ng": n_ng, "escapes": escapes, "n_ok": 100, "false_reject_rate": frr, "false_rejects": round(100 * frr),
+            "ng_faulted": ng_faulted, "ok_faulted": 0}
 
 
 def test_recall_at_or_above_the_bound_is_inside() -> None:
@@ -29,3 +30,13 @@ def test_a_small_shortfall_is_within_chance_and_a_large_one_contradicts() -> Non
 
 def test_nothing_to_check_without_labelled_ng() -> None:
     assert verify(RECORD, None, None) == {"checked": False, "why": "no labelled NG ROIs in this replay"}
+
+
+def test_faulted_ng_are_left_out_of_the_check_and_counted() -> None:
+    # 40 unreadable NG (rejected on the line) and 20 scored NG of which 15 caught: the model's recall is 75%, not 91.67%.
+    check = verify(RECORD, None, _roi_metrics(60, 5, ng_faulted=40))
+    scope = check["scopes"]["*"]
+    assert (scope["n_ng"], scope["ng_faulted_left_out"], scope["ng_recall"]) == (20, 40, 0.75)
+    assert check["inside_bound"] is False and check["contradicts_calibration"] is True
+    only_faulted = verify(RECORD, None, _roi_metrics(40, 0, ng_faulted=40))["scopes"]["*"]
+    assert only_faulted == {"checked": False, "ng_faulted_left_out": 40, "why": "all 40 labelled NG ROIs were faulted: none has a score to check"}

@@ -58,7 +58,53 @@ def test_faulted_frames_count_as_rejects_and_stay_out_of_the_roc() -> None:
     m = frame_metrics(outcomes)
     assert m["faulted"] == 1 and m["false_rejects"] == 1 and m["escapes"] == 1
     assert m["roc_auc"] == 1.0  # 0.9, 0.2 vs 0.1: the faulted frame has no score to rank
-    assert m["per_defect"] == {"blowhole": {"n": 1, "rejected": 0, "recall": 0.0}, "crack": {"n": 1, "rejected": 1, "recall": 1.0}}
+    assert m["per_defect"] == {"blowhole": {"n": 1, "rejected": 0, "recall": 0.0, "faulted": 0, "scored_recall": 0.0},
+                               "crack": {"n": 1, "rejected": 1, "recall": 1.0, "faulted": 0, "scored_recall": 1.0}}
+
+
+def _audit_set() -> list[Outcome]:
+    """40 unreadable NG, 20 scored NG of which 15 caught, 10 OK with 2 unreadable and 1 scored false reject."""
+    ng = [_o(None, "ng", "crack") for _ in range(40)] + [_o(0.9, "ng", "crack") for _ in range(15)] + [_o(0.1, "ng", "dent") for _ in range(5)]
+    ok = [_o(None, "ok") for _ in range(2)] + [_o(0.7, "ok")] + [_o(0.1, "ok") for _ in range(7)]
+    return ng + ok
+
+
+def test_faulted_frames_are_caught_on_the_line_but_no_evidence_of_the_model() -> None:
+    m = frame_metrics(_audit_set())
+    # The line rejects every faulted part: its figures count them.
+    assert (m["n_ng"], m["escapes"], m["ng_recall"]) == (60, 5, 55 / 60)
+    assert (m["n_ok"], m["false_rejects"], m["false_reject_rate"]) == (10, 3, 0.3)
+    # The model scored 20 NG and caught 15; it scored 8 OK and rejected 1.
+    assert (m["ng_faulted"], m["ok_faulted"], m["faulted"]) == (40, 2, 42)
+    assert (m["scored_n_ng"], m["scored_ng_recall"]) == (20, 0.75)
+    assert (m["scored_n_ok"], m["scored_false_reject_rate"]) == (8, 1 / 8)
+    assert m["per_defect"]["crack"] == {"n": 55, "rejected": 55, "recall": 1.0, "faulted": 40, "scored_recall": 1.0}
+    assert m["per_defect"]["dent"] == {"n": 5, "rejected": 0, "recall": 0.0, "faulted": 0, "scored_recall": 0.0}
+    row = what_if(_audit_set(), [0.5])[0]
+    assert (row["ng_recall"], row["scored_ng_recall"], row["ng_faulted"]) == (55 / 60, 0.75, 40)
+    assert row["scored_false_reject_rate"] == 1 / 8
+
+
+def test_roi_figures_leave_faulted_frames_out_of_the_scored_recall() -> None:
+    from inspector.replay.metrics import roi_metrics
+
+    def frame(scores: tuple[float, float] | None, labels: tuple[str, str]) -> Outcome:
+        rois = (("a", scores[0]), ("b", scores[1])) if scores else ()
+        verdicts = tuple((n, "reject" if v >= 0.5 else "pass") for n, v in rois)
+        return Outcome(frame_id="f", source="f.png", verdict="reject" if scores is None or max(scores) >= 0.5 else "pass",
+                       reason=None, score=max(scores) if scores else None, roi_scores=rois, roi_verdicts=verdicts, label="ng",
+                       defect=None, roi_labels=(("a", labels[0]), ("b", labels[1])), latency=(1.0, 1.0, 1.0, 3.0))
+
+    r = roi_metrics([frame(None, ("ng", "ok")), frame(None, ("ng", "ng")), frame((0.9, 0.1), ("ng", "ng")), frame((0.1, 0.1), ("ok", "ok"))])
+    assert (r["n_ng"], r["ng_recall"], r["ng_faulted"], r["ok_faulted"]) == (5, 0.8, 3, 1)
+    assert (r["scored_n_ng"], r["scored_ng_recall"]) == (2, 0.5)
+    assert (r["per_roi"]["b"]["ng_faulted"], r["per_roi"]["b"]["scored_ng_recall"]) == (1, 0.0)
+
+
+def test_ng_frames_without_a_defect_folder_get_their_own_row() -> None:
+    m = frame_metrics([_o(0.9, "ng", "crack"), _o(0.2, "ng"), _o(None, "ng"), _o(0.1, "ok")])
+    assert sum(row["n"] for row in m["per_defect"].values()) == m["n_ng"] == 3
+    assert m["per_defect"]["(no defect folder)"] == {"n": 2, "rejected": 1, "recall": 0.5, "faulted": 1, "scored_recall": 0.0}
 
 
 def test_what_if_reuses_scores_at_each_threshold() -> None:

@@ -289,3 +289,45 @@ def test_multi_roi_contact_sheets_box_each_roi_and_the_rejecting_ones_in_red(
     for i, source in enumerate(sources):
         assert red_rois(sheet, i, len(sources), (96, 96), ROIS) == by_source[source], source
     assert all(len(rejected) < 4 for rejected in by_source.values())  # every frame had ROIs that passed and had to stay grey
+
+
+def test_per_roi_thresholds_are_shown_as_applied_not_as_one_threshold(
+    models: dict[str, Path], roi_frames: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, _ = roi_frames
+    lines = (root / "labels.csv").read_text().splitlines()
+    csv_path = tmp_path / "labels.csv"  # frames 1 and 3 labelled OK in every ROI: both classes of frames
+    csv_path.write_text("\n".join([lines[0], *(f"{root / line.split(',')[0]}," + (",".join(["ok"] * 4) if i in (1, 3) else line.split(",", 1)[1])
+                                                for i, line in enumerate(lines[1:]))]) + "\n")
+    cfg = tmp_path / "station.yaml"
+    cfg.write_text("model:\n  providers: [cpu]\ndecision:\n  threshold: 0.5\n  roi_thresholds: {roi2: 0.0}\n")
+    out = tmp_path / "o"
+    code, stdout, _ = _replay(capsys, str(root), "--model", str(models["rois"]), "--config", str(cfg), "--labels", str(csv_path),
+                              "--out", str(out), "--what-if", "0.5")
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["threshold"] is None  # no one threshold is what the station applies
+    assert summary["roi_thresholds"] == {"roi1": 0.5, "roi2": 0.0, "roi3": 0.5, "roi4": 0.5}
+    page = (out / "report.html").read_text()
+    assert "Threshold</td><td>per ROI: roi1 0.5, roi2 0, roi3 0.5, roi4 0.5<" in page
+    assert "At threshold" not in page and "At the station&#x27;s thresholds (per ROI: roi1 0.5, roi2 0, roi3 0.5, roi4 0.5)" in page
+    # The verdicts' own figures: every frame rejected (roi2 rejects everything), so every OK frame is a false reject.
+    records = _decisions(out)
+    ok_frames = [r for r in records if r["label"]["frame"] == "ok"]
+    assert ok_frames and all(r["verdict"] == "reject" for r in records)
+    assert "false-reject rate 100.0% (faulted frames excluded)" in page
+    assert "no threshold line: each ROI has its own" in page
+    assert "what-if: each threshold applied to every ROI alike; this station's own per-ROI thresholds are not" in stdout
+
+
+def test_what_if_needs_a_threshold_and_reads_minus_zero_as_zero(
+    models: dict[str, Path], tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["replay", str(tiles), "--model", str(models["dark"]), "--what-if", ","])
+    assert info.value.code == 2 and "give one or more thresholds in 0..1" in capsys.readouterr().err
+    code, stdout, _ = _replay(capsys, str(tiles), "--model", str(models["dark"]), "--out", str(tmp_path / "o"), "--no-report", "--what-if=-0,1")
+    assert code == 0
+    rows = [line.split() for line in stdout.splitlines() if line.startswith("           ")]
+    assert [r[0] for r in rows[1:]] == ["0.0", "1.0"]
+    assert "-0.0" not in stdout
