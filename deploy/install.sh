@@ -147,8 +147,9 @@ Next steps:
        install -m 0640 -g $USER_NAME model.onnx $STATE_DIR/models/current.onnx
   2. Edit $CONF_DIR/inspector.yaml: model.path (and sha256), station.line / station.name, source
      (the example watches $WATCH_DIR/incoming; a folder outside $WATCH_DIR needs ReadWritePaths= in a
-     drop-in: systemctl edit inspector), mqtt.host / mqtt.username. Then check it as the daemon will:
-       $VENV/bin/inspector config check --run $CONF_DIR/inspector.yaml
+     drop-in: systemctl edit inspector), mqtt.host / mqtt.username. Then check it as the daemon will, as its
+     user (as root every folder looks writable):
+       runuser -u $USER_NAME -- $VENV/bin/inspector config check --run $CONF_DIR/inspector.yaml
   3. The broker password, if the broker needs one (read by systemd, never by the daemon user directly):
        install -m 0600 -o root -g root /dev/null $CONF_DIR/mqtt-password
        systemd-ask-password -n "MQTT password:" > $CONF_DIR/mqtt-password
@@ -158,7 +159,10 @@ Next steps:
   4. Start it and follow the log:
        systemctl enable --now inspector
        journalctl -u inspector -f
-     Several stations on this PC: inspector@<station>.service with $CONF_DIR/<station>.yaml (systemd/README.md).
+     Several stations on this PC: inspector@<station>.service with $CONF_DIR/<station>.yaml (systemd/README.md);
+     each needs its own watched folder, which this script does not create:
+       install -d -m 0750 -o $USER_NAME -g $USER_NAME $WATCH_DIR/<station>
+       install -d -m 2770 -o $USER_NAME -g $USER_NAME $WATCH_DIR/<station>/incoming
   An upgrade does not restart running daemons: systemctl restart inspector (between shifts).
   A broker on this PC: deploy/mosquitto/ (mosquitto.conf, inspector.acl).
 EOF

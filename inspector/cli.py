@@ -33,9 +33,13 @@ EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug, reported without a traceback unless --
 
 def _thresholds(text: str) -> list[float]:
     try:
-        return [float(t) for t in text.split(",") if t.strip()]
+        # + 0.0: "-0" is the threshold 0, printed as 0.0, not -0.0
+        values = [float(t) + 0.0 for t in text.split(",") if t.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers in 0..1, like 0.3,0.5,0.7; got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"give one or more thresholds in 0..1, like 0.3,0.5,0.7; got {text!r}")
+    return values
 
 
 def _unit_float(text: str) -> float:
@@ -78,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--threshold", type=_unit_float, help="one threshold for every ROI, replacing the config's")
     rp.add_argument("--labels", type=Path, help="CSV `frame,roi1,...` with ok/ng per ROI (frame paths relative to the CSV)")
     rp.add_argument("--out", type=Path, help="output folder (default ./replay-YYYYmmdd-HHMMSS)")
-    rp.add_argument("--what-if", type=_thresholds, metavar="T1,T2,...", help="also print NG recall and false-reject rate at these thresholds")
+    rp.add_argument("--what-if", type=_thresholds, metavar="T1,T2,...",
+                    help="also print NG recall and false-reject rate at these thresholds, each applied to every ROI alike")
     rp.add_argument("--no-report", action="store_true", help="skip the HTML report and contact sheets (and remove those an earlier run left in --out)")
     rp.add_argument("--calibration", type=Path, metavar="RECORD", help="apply this calibration record (calibration/<station>.yaml) and "
                     "check whether the recall reached here lies inside its bound")
@@ -106,13 +111,16 @@ def _positive(text: str) -> float:
     return value
 
 
+MAX_COUNT = 10_000_000  # SQLite's LIMIT is a 64-bit integer: a larger --limit would be an OverflowError, not a message
+
+
 def _count(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {MAX_COUNT}, got {text!r}") from None
+    if not 1 <= value <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {MAX_COUNT}, got {value}")
     return value
 
 
@@ -230,6 +238,10 @@ def _add_train(sub: Any) -> None:
     pp.add_argument("--color", choices=("gray", "rgb"), help="channels the model sees")
     pp.add_argument("--clahe", type=_clahe, metavar="CLIP|off", help="CLAHE clip limit, or off")
     pp.add_argument("--letterbox", action=argparse.BooleanOptionalAction, default=None, help="keep aspect ratio, pad the rest")
+    pp.add_argument(
+        "--pixel-max", type=int, metavar="N",
+        help="full-scale pixel value of the frames: 255 (8-bit), 4095 (12-bit camera in 16-bit files), 65535; default: from the data",
+    )
     add_recipe_flags(tp)
 
 
@@ -371,7 +383,7 @@ def _record_errors(record: Any, settings: InspectorSettings) -> list[str]:
     if record.station != settings.station.name:
         errors.append(f"decision.calibration: the record of station {record.station!r}, but station.name is {settings.station.name!r}")
     path = settings.model.path
-    if path is not None and path.is_file():
+    if path is not None and path.is_file() and os.access(path, os.R_OK):  # an unreadable model is model_errors' line
         sha = file_sha256(path)
         if sha != record.model.sha256:
             errors.append(f"decision.calibration: made for model sha256 {record.model.sha256}, but model.path {path} has sha256 {sha}")
@@ -419,7 +431,7 @@ def _journal(args: argparse.Namespace) -> int:
             for r in latest:
                 d = r["delivery"]
                 delivery = "acked" if d["acknowledged_at"] else "published" if d["record_sent_at"] else "UNSENT"
-                score = "" if r["score"] is None else f"{r['score']:.4f}"
+                score = "" if r["score"] is None else f"{r['score']:.6f}"  # as published: fewer digits could round up to the threshold
                 print(f"{r['seq']:>8}  {r['decided_at']:24}  {r['verdict']:7}  {r['reason'] or '':14}  {score:>8}  {str(r['part_id'])[:16]:16}  {delivery}")
             return 0
         rows = journal.rows(args.since, args.until)
@@ -540,6 +552,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         print(f"removed {stale}: it described the earlier record")
     for line in describe(record, scores.excluded):
         print(line)
+    for warning in scores.warnings:
+        print(f"WARNING: {warning}")
     if previous is not None:
         old = {k: v.threshold for k, v in previous.thresholds.items()}
         new = {k: v.threshold for k, v in record.thresholds.items()}
@@ -583,9 +597,11 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _fmt(x: Any, pct: bool = True) -> str:
+    from inspector.percent import percent
+
     if x is None:
         return "n/a"
-    return f"{100 * x:.2f}%" if pct else f"{x:.4f}"
+    return percent(x, 2) if pct else f"{x:.4f}"
 
 
 def _print_summary(s: dict[str, Any]) -> None:
@@ -601,9 +617,11 @@ def _print_summary(s: dict[str, Any]) -> None:
             + f":  NG recall {_fmt(m['ng_recall'])} ({m['escapes']} escapes)  "
             f"false-reject rate {_fmt(m['false_reject_rate'])} ({m['false_rejects']})  ROC-AUC {_fmt(m['roc_auc'], pct=False)}"
         )
+        _print_faulted(m, "frames")
     r = s.get("roi_metrics")
     if r:
         print(f"per ROI: NG recall {_fmt(r['ng_recall'])}  false-reject rate {_fmt(r['false_reject_rate'])}")
+        _print_faulted(r, "ROIs")
     lat = s["latency_ms"]["total"]
     if lat["p50"] is not None:
         print(f"latency ms: p50 {lat['p50']:.2f}  p99 {lat['p99']:.2f}  max {lat['max']:.2f}")
@@ -612,12 +630,33 @@ def _print_summary(s: dict[str, Any]) -> None:
         _print_calibration_check(cal)
     rows = s.get("what_if")
     if rows:
-        print("what-if:   threshold  reject-rate  NG-recall  false-reject-rate")
+        differ = len(set((s.get("roi_thresholds") or {}).values())) > 1
+        print("what-if: each threshold applied to every ROI alike" + ("; this station's own per-ROI thresholds are not" if differ else ""))
+        faulted = any(row.get("ng_faulted") or row.get("ok_faulted") for row in rows)
+        extra = "  NG-recall(scored)  false-reject-rate(scored)" if faulted else ""
+        print("           threshold  reject-rate  NG-recall  false-reject-rate" + extra)
         for row in rows:
-            print(
+            line = (
                 f"           {row['threshold']:<9}  {_fmt(row['reject_rate']):>11}  {_fmt(row.get('ng_recall')):>9}  "
                 f"{_fmt(row.get('false_reject_rate')):>17}"
             )
+            if faulted:
+                line += f"  {_fmt(row.get('scored_ng_recall')):>17}  {_fmt(row.get('scored_false_reject_rate')):>25}"
+            print(line)
+        if faulted:
+            print(f"           faulted frames reject at any threshold ({rows[0]['ng_faulted']} NG, {rows[0]['ok_faulted']} OK): "
+                  "counted in NG-recall and false-reject-rate, left out of the (scored) columns")
+
+
+def _print_faulted(m: dict[str, Any], unit: str) -> None:
+    """Say how many labelled samples were faulted, and the figures without them, when any were."""
+    if not (m.get("ng_faulted") or m.get("ok_faulted")):
+        return
+    print(
+        f"  faulted {m['ng_faulted']} NG and {m['ok_faulted']} OK {unit} (rejected without a score): counted above as caught and as "
+        f"false rejects; scored {unit} only, NG recall {_fmt(m['scored_ng_recall'])} of {m['scored_n_ng']} NG, "
+        f"false-reject rate {_fmt(m['scored_false_reject_rate'])} of {m['scored_n_ok']} OK"
+    )
 
 
 def _print_calibration_check(cal: dict[str, Any]) -> None:
@@ -629,6 +668,8 @@ def _print_calibration_check(cal: dict[str, Any]) -> None:
         print(f"{head}: not checked, {check['why']}")
         return
     print(head + ("" if cal["demonstrated"] else " (NOT DEMONSTRATED at calibration)"))
+    conf = f"{100 * check['confidence']:g}%"
+    unit = "ROIs" if check.get("unit") == "roi" else "frames"
     for name, sc in check["scopes"].items():
         label = "" if name == ALL_ROIS else f"ROI {name}: "
         if not sc.get("checked", True):
@@ -641,12 +682,15 @@ def _print_calibration_check(cal: dict[str, Any]) -> None:
             else "below the calibrated bound, but within chance at this sample size"
         )
         line = (
-            f"  {label}NG recall here {_fmt(sc['ng_recall'])} of {sc['n_ng']} NG ({_fmt(lo)} to {_fmt(hi)}); "
+            f"  {label}NG recall here {_fmt(sc['ng_recall'])} of {sc['n_ng']} scored NG (one-sided {conf} bounds {_fmt(lo)} and {_fmt(hi)}); "
             f"calibrated lower bound {_fmt(sc['calibrated_lower_bound'])}: {verdict}"
         )
         if "false_reject_rate" in sc:
             line += f"; false-reject rate {_fmt(sc['false_reject_rate'])} (calibrated upper bound {_fmt(sc['calibrated_false_reject_upper'])})"
         print(line)
+        if sc.get("ng_faulted_left_out") or sc.get("ok_faulted_left_out"):
+            print(f"  {label}left out of this check: {sc['ng_faulted_left_out']} NG and {sc['ok_faulted_left_out']} OK faulted {unit} "
+                  "(rejected without a score: no evidence of the model's recall or false-reject rate)")
 
 
 def _training_modules() -> Any:
@@ -675,6 +719,8 @@ def _train(args: argparse.Namespace) -> int:
             overrides["preprocess.clahe.clip_limit"] = args.clahe
     if args.letterbox is not None:
         overrides["preprocess.resize.letterbox"] = args.letterbox
+    if args.pixel_max is not None:
+        overrides["preprocess.pixel_max"] = args.pixel_max
     if args.resume is not None:
         unsupported = sorted(k for k in overrides if k != "train.epochs")
         if unsupported or args.config:

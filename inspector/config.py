@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import ssl
@@ -29,6 +30,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from inspector import yaml_load
 from inspector.digest import file_sha256
 from inspector.errors import ConfigError
 from inspector.preprocess import MAX_ROIS, PreprocessSpec, Roi, repeated_names
@@ -307,6 +309,14 @@ class SourceSettings(_Section):
         # `uri: 0` is how a device index reads in YAML; it is the same camera as "0".
         return str(v) if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else v
 
+    @field_validator("uri")
+    @classmethod
+    def _not_blank(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            # OpenCV would "open" it and deliver nothing, which reads as a stalled camera.
+            raise ValueError("empty; expected a device index (0), device path, RTSP/HTTP URL, GStreamer pipeline or video file")
+        return v
+
     @model_validator(mode="after")
     def _backoff(self) -> SourceSettings:
         if self.reconnect_max_s < self.reconnect_min_s:
@@ -381,10 +391,16 @@ class TlsSettings(_Section):
         return self
 
 
+# Labels of letters, digits, - and _ (docker and some LANs use _), joined by dots; an IPv4 address matches too.
+_HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?")
+
+
 class MqttSettings(_Section):
     """The broker that carries decisions to PLCs and line controllers."""
 
-    host: str = Field(default="127.0.0.1", min_length=1, description="Broker host name or address.")
+    host: str = Field(
+        default="127.0.0.1", min_length=1, description="Broker host name or IP address: no scheme, no port (that is `port`)."
+    )
     port: int = Field(default=1883, ge=1, le=65535, description="Broker TCP port (1883 plain, 8883 TLS).")
     protocol: Literal["5", "3.1.1"] = Field(default="5", description="MQTT protocol version: 5 (properties, reason codes) or 3.1.1.")
     client_id: str | None = Field(
@@ -398,8 +414,7 @@ class MqttSettings(_Section):
     )
     topic_prefix: str | None = Field(
         default=None,
-        pattern=r"^[^#+]+[^/#+]$",
-        description="Topic prefix; default inspector/v1/<line>/<station>. No wildcards, no trailing slash.",
+        description="Topic prefix; default inspector/v1/<line>/<station>. No wildcards (# or +), no trailing slash.",
     )
     keepalive_s: int = Field(default=5, ge=1, le=3600, description="Keepalive (s): the broker publishes the offline Last Will after 1.5x this.")
     reconnect_min_s: float = Field(default=0.5, gt=0, le=60, description="First reconnect delay (s); doubles per failure.")
@@ -416,6 +431,40 @@ class MqttSettings(_Section):
         "keeps in flight (fewer under a lower broker Receive Maximum), the rest being kept for decisions."
     )
     tls: TlsSettings = Field(default_factory=TlsSettings, description="TLS.")
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        # paho takes a bare name: "mqtt://broker" or "broker:8883" would fail only at connect time, as a name lookup error.
+        if "://" in v:
+            raise ValueError(f"expected a host name or IP address, got {v!r}: leave out the scheme (TLS is mqtt.tls.enabled)")
+        if any(c.isspace() for c in v):
+            raise ValueError(f"expected a host name or IP address, got {v!r}: no spaces")
+        if v.count(":") == 1:
+            raise ValueError(f"expected a host name or IP address without a port, got {v!r}: put the port in mqtt.port")
+        if v.count(":") > 1:
+            try:
+                ipaddress.IPv6Address(v)
+            except ValueError:
+                raise ValueError(f"expected a host name or IP address, got {v!r}: not an IPv6 address (write it without [ ] or port)") from None
+        elif not _HOST_NAME.fullmatch(v):
+            raise ValueError(f"expected a host name or IP address, got {v!r}: letters, digits, - _ and dots only")
+        return v
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("empty; leave it unset for the default inspector/v1/<line>/<station>")
+        if "#" in v or "+" in v:
+            raise ValueError(f"no MQTT wildcards (# or +) in a topic prefix, got {v!r}")
+        if v.endswith("/"):
+            raise ValueError(f"must not end with /, got {v!r}: the topics are <prefix>/decision and so on")
+        if "\x00" in v:
+            raise ValueError("no NUL character in a topic prefix")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> MqttSettings:
@@ -533,6 +582,11 @@ def load_settings(path: Path | None = None, **overrides: Any) -> InspectorSettin
     except SettingsError as exc:
         # Raised before validation, when a section's variable holds something that is not JSON.
         errors += _unparsable_env(exc, os.environ)
+    except RecursionError:
+        # The file was read above, so the nesting is in an INSPECTOR_* variable's JSON.
+        ours = [v for v in os.environ if v.upper().startswith(ENV_PREFIX)]
+        var = max(ours, key=lambda v: os.environ[v].count("[") + os.environ[v].count("{"), default=ENV_PREFIX + "*")
+        errors.append(f"{var}: its JSON is nested too deeply to read")
     if errors:
         raise ConfigError(f"{len(errors)} configuration error(s){where}", errors)
     return settings
@@ -563,16 +617,13 @@ def _unparsable_env(exc: SettingsError, environ: typing.Mapping[str, str]) -> li
 
 def _check_yaml(path: Path) -> None:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml_load.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {path} is not UTF-8 text", [f"{path}: byte 0x{exc.object[exc.start]:02x} at offset {exc.start} is not UTF-8"]) from exc
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}", [f"{path}: {exc.strerror}"]) from exc
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"config file {path} is not valid YAML", [f"{where}: {problem}"]) from exc
+        raise ConfigError(f"config file {path} is not valid YAML", [yaml_load.problem_line(exc, path)]) from exc
     if data is not None and not isinstance(data, dict):
         raise ConfigError(
             f"config file {path} must hold a mapping of sections", [f"{path}: expected a mapping, got {type(data).__name__}"]
@@ -627,9 +678,18 @@ def settings_schema() -> dict[str, Any]:
     return InspectorSettings.model_json_schema()
 
 
+def redact_uri(uri: str) -> str:
+    """The URI with any password replaced, for logs, the `state` topic and `config show`."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", uri)
+
+
 def settings_yaml(settings: InspectorSettings) -> str:
     """The effective settings as YAML, secrets masked."""
-    return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)
+    data = settings.model_dump(mode="json")
+    if data["source"]["uri"] is not None:
+        # A camera URL carries its password in clear (rtsp://user:pass@cam/...); `config show` output gets pasted into tickets.
+        data["source"]["uri"] = redact_uri(data["source"]["uri"])
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def tls_errors(tls: TlsSettings) -> list[str]:
@@ -667,15 +727,68 @@ def model_errors(settings: InspectorSettings, *, required: bool) -> list[str]:
         return [f"model.path: is a folder; expected the model's .onnx file: {path}"]
     if not path.is_file():
         return [f"model.path: file not found: {path}"]
+    if not os.access(path, os.R_OK):
+        return [f"model.path: cannot read {path}: Permission denied{_as_user()}"]
     return []
 
 
 def pin_errors(settings: InspectorSettings) -> list[str]:
     """model.sha256 against the file at model.path, for `config check` (loading the model checks the pin itself)."""
     path, pin = settings.model.path, settings.model.sha256
-    if pin is None or path is None or not path.is_file() or (actual := file_sha256(path)) == pin:
+    if pin is None or path is None or not path.is_file():
         return []
-    return [f"model.sha256: pins {pin}, but model.path {path} has sha256 {actual}"]
+    try:
+        actual = file_sha256(path)
+    except OSError:
+        return []  # model_errors names the file that cannot be read
+    return [] if actual == pin else [f"model.sha256: pins {pin}, but model.path {path} has sha256 {actual}"]
+
+
+def _as_user() -> str:
+    """` (as user NAME)`: `config check` may run as root or a login user while the service runs as its own User=."""
+    import pwd
+
+    try:
+        name = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        name = str(os.geteuid())
+    return f" (as user {name})"
+
+
+def _writable(folder: Path) -> bool:
+    # Creating, renaming and deleting an entry need write and search permission on its folder.
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def _folder_source_errors(src: SourceSettings) -> list[str]:
+    """The watched folder, and the processed/ and quarantine/ folders inside it that already exist, must be writable."""
+    assert src.path is not None
+    verb = "moves each judged file into processed/" if src.after_decision == "move" else "deletes each judged file"
+    if not _writable(src.path):
+        why = f"{verb} (an unreadable one into quarantine/) inside {src.path}"
+        return [f"source.path: the daemon {why}, but cannot write there{_as_user()}"]
+    # The names FolderSource uses: processed/<pass|reject|review>/ and quarantine/.
+    inside = [src.path / "quarantine"]
+    if src.after_decision == "move":
+        inside += [src.path / "processed"] + [src.path / "processed" / g for g in ("pass", "reject", "review")]
+    return [
+        f"source.path: the daemon moves files into {folder}, but cannot write there{_as_user()}"
+        for folder in inside
+        if folder.is_dir() and not _writable(folder)
+    ]
+
+
+def _journal_errors(path: Path) -> list[str]:
+    """The journal's folder must take new files (SQLite's -wal and -shm beside it), and existing journal files be writable."""
+    if not _writable(path.parent):
+        where = f"{path.parent}, but cannot write there{_as_user()}"
+        return [f"journal.path: the daemon writes the journal and its -wal and -shm files in {where}"]
+    files = [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
+    return [
+        f"journal.path: the daemon writes {f}, but cannot{_as_user()}; give it to the service's user"
+        for f in files
+        if f.is_file() and not os.access(f, os.R_OK | os.W_OK)
+    ]
 
 
 def run_errors(settings: InspectorSettings) -> list[str]:
@@ -687,6 +800,8 @@ def run_errors(settings: InspectorSettings) -> list[str]:
             errors.append("source.path: required when source.kind is folder")
         elif not src.path.is_dir():
             errors.append(f"source.path: not a folder: {src.path}")
+        else:
+            errors += _folder_source_errors(src)
     elif src.uri is None:
         errors.append("source.uri: required when source.kind is camera")
     if src.kind is SourceKind.FOLDER and settings.pipeline.overload == "skip":
@@ -701,8 +816,12 @@ def run_errors(settings: InspectorSettings) -> list[str]:
         errors += tls_errors(settings.mqtt.tls)
     if settings.mqtt.password_file is not None and not settings.mqtt.password_file.is_file():
         errors.append(f"mqtt.password_file: file not found: {settings.mqtt.password_file}")
+    elif settings.mqtt.password_file is not None and not os.access(settings.mqtt.password_file, os.R_OK):
+        errors.append(f"mqtt.password_file: cannot read {settings.mqtt.password_file}{_as_user()}")
     if settings.journal.path.is_dir():
         errors.append(f"journal.path: is a folder; expected the journal's file name, like {settings.journal.path / 'journal.sqlite3'}")
     elif not settings.journal.path.parent.is_dir():
         errors.append(f"journal.path: folder does not exist: {settings.journal.path.parent}")
+    else:
+        errors += _journal_errors(settings.journal.path)
     return errors

@@ -43,6 +43,12 @@ def _first(value: Any, odd: typing.Callable[[Any], bool]) -> tuple[str, Any] | N
 
 
 def _non_finite(v: Any) -> bool:
+    if isinstance(v, str):
+        # An INSPECTOR_* variable arrives as text: "nan" must read as the file's .nan does.
+        try:
+            v = float(v)
+        except ValueError:
+            return False
     return isinstance(v, float) and not math.isfinite(v)
 
 
@@ -83,7 +89,7 @@ class StrictNumbers(BaseModel):
             found = _first(v, _non_finite)
             if found is not None:
                 where, x = found
-                raise ValueError(f"expected a finite number{where}, got {x}")
+                raise ValueError(f"expected a finite number{where}, got {float(x)}")
         if _text_only(field.annotation) and _number(v):
             # YAML reads `sha256: 0123...` or `line: 7` as a number, and drops leading zeros on the way.
             shown = "a number" if SecretStr in _leaves(field.annotation) else f"the number {v}"

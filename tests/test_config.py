@@ -202,7 +202,17 @@ def test_config_check_for_run_names_what_the_daemon_needs(tmp_path: Path, capsys
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("mqtt:\n  topic_prefix: plant/#\n", "mqtt.topic_prefix: String should match pattern"),
+        ("mqtt:\n  topic_prefix: plant/#\n", "mqtt.topic_prefix: no MQTT wildcards (# or +) in a topic prefix, got 'plant/#'"),
+        ("mqtt:\n  topic_prefix: plant/+/s1\n", "mqtt.topic_prefix: no MQTT wildcards (# or +) in a topic prefix"),
+        ("mqtt:\n  topic_prefix: plant/s1/\n", "mqtt.topic_prefix: must not end with /, got 'plant/s1/'"),
+        ("mqtt:\n  topic_prefix: ''\n", "mqtt.topic_prefix: empty; leave it unset for the default"),
+        # paho would fail only at connect time, as an unresolvable name: say what a host is.
+        ("mqtt:\n  host: mqtt://broker\n", "mqtt.host: expected a host name or IP address, got 'mqtt://broker': leave out the scheme"),
+        ("mqtt:\n  host: broker:8883\n", "mqtt.host: expected a host name or IP address without a port, got 'broker:8883': put the port in mqtt.port"),
+        ("mqtt:\n  host: 'my broker'\n", "mqtt.host: expected a host name or IP address, got 'my broker': no spaces"),
+        ("mqtt:\n  host: '[::1]'\n", "mqtt.host: expected a host name or IP address, got '[::1]'"),
+        ("source:\n  kind: camera\n  uri: ''\n", "source.uri: empty; expected a device index (0), device path, RTSP/HTTP URL"),
+        ("source:\n  kind: camera\n  uri: '  '\n", "source.uri: empty; expected a device index (0)"),
         ("mqtt:\n  port: 70000\n", "mqtt.port: Input should be less than or equal to 65535"),
         ("mqtt:\n  password: a\n  password_file: /p\n", "mqtt: set password or password_file, not both"),
         ("mqtt:\n  tls:\n    cert_file: /c.pem\n", "mqtt.tls: cert_file and key_file go together"),
@@ -311,3 +321,132 @@ def test_config_check_names_a_model_folder_and_a_pin_the_file_does_not_match(
     pin = "0" * 64
     assert main(["config", "check", str(_write(tmp_path, f"model:\n  path: {models['dark']}\n  sha256: '{pin}'\n"))]) == 2
     assert capsys.readouterr().out.strip() == f"model.sha256: pins {pin}, but model.path {models['dark']} has sha256 {file_sha256(models['dark'])}"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "fe80::1", "broker", "broker.plant.local", "mosquitto_1"])
+def test_a_host_name_or_address_is_a_valid_mqtt_host(tmp_path: Path, host: str) -> None:
+    assert load_settings(_write(tmp_path, f"mqtt:\n  host: '{host}'\n")).mqtt.host == host
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("decision:\n  threshold: 0.2\ndecision:\n  deadline_ms: 500\n", "inspector.yaml:3: 'decision' appears twice (lines 1 and 3); keep one"),
+        ("mqtt:\n  host: a\n  port: 1883\n  host: b\n", "inspector.yaml:4: 'host' appears twice (lines 2 and 4); keep one"),
+        ("rois:\n  - {name: a, box: [0, 0, 4, 4], name: b}\n", "inspector.yaml:2: 'name' appears twice (both on line 2); keep one"),
+    ],
+)
+def test_a_repeated_key_is_an_error_not_last_one_wins(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str) -> None:
+    path = _write(tmp_path, text)
+    assert main(["config", "check", str(path)]) == 2
+    assert capsys.readouterr().out.splitlines() == [f"{tmp_path}/{expected}"]
+
+
+def test_yaml_merge_keys_still_override(tmp_path: Path) -> None:
+    path = _write(tmp_path, "x-common: &c\n  threshold: 0.2\n  deadline_ms: 900\ndecision:\n  <<: *c\n  threshold: 0.3\n")
+    # An anchor section is an unknown key, which says so; the merge itself is no repeat.
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert [e.split(":")[0] for e in info.value.errors] == ["x-common"]
+
+
+@pytest.mark.parametrize("text", ["decision:\n" + "".join("  " * (i + 1) + "a:\n" for i in range(5000)), "rois: " + "[" * 5000 + "]" * 5000 + "\n"])
+def test_absurdly_deep_nesting_is_a_config_error_not_a_crash(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str) -> None:
+    assert main(["config", "check", str(_write(tmp_path, text))]) == 2
+    assert capsys.readouterr().out.splitlines() == [f"{tmp_path / 'inspector.yaml'}: nested too deeply to read (no configuration needs more than a few levels)"]
+
+
+def test_a_non_finite_number_from_the_environment_reads_as_one_from_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("INSPECTOR_DECISION__THRESHOLD", "nan")
+    assert main(["config", "check", str(_write(tmp_path, "{}\n"))]) == 2
+    assert capsys.readouterr().out.splitlines() == ["decision.threshold: expected a finite number, got nan (set by INSPECTOR_DECISION__THRESHOLD)"]
+    monkeypatch.setenv("INSPECTOR_DECISION__THRESHOLD", "-inf")
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, "{}\n"))
+    assert info.value.errors == ["decision.threshold: expected a finite number, got -inf (set by INSPECTOR_DECISION__THRESHOLD)"]
+
+
+def test_config_show_masks_the_camera_password(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write(tmp_path, "source:\n  kind: camera\n  uri: rtsp://admin:secret@cam/s\n")
+    assert main(["config", "show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "secret" not in out and yaml.safe_load(out)["source"]["uri"] == "rtsp://admin:***@cam/s"
+
+
+@pytest.fixture
+def unprivileged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Permissions as the service's user sees them: as root, judge by the mode bits for others (a root-owned tmp_path)."""
+    import os
+    import stat
+
+    if os.geteuid() != 0:
+        return
+
+    def access(path: object, mode: int, **_: object) -> bool:
+        try:
+            bits = os.stat(path).st_mode  # type: ignore[arg-type]
+        except OSError:
+            return False
+        wanted = {os.R_OK: stat.S_IROTH, os.W_OK: stat.S_IWOTH, os.X_OK: stat.S_IXOTH}
+        return all(bits & other for flag, other in wanted.items() if mode & flag)
+
+    monkeypatch.setattr(os, "access", access)
+
+
+def _run_config(tmp_path: Path, *, after_decision: str = "move") -> Path:
+    model, incoming, state = tmp_path / "m.onnx", tmp_path / "incoming", tmp_path / "state"
+    model.write_bytes(b"not really a model")
+    for folder in (incoming, state):
+        folder.mkdir()
+    for p in (tmp_path, incoming, state):
+        p.chmod(0o777)
+    model.chmod(0o644)
+    return _write(
+        tmp_path,
+        f"model:\n  path: {model}\n  sha256: '{file_sha256(model)}'\nsource:\n  path: {incoming}\n  after_decision: {after_decision}\n"
+        f"journal:\n  path: {state / 'journal.sqlite3'}\n",
+    )
+
+
+@pytest.mark.usefixtures("unprivileged")
+def test_config_check_for_run_refuses_folders_the_daemon_cannot_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _run_config(tmp_path)
+    assert main(["config", "check", "--run", str(path)]) == 0, capsys.readouterr().out
+    capsys.readouterr()
+    (tmp_path / "incoming").chmod(0o555)
+    (tmp_path / "state").chmod(0o555)
+    assert main(["config", "check", "--run", str(path)]) == 2
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(" (as user")[0] for line in out] == [
+        f"source.path: the daemon moves each judged file into processed/ (an unreadable one into quarantine/) inside {tmp_path / 'incoming'}, but cannot write there",
+        f"journal.path: the daemon writes the journal and its -wal and -shm files in {tmp_path / 'state'}, but cannot write there",
+    ]
+
+
+@pytest.mark.usefixtures("unprivileged")
+def test_config_check_for_run_refuses_a_processed_folder_the_daemon_cannot_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _run_config(tmp_path)
+    (tmp_path / "incoming" / "processed" / "pass").mkdir(parents=True)
+    (tmp_path / "incoming" / "processed").chmod(0o777)
+    (tmp_path / "incoming" / "processed" / "pass").chmod(0o555)
+    (tmp_path / "state" / "journal.sqlite3").touch()
+    (tmp_path / "state" / "journal.sqlite3").chmod(0o444)
+    assert main(["config", "check", "--run", str(path)]) == 2
+    out = [line.split(" (as user")[0] for line in capsys.readouterr().out.splitlines()]
+    assert out[0] == f"source.path: the daemon moves files into {tmp_path / 'incoming' / 'processed' / 'pass'}, but cannot write there"
+    assert out[1].startswith(f"journal.path: the daemon writes {tmp_path / 'state' / 'journal.sqlite3'}, but cannot")
+    assert len(out) == 2
+
+
+@pytest.mark.usefixtures("unprivileged")
+def test_config_check_names_a_model_it_cannot_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _run_config(tmp_path)
+    (tmp_path / "m.onnx").chmod(0o000)
+    assert main(["config", "check", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert [line.split(" (as user")[0] for line in captured.out.splitlines()] == [
+        f"model.path: cannot read {tmp_path / 'm.onnx'}: Permission denied"
+    ]
+    assert "inspector: error" not in captured.err

@@ -128,6 +128,15 @@ def test_journal_cli_exports_a_time_range_as_jsonl_and_csv(tmp_path: Path, capsy
     assert "30m, 12h, 7d" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("limit", ["99999999999999999999999", "10000001", "0"])
+def test_a_limit_out_of_range_is_a_usage_error_not_an_internal_one(tmp_path: Path, capsys: pytest.CaptureFixture[str], limit: str) -> None:
+    Journal(tmp_path / "j.sqlite3").close()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["journal", "list", "--journal", str(tmp_path / "j.sqlite3"), "--limit", limit])
+    assert exit_info.value.code == 2
+    assert f"argument --limit: expected a whole number from 1 to 10000000, got {limit}" in capsys.readouterr().err
+
+
 def test_a_reader_that_leaves_early_ends_the_export_quietly(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import structlog
 
-from inspector.config import SourceSettings
+from inspector.config import SourceSettings, redact_uri
 from inspector.errors import InputError
 from inspector.frame import Frame
 from inspector.health import Health
@@ -30,10 +30,8 @@ from inspector.journal import Record
 _BACKENDS = {"ffmpeg": cv2.CAP_FFMPEG, "gstreamer": cv2.CAP_GSTREAMER, "v4l2": cv2.CAP_V4L2}
 _IDLE_TICK_S = 0.2
 
-
-def redact(uri: str) -> str:
-    """The URI with any password replaced, for logs and the `state` topic."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", uri)
+# One redaction for logs, the `state` topic and `config show`.
+redact = redact_uri
 
 
 def video_file(uri: str) -> Path | None:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from inspector import yaml_load
 from inspector.config import format_errors
 from inspector.errors import ConfigError
 from inspector.preprocess import PreprocessSpec
@@ -168,7 +169,7 @@ def load_train_config(path: Path | None, overrides: dict[str, Any]) -> TrainConf
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            loaded = yaml_load.safe_load(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot read training config {path}: {exc.strerror}", [f"{path}: {exc.strerror}"]) from exc
         except yaml.YAMLError as exc:

@@ -170,3 +170,46 @@ def test_example_gates_and_acknowledges_over_a_real_broker(tmp_path: Path) -> No
         out.close()
         broker.stop()
     assert proc.returncode == 0, (tmp_path / "gate.out").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--username", "plc", "--password-file", "{tmp}"], "--password-file {tmp}: is a folder; expected a file holding the broker password"),
+        (["--username", "plc", "--password-file", "{tmp}/nope"], "--password-file {tmp}/nope: No such file or directory; expected a file"),
+        (["--password-file", "{tmp}/pw"], "--password-file needs --username"),
+        (["--port", "70000"], "--port: expected a TCP port from 1 to 65535, got 70000"),
+    ],
+)
+def test_bad_arguments_are_usage_errors_not_tracebacks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], expected: str
+) -> None:
+    (tmp_path / "pw").write_text("secret\n")
+    with pytest.raises(SystemExit) as info:
+        plc.main([a.format(tmp=tmp_path) for a in args])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert expected.format(tmp=tmp_path) in err and "Traceback" not in err
+
+
+def test_an_unreachable_broker_is_reported_and_retried(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    err = (tmp_path / "gate.err").open("w")
+
+    def said() -> str:
+        return (tmp_path / "gate.err").read_text()
+
+    proc = subprocess.Popen([sys.executable, str(EXAMPLE), "--port", str(port)], stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        assert wait_until(lambda: "cannot connect to" in said(), 10), said()
+        assert proc.poll() is None, "it keeps retrying: the broker may come back"
+    finally:
+        code = stop_process(proc)
+        err.close()
+    assert f"cannot connect to 127.0.0.1:{port}: Connection refused; rejecting everything, retrying" in said()
+    assert said().count("cannot connect") == 1, "one line per reason, not one per retry"
+    assert code == 0
