@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import shutil
 import signal
+import socket
 import sqlite3
+import struct
 import subprocess
 import sys
 import threading
@@ -16,7 +19,7 @@ import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import paho.mqtt.client as paho
 import yaml
@@ -272,3 +275,149 @@ def mosquitto(conf: Path, port: int) -> Iterator[Any]:
     finally:
         stop_process(proc)
         log.close()
+
+
+class _Link:
+    """One proxied connection: the client's socket, the broker's, and what the broker sent that is being held back."""
+
+    def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.held = bytearray()
+        self._lock = threading.Lock()
+        self._pumps_left = 2
+
+    def cut(self) -> None:
+        """End both directions now: each pump sees end of stream and stops."""
+        for s in (self.client, self.upstream):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def pump_done(self) -> None:
+        """Called by each pump as it stops: the first cuts the other direction, the last closes both sockets."""
+        self.cut()
+        with self._lock:
+            self._pumps_left -= 1
+            last = self._pumps_left == 0
+        if last:
+            for s in (self.client, self.upstream):
+                s.close()
+
+
+class FaultProxy:
+    """A TCP proxy 127.0.0.1:<free port> -> a broker whose fault a test switches while it runs; a context manager."""
+
+    # Modes: "up" forwards both ways; "hold_downstream" forwards client->broker and holds broker->client bytes (PUBACKs,
+    # PINGRESPs) until the mode is "up" again, then sends them in order; "down" cuts every connection and resets each new
+    # one as soon as it is accepted. Leaving the `with` block cuts what is open and joins every thread.
+
+    MODES = ("up", "hold_downstream", "down")
+
+    def __init__(self, target: Any) -> None:
+        self.host = "127.0.0.1"
+        self.target = (target.host, target.port)
+        self.accepted = 0  # connections forwarded to the broker (cut ones not counted)
+        self._mode = "up"
+        self._lock = threading.Lock()
+        self._links: list[_Link] = []
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind((self.host, 0))
+        self.port = int(self._listener.getsockname()[1])
+
+    @property
+    def mode(self) -> str:
+        """The fault now in force."""
+        return self._mode
+
+    def set_mode(self, mode: str) -> None:
+        """Switch the fault; "down" also cuts the connections open now."""
+        if mode not in self.MODES:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {self.MODES}")
+        with self._lock:
+            self._mode = mode
+            links = list(self._links) if mode == "down" else []
+        for link in links:
+            link.cut()
+
+    def __enter__(self) -> Self:
+        self._listener.listen(16)
+        self._spawn(self._accept_loop)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._threads[0].join(5)  # the accept loop first: no connection is added after this
+        with self._lock:
+            links = list(self._links)
+        for link in links:
+            link.cut()
+        for t in self._threads:
+            t.join(5)
+        self._listener.close()
+
+    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
+        t = threading.Thread(target=target, args=args, daemon=True, name=f"fault-proxy-{self.port}")
+        with self._lock:
+            self._threads.append(t)
+        t.start()
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self._listener], [], [], 0.05)
+            if not ready:
+                continue
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                continue
+            if self._mode == "down":
+                # Reset at once: the client's CONNECT never reaches the broker.
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            for s in (client, upstream):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                s.settimeout(None)
+            link = _Link(client, upstream)
+            with self._lock:
+                self._links.append(link)
+                self.accepted += 1
+                if self._mode == "down":  # switched while this one was being connected
+                    link.cut()
+            self._spawn(self._pump, link, True)
+            self._spawn(self._pump, link, False)
+
+    def _pump(self, link: _Link, upstream: bool) -> None:
+        src, dst = (link.client, link.upstream) if upstream else (link.upstream, link.client)
+        try:
+            while not self._stop.is_set():
+                if not upstream and link.held and self._mode == "up":
+                    dst.sendall(link.held)
+                    link.held.clear()
+                ready, _, _ = select.select([src], [], [], 0.02)
+                if not ready:
+                    continue
+                data = src.recv(65536)
+                if not data:
+                    break
+                if upstream:
+                    dst.sendall(data)
+                elif self._mode == "hold_downstream" or link.held:
+                    link.held += data  # sent, in order, once the mode is "up" again
+                else:
+                    dst.sendall(data)
+        except OSError:
+            pass  # a cut connection: ends this direction like end of stream
+        finally:
+            with self._lock:
+                if link in self._links:
+                    self._links.remove(link)
+            link.pump_done()
