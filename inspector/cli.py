@@ -384,7 +384,10 @@ def _record_errors(record: Any, settings: InspectorSettings) -> list[str]:
         errors.append(f"decision.calibration: the record of station {record.station!r}, but station.name is {settings.station.name!r}")
     path = settings.model.path
     if path is not None and path.is_file() and os.access(path, os.R_OK):  # an unreadable model is model_errors' line
-        sha = file_sha256(path)
+        try:
+            sha = file_sha256(path)
+        except OSError:
+            return errors  # a read error after the access check: model_errors names the model's problems
         if sha != record.model.sha256:
             errors.append(f"decision.calibration: made for model sha256 {record.model.sha256}, but model.path {path} has sha256 {sha}")
     return errors

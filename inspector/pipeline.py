@@ -145,9 +145,10 @@ class FramePipeline:
 
 
 def station_spec(spec: PreprocessSpec, rois: tuple[Roi, ...] | None) -> PreprocessSpec:
-    """The model's preprocessing with this station's ROI layout, when the config gives one."""
+    """The model's preprocessing with this station's ROI layout, when the config gives one; InputError when it renames them."""
     if rois is None:
         return spec
+    check_station_rois(spec, rois)
     return PreprocessSpec.model_validate({**spec.model_dump(), "rois": [r.model_dump() for r in rois]})
 
 
@@ -196,7 +197,6 @@ def build_pipeline(
     classifier = load_classifier(
         path, model_settings, config_spec=settings.preprocess, rois=len(settings.rois) if settings.rois else None, log=log
     )
-    check_station_rois(classifier.spec, settings.rois)
     spec = station_spec(classifier.spec, settings.rois)
     if record is not None and record_path is not None:
         check_record(record, record_path, classifier.sha256, preprocess_sha256(spec.to_json()), spec.roi_names)

@@ -172,6 +172,8 @@ def load_train_config(path: Path | None, overrides: dict[str, Any]) -> TrainConf
             loaded = yaml_load.safe_load(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot read training config {path}: {exc.strerror}", [f"{path}: {exc.strerror}"]) from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"training config {path} is not UTF-8 text", [f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"training config {path} is not valid YAML", [f"{path}: {exc}"]) from exc
         if loaded is not None and not isinstance(loaded, dict):

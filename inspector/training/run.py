@@ -252,7 +252,7 @@ def _cross_validate(samples: SampleSet, spec: Any, recipe: TrainRecipe, config: 
         fold_dir = out_dir / f"fold-{k}"
         result = train(samples, spec, recipe, fold_dir, train_idx=train_idx, val_idx=val_idx, progress=progress, log=log.bind(fold=k))
         per_fold.append(finish(result, samples, recipe, log))
-    _write_config(out_dir, config)
+    _write_config(out_dir, config.model_copy(update={"preprocess": result.cache.pre.spec}))  # pixel_max as trained
     keys = ("roc_auc", "accuracy", "ng_recall_at_target", "false_reject_rate_at_target")
     summary: dict[str, Any] = {"folds": len(folds)}
     for key in keys:

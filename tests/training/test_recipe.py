@@ -92,3 +92,11 @@ def test_tta_flips_averages_over_the_trained_flips_and_needs_at_least_one() -> N
     with pytest.raises(ConfigError) as err:
         views(hflip=False, vflip=False)
     assert "tta=flips averages over the flips the model was trained with; turn on augment.hflip and/or augment.vflip" in " ".join(err.value.errors)
+
+
+def test_a_training_config_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "train.yaml"
+    cfg.write_bytes(b"train:\n  epochs: 3 # \xff\xfe\n")
+    with pytest.raises(ConfigError, match="not UTF-8 text") as err:
+        load_train_config(cfg, {})
+    assert "at byte" in err.value.errors[0]

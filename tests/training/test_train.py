@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from inspector.preprocess import PreprocessSpec
 from inspector.samples import GRID_ROIS, write_labelled_folder
@@ -222,6 +223,8 @@ def test_k_folds_train_one_model_per_fold(parts: Path, tmp_path: Path, capsys: p
     assert cv["folds"] == 2 and len(cv["roc_auc"]["per_fold"]) == 2
     assert (tmp_path / "cv" / "fold-1" / "best.pt").is_file() and (tmp_path / "cv" / "fold-2" / "best.pt").is_file()
     assert "2-fold cross-validation: ROC-AUC" in out
+    # The run's train.yaml says what the folds trained on, the full scale read from the data included.
+    assert yaml.safe_load((tmp_path / "cv" / "train.yaml").read_text())["preprocess"]["pixel_max"] == 255
     # A fold resumes on its own validation samples, not on a fresh split.
     fold = tmp_path / "cv" / "fold-2"
     before = [v["key"] for v in torch.load(fold / "last.pt", weights_only=True)["validation"]]
