@@ -30,9 +30,6 @@ from inspector.journal import Record
 _BACKENDS = {"ffmpeg": cv2.CAP_FFMPEG, "gstreamer": cv2.CAP_GSTREAMER, "v4l2": cv2.CAP_V4L2}
 _IDLE_TICK_S = 0.2
 
-# One redaction for logs, the `state` topic and `config show`.
-redact = redact_uri
-
 
 def video_file(uri: str) -> Path | None:
     """The file's path when `uri` names a regular file (a path or file:// URL); None for a device, stream or pipeline."""
@@ -68,7 +65,7 @@ class CameraSource:
         self.settings = settings
         self.uri = settings.uri
         self.health = health
-        self.log = log.bind(camera=redact(self.uri))
+        self.log = log.bind(camera=redact_uri(self.uri))
         self._clock = clock
         self._count = 0
         self._last_frame = time.monotonic()
@@ -77,7 +74,7 @@ class CameraSource:
 
     def describe(self) -> dict[str, Any]:
         """The stream and its backend."""
-        return {"kind": "camera", "uri": redact(self.uri), "backend": self.settings.backend}
+        return {"kind": "camera", "uri": redact_uri(self.uri), "backend": self.settings.backend}
 
     def _open(self) -> cv2.VideoCapture:
         s = self.settings
@@ -171,7 +168,7 @@ class CameraSource:
                 self._stalled = False
                 self.health.clear_flag("camera_stalled")
             self._count += 1
-            yield Frame(frame_id=f"frame-{self._count}", source=redact(self.uri), captured_at=captured, image=image,
+            yield Frame(frame_id=f"frame-{self._count}", source=redact_uri(self.uri), captured_at=captured, image=image,
                         part_id=str(self._count), backlog=backlog)
 
     def _watch(self, stop: threading.Event, ended: threading.Event) -> None:
