@@ -387,10 +387,7 @@ class FolderSource:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 if not self._take(src, dest, judged, name, seq):
                     return False
-                dest.with_name(dest.name + ".reason").write_text(
-                    f"reason: {reason.value if reason else None}\ndetail: {detail}\nseq: {seq}\nat: {iso_time(self._clock())}\n",
-                    encoding="utf-8",
-                )
+                self._write_reason(dest, seq, reason, detail)
             elif self.settings.after_decision == "delete":
                 claim = self.root / f"{_CLAIM}{seq}.{name}"
                 if not self._take(src, claim, judged, name, seq):
@@ -409,6 +406,19 @@ class FolderSource:
                 self._stuck[name] = judged
             return False
         return True
+
+    def _write_reason(self, dest: Path, seq: int, reason: Reason | None, detail: str | None) -> None:
+        """Write the `.reason` note beside a quarantined file; a failure is logged, since the file itself has moved."""
+        note = dest.with_name(dest.name + ".reason")
+        try:
+            note.write_text(
+                f"reason: {reason.value if reason else None}\ndetail: {detail}\nseq: {seq}\nat: {iso_time(self._clock())}\n",
+                encoding="utf-8",
+            )
+        except OSError as exc:
+            # The move succeeded: reporting file_not_moved here would send the operator looking for a file that is in
+            # quarantine. The reason stays in the journal and the decision.
+            self.log.error("reason_file_not_written", file=str(dest), seq=seq, reason=reason.value if reason else None, error=str(exc))
 
     def _take(self, src: Path, dest: Path, judged: _Identity, name: str, seq: int) -> bool:
         """Rename `src` to `dest` and check that what moved is the judged file: another file may have replaced it in

@@ -229,6 +229,25 @@ def test_after_the_decision_files_move_by_verdict_quarantine_gets_a_reason_and_n
     assert [p.name for p in folder.iterdir() if p.is_file()] == []
 
 
+def test_a_reason_note_that_cannot_be_written_is_logged_as_such_and_the_file_still_counts_as_moved(folder: Path) -> None:
+    (folder / "quarantine" / "q.png.reason").mkdir(parents=True)  # a directory where the note belongs
+    logged = io.StringIO()
+    configure_logging("info", "json", stream=logged)
+    run = Running(folder, settle_ms=50, rescan_s=0.5)
+    try:
+        _drop(folder, "q.png")
+        assert wait_until(lambda: run.frames, 3)
+        run.source.done(run.frames[0][1], _record(run.frames[0][1], 1, "reject", Reason.TRUNCATED))
+        time.sleep(0.8)  # a rescan would judge it again if it were still there
+    finally:
+        run.close()
+    events = [json.loads(line) for line in logged.getvalue().splitlines()]
+    assert [e["seq"] for e in events if e["event"] == "reason_file_not_written"] == [1]
+    assert not [e for e in events if e["event"] == "file_not_moved"]
+    assert (folder / "quarantine" / "q.png").read_bytes() == b"\x89PNG...."
+    assert run.names() == ["q.png"]
+
+
 def test_a_file_that_could_not_be_moved_is_not_judged_twice_but_its_replacement_is(folder: Path) -> None:
     (folder / "processed").mkdir()
     (folder / "processed" / "pass").write_text("a file where the processed/pass/ folder belongs")
