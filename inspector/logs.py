@@ -11,9 +11,27 @@ import structlog
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
+class _CurrentStderr:
+    """Whatever `sys.stderr` is when a line is written. Bound loggers keep the file they were made with, so binding
+    the object `sys.stderr` held at configure time would send a long-lived logger's lines to a stream that has since
+    been swapped out (redirect_stderr, pytest's capsys) and perhaps closed."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
+_STDERR = _CurrentStderr()  # one object, so every PrintLogger shares structlog's per-file write lock
+
+
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Configure structlog for the process; logs go to stderr so stdout stays for command output."""
-    stream = stream or sys.stderr
+    stream = stream or _STDERR
     console = fmt == "console" or (fmt == "auto" and stream.isatty())
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0) if console else structlog.processors.JSONRenderer()

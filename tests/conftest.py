@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,13 @@ GRAY64 = PreprocessSpec(color="gray", resize={"width": 64, "height": 64})
 
 
 @pytest.fixture(autouse=True)
-def _json_logs_to_stderr() -> None:
+def _json_logs_to_stderr() -> Iterator[None]:
     """Each test starts with the CLI's default logging (JSON on a non-TTY stderr)."""
+    configure_logging("info", "json")
+    structlog.contextvars.clear_contextvars()
+    yield
+    # Module- and session-scoped fixtures of the next test are set up before this fixture runs again, so a stream or
+    # context a test configured must not outlive it.
     configure_logging("info", "json")
     structlog.contextvars.clear_contextvars()
 
