@@ -633,7 +633,10 @@ def _print_summary(s: dict[str, Any]) -> None:
         _print_calibration_check(cal)
     rows = s.get("what_if")
     if rows:
-        differ = len(set((s.get("roi_thresholds") or {}).values())) > 1
+        from inspector.decision import shared_threshold
+
+        roi_thresholds = s.get("roi_thresholds") or {}
+        differ = bool(roi_thresholds) and shared_threshold(roi_thresholds) is None
         print("what-if: each threshold applied to every ROI alike" + ("; this station's own per-ROI thresholds are not" if differ else ""))
         faulted = any(row.get("ng_faulted") or row.get("ok_faulted") for row in rows)
         extra = "  NG-recall(scored)  false-reject-rate(scored)" if faulted else ""

@@ -143,6 +143,12 @@ def iso_time(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def shared_threshold(by_roi: dict[str, float]) -> float | None:
+    """The threshold every ROI applies, or None when the ROIs' thresholds differ."""
+    values = set(by_roi.values())
+    return values.pop() if len(values) == 1 else None
+
+
 class Thresholds:
     """Per-ROI thresholds (and uncertain bands) resolved against the model's ROI names; ConfigError for unknown names."""
 

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from inspector.percent import percent
+
 MARKER = ".inspector-demo"  # only a folder holding this is wiped by a new run
 STEPS = 7
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -358,10 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         _step(6, "dropping test parts into the folder; decisions as the PLC's subscriber receives them:")
         seen = _run_line(out, config, port, parts, args.rate)
     s = _summary(seen)
-    pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"
     print(
         f"\n{s['decided']}/{s['parts']} parts decided: {s['pass']} pass, {s['reject']} reject, {s['uncertain']} uncertain; "
-        f"NG recall {pct(s['ng_recall'])}, false-reject rate {pct(s['false_reject_rate'])}; "
+        f"NG recall {percent(s['ng_recall'], 1)}, false-reject rate {percent(s['false_reject_rate'], 1)}; "
         f"latency from capture p50 {s['latency_p50_ms']:.1f} ms, p99 {s['latency_p99_ms']:.1f} ms"
     )
     print(f"training report:    {train_report}")

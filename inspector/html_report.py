@@ -9,8 +9,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from inspector.percent import percent
-
 BINS = 25
 COLOURS = {"ok": "#2f9e44", "ng": "#e03131", "unlabelled": "#868e96", "all frames": "#1c7ed6"}
 CSS = """
@@ -32,11 +30,6 @@ def esc(value: object) -> str:
 def num(value: float | None, spec: str = ".3f") -> str:
     """A number formatted with `spec`, or "n/a"."""
     return "n/a" if value is None else format(value, spec)
-
-
-def pct(value: float | None, decimals: int = 1) -> str:
-    """A fraction as a percentage, or "n/a"; never 100% or 0% for a value that is not."""
-    return percent(value, decimals)
 
 
 def table(head: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:

@@ -37,7 +37,10 @@ class DatasetRef(_Record):
     unit: Literal["frame", "roi"] = Field(description="frame: one sample per image; roi: one per labelled ROI crop.")
     n_ok: int = Field(ge=0, description="OK samples.")
     n_ng: int = Field(ge=0, description="NG samples.")
-    n_ng_per_class: dict[str, int] = Field(default_factory=dict, description="NG samples per defect class.")
+    n_ng_per_class: dict[str, int] = Field(
+        default_factory=dict,
+        description="NG frames per defect class (ng/<defect>/), those directly under ng/ as \"(no defect folder)\"; empty for ROI labels.",
+    )
     excluded: int = Field(default=0, ge=0, description="Samples left out: without a score (unreadable images), or repeats of another.")
     unlabelled: int = Field(default=0, ge=0, description="Frames found without a label, left out.")
 

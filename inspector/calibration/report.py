@@ -26,11 +26,11 @@ from inspector.html_report import (
     esc,
     histogram_svg,
     page,
-    pct,
     plot_svg,
     roc_svg,
     table,
 )
+from inspector.percent import percent
 from inspector.replay.metrics import roc_curve
 
 _CSS = CSS + """
@@ -40,10 +40,7 @@ _CSS = CSS + """
 td.limit{background:#fff3bf;font-weight:bold} .plots{display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start}
 """
 _TARGET_COLOUR = "#7048e8"
-
-
-def _p(value: float | None) -> str:
-    return pct(value, 2)  # recall targets like 99.5% need the second decimal
+# Rates keep percent()'s two decimals, where replay's report shows one: recall targets like 99.5% need the second.
 
 
 def _td(value: object, cls: str = "num") -> str:
@@ -67,7 +64,7 @@ def _header(record: CalibrationRecord) -> str:
         ("Preprocessing sha256", record.preprocess_sha256 or "not recorded"),
         ("Created", f"{record.created_at} by {record.created_by}"),
         ("Inspector version", record.inspector_version),
-        ("Target", f"NG recall >= {_p(t.ng_recall)} at {t.confidence * 100:g}% confidence (one-sided Clopper-Pearson lower bound)"),
+        ("Target", f"NG recall >= {percent(t.ng_recall)} at {t.confidence * 100:g}% confidence (one-sided Clopper-Pearson lower bound)"),
         ("Dataset source", f"{d.source} (hashed: {d.basis})"),
         ("Sample unit", f"{d.unit} (one sample per {'image' if d.unit == 'frame' else 'labelled ROI crop'})"),
         ("OK samples", str(d.n_ok)),
@@ -83,7 +80,7 @@ def _header(record: CalibrationRecord) -> str:
 
 def _banner(record: CalibrationRecord) -> str:
     t = record.target
-    goal = f"NG recall >= {_p(t.ng_recall)} at {t.confidence * 100:g}% confidence"
+    goal = f"NG recall >= {percent(t.ng_recall)} at {t.confidence * 100:g}% confidence"
     if record.demonstrated:
         return (
             f'<div class="banner ok"><strong>DEMONSTRATED</strong>Every threshold\'s one-sided lower bound on NG recall meets the '
@@ -108,9 +105,9 @@ def _banner(record: CalibrationRecord) -> str:
 def _achieved_rows(a: Achieved, n_ng: int, n_ok: int, confidence: float) -> list[tuple[str, str]]:
     c = f"{confidence * 100:g}%"
     return [
-        ("NG recall", f"{_p(a.ng_recall)} (lower bound {_p(a.ng_recall_lower)} at {c})"),
+        ("NG recall", f"{percent(a.ng_recall)} (lower bound {percent(a.ng_recall_lower)} at {c})"),
         ("NG caught / missed", f"{a.ng_caught} caught, {a.ng_missed} missed of {n_ng}"),
-        ("False-reject rate", f"{_p(a.false_reject_rate)} (upper bound {_p(a.false_reject_rate_upper)} at {c})"),
+        ("False-reject rate", f"{percent(a.false_reject_rate)} (upper bound {percent(a.false_reject_rate_upper)} at {c})"),
         ("OK rejected / passed", f"{a.ok_rejected} rejected, {a.ok_passed} passed of {n_ok}"),
     ]
 
@@ -144,8 +141,8 @@ def _cost_table(s: ScopeResult, record: CalibrationRecord, scores: tuple[np.ndar
         at_recall = Achieved(**{k: getattr(op, k) for k in Achieved.model_fields})
     else:
         at_recall = None
-    recall = lambda a: "n/a" if a is None else f"{_p(a.ng_recall)} ({_p(a.ng_recall_lower)})"
-    frr = lambda a: "n/a" if a is None else f"{_p(a.false_reject_rate)} ({_p(a.false_reject_rate_upper)})"
+    recall = lambda a: "n/a" if a is None else f"{percent(a.ng_recall)} ({percent(a.ng_recall_lower)})"
+    frr = lambda a: "n/a" if a is None else f"{percent(a.false_reject_rate)} ({percent(a.false_reject_rate_upper)})"
     rows = [
         ("Threshold", f"{s.recall_bound_threshold:g}", f"{c.threshold:g}"),
         ("Expected cost per part", f"{c.recall_threshold_cost_per_part:.6g}", f"{c.cost_per_part:.6g}"),
@@ -154,7 +151,7 @@ def _cost_table(s: ScopeResult, record: CalibrationRecord, scores: tuple[np.ndar
     ]
     chosen = "recall bound" if s.chosen_by != "expected-cost" else "expected cost"
     note = (
-        f"Cost of an escape {c.escape:g}, of a false reject {c.false_reject:g}; NG rate {_p(c.ng_rate)} "
+        f"Cost of an escape {c.escape:g}, of a false reject {c.false_reject:g}; NG rate {percent(c.ng_rate)} "
         f"(from the {c.ng_rate_from}). The threshold applied is the {chosen} one."
     )
     return (
@@ -172,7 +169,7 @@ def _band_table(s: ScopeResult) -> str:
         ("Uncertain band", f"[{b.low:g}, {b.high:g}): verdict uncertain; reject at or above {b.high:g}"),
         ("Low", f"{b.low:g}"),
         ("High", f"{b.high:g}"),
-        ("Expected review rate", _p(b.expected_review_rate)),
+        ("Expected review rate", percent(b.expected_review_rate)),
         ("NG in band", str(b.ng_in_band)),
         ("OK in band", str(b.ok_in_band)),
         ("OK still rejected above the band", str(b.ok_rejected_above)),
@@ -188,7 +185,7 @@ def _groups_table(title: str, label: str, groups: dict[str, GroupFigures], worst
         cls = " limit" if name == worst else ""
         cells = [
             esc(name) + (" (limits the threshold)" if name == worst else ""),
-            g.n_ng, g.ng_caught, _p(g.ng_recall), _p(g.ng_recall_lower), g.n_ok, _p(g.false_reject_rate),
+            g.n_ng, g.ng_caught, percent(g.ng_recall), percent(g.ng_recall_lower), g.n_ok, percent(g.false_reject_rate),
             f"{g.lowest_ng_score:g}", f"{g.threshold_alone:g}", "yes" if g.demonstrated_alone else "no",
         ]
         rows.append([f'<td class="limit">{cells[0]}</td>' if cls else str(cells[0]), *(_td(c, "num" + cls) for c in cells[1:])])
@@ -224,7 +221,7 @@ def _rates_svg(ng: np.ndarray, ok: np.ndarray, s: ScopeResult, record: Calibrati
         "rate",
         [Line(x, rec, COLOURS["ng"], "NG recall"), Line(x, frr, COLOURS["ok"], "false-reject rate")],
         [
-            Line((0.0, 1.0), (target, target), _TARGET_COLOUR, f"target NG recall {_p(target)}", 1.5, "6,3"),
+            Line((0.0, 1.0), (target, target), _TARGET_COLOUR, f"target NG recall {percent(target)}", 1.5, "6,3"),
             Line((s.threshold, s.threshold), (0.0, 1.0), "#000", f"threshold {s.threshold:g}", 2.0, "5,3"),
         ],
         shades,
@@ -253,7 +250,7 @@ def _pr_svg(ng: np.ndarray, ok: np.ndarray, s: ScopeResult, units: str) -> str:
         f"NG recall (NG {units} rejected)",
         "precision (NG among rejected)",
         [Line(recall, precision, "#1c7ed6", "precision-recall")],
-        [Line((0.0, 1.0), (base, base), "#adb5bd", f"reject all ({pct(base)} NG)", None, "4,4")],
+        [Line((0.0, 1.0), (base, base), "#adb5bd", f"reject all ({percent(base, 1)} NG)", None, "4,4")],
         markers=markers,
     )
 
@@ -284,8 +281,8 @@ def _plots(name: str, s: ScopeResult, record: CalibrationRecord, scores: tuple[n
         '<div class="plots"><div><h3>ROC</h3>' + roc_svg(fpr, tpr, (a.false_reject_rate, a.ng_recall), s.threshold, unit=units) + "</div>",
         "<div><h3>Precision-recall</h3>" + _pr_svg(ng, ok, s, units) + "</div></div>",
         (
-            f'<p class="caption">Operating point at threshold {s.threshold:g}: NG recall {_p(a.ng_recall)}, false-reject rate '
-            f"{_p(a.false_reject_rate)}. Precision is at the calibration set's NG share ({pct(len(ng) / (len(ng) + len(ok)))}), "
+            f'<p class="caption">Operating point at threshold {s.threshold:g}: NG recall {percent(a.ng_recall)}, false-reject rate '
+            f"{percent(a.false_reject_rate)}. Precision is at the calibration set's NG share ({percent(len(ng) / (len(ng) + len(ok)), 1)}), "
             "not the line's.</p>"
         ),
     ]

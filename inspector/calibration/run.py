@@ -40,6 +40,7 @@ from inspector.calibration.threshold import (
 from inspector.decision import floor_decimals
 from inspector.errors import InputError
 from inspector.percent import percent
+from inspector.replay.metrics import NO_DEFECT_FOLDER
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,11 @@ def calibrate(scores: ScoreSet, options: CalibrateOptions) -> CalibrationRecord:
     ng = [s for s in samples if s.ng]
     per_class: dict[str, int] = {}
     for s in ng:
-        if s.defect:
-            per_class[s.defect] = per_class.get(s.defect, 0) + 1
+        # As replay's per-defect rows: NG lying directly under ng/ count too, so the classes add up to n_ng. ROI samples
+        # (a labels CSV) name no defect class at all.
+        if s.roi is None:
+            name = s.defect or NO_DEFECT_FOLDER
+            per_class[name] = per_class.get(name, 0) + 1
     return CalibrationRecord(
         station=options.station,
         created_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
@@ -296,10 +300,6 @@ def alone_text(f: GroupFigures) -> str:
     return f"alone its {f.n_ng} NG cannot demonstrate the target (threshold {f.threshold_alone:g} by point estimate less the margin)"
 
 
-def _pct(x: float | None) -> str:
-    return percent(x, 2)
-
-
 def describe(record: CalibrationRecord, excluded: tuple[str, ...] = ()) -> list[str]:
     """The record as a quality engineer reads it on the terminal."""
     d, t = record.dataset, record.target
@@ -307,7 +307,7 @@ def describe(record: CalibrationRecord, excluded: tuple[str, ...] = ()) -> list[
         f"station {record.station}: model {record.model.name or '?'} (sha256 {record.model.sha256[:12]}…), "
         f"{d.n_ok} OK / {d.n_ng} NG {d.unit}s" + (f", {d.excluded} excluded" if d.excluded else "")
         + (f", {d.unlabelled} unlabelled frames left out" if d.unlabelled else ""),
-        f"target: NG recall >= {_pct(t.ng_recall)} at {100 * t.confidence:g}% confidence (one-sided Clopper-Pearson)",
+        f"target: NG recall >= {percent(t.ng_recall)} at {100 * t.confidence:g}% confidence (one-sided Clopper-Pearson)",
     ]
     lines += [f"  excluded {e}" for e in excluded[:5]]
     for name, s in record.thresholds.items():
@@ -315,7 +315,7 @@ def describe(record: CalibrationRecord, excluded: tuple[str, ...] = ()) -> list[
         a = s.achieved
         if s.chosen_by == "point-estimate-minus-margin":
             lines.append(
-                f"{head}NOT DEMONSTRATED: {s.n_ng} NG samples cannot show {_pct(t.ng_recall)} NG recall at {100 * t.confidence:g}% "
+                f"{head}NOT DEMONSTRATED: {s.n_ng} NG samples cannot show {percent(t.ng_recall)} NG recall at {100 * t.confidence:g}% "
                 f"confidence; {s.ng_needed_zero_misses} NG samples, none missed, would be needed."
             )
             lines.append(
@@ -327,8 +327,8 @@ def describe(record: CalibrationRecord, excluded: tuple[str, ...] = ()) -> list[
                    "expected-cost": "the lowest expected cost per part (--choose cost)"}.get(s.chosen_by, s.chosen_by)
             lines.append(f"{head}threshold {s.threshold:g}: {why}" + ("" if s.demonstrated else " (the recall target is NOT demonstrated there)"))
         lines.append(
-            f"{head}  NG recall {_pct(a.ng_recall)} (lower bound {_pct(a.ng_recall_lower)}), {a.ng_missed} of {s.n_ng} NG missed; "
-            f"false-reject rate {_pct(a.false_reject_rate)} (upper bound {_pct(a.false_reject_rate_upper)}), {a.ok_rejected} of {s.n_ok} OK"
+            f"{head}  NG recall {percent(a.ng_recall)} (lower bound {percent(a.ng_recall_lower)}), {a.ng_missed} of {s.n_ng} NG missed; "
+            f"false-reject rate {percent(a.false_reject_rate)} (upper bound {percent(a.false_reject_rate_upper)}), {a.ok_rejected} of {s.n_ok} OK"
         )
         lim = s.limited_by
         lines.append(f"{head}  limited by {lim.sample} (score {lim.score:g}" + (f", {lim.defect}" if lim.defect else "") + f"): {limit_text(s)}")
@@ -337,20 +337,20 @@ def describe(record: CalibrationRecord, excluded: tuple[str, ...] = ()) -> list[
             for g, f in groups.items():
                 mark = f"  {group_mark(s, f)}" if g == worst else ""
                 lines.append(
-                    f"{head}  {label} {g}: {f.n_ng} NG, recall {_pct(f.ng_recall)} (lower {_pct(f.ng_recall_lower)}), {alone_text(f)}{mark}"
+                    f"{head}  {label} {g}: {f.n_ng} NG, recall {percent(f.ng_recall)} (lower {percent(f.ng_recall_lower)}), {alone_text(f)}{mark}"
                 )
         if s.cost is not None:
             c = s.cost
             lines.append(
                 f"{head}  expected cost per part: {c.recall_threshold_cost_per_part:.6g} at the recall threshold; lowest {c.cost_per_part:.6g} at "
-                f"threshold {c.threshold:g} (NG recall {_pct(c.achieved.ng_recall)}, false-reject rate {_pct(c.achieved.false_reject_rate)}; "
-                f"NG rate {_pct(c.ng_rate)} from the {c.ng_rate_from})"
+                f"threshold {c.threshold:g} (NG recall {percent(c.achieved.ng_recall)}, false-reject rate {percent(c.achieved.false_reject_rate)}; "
+                f"NG rate {percent(c.ng_rate)} from the {c.ng_rate_from})"
             )
         if s.uncertain_band is not None:
             b = s.uncertain_band
             lines.append(
                 f"{head}  uncertain band [{b.low:g}, {b.high:g}): {b.ng_in_band} NG and {b.ok_in_band} OK samples in it, expected review "
-                f"rate {_pct(b.expected_review_rate)}; {b.ok_rejected_above} OK still rejected above it"
+                f"rate {percent(b.expected_review_rate)}; {b.ok_rejected_above} OK still rejected above it"
             )
         if s.uncertain_band_note is not None:
             lines.append(f"{head}  no uncertain band: {s.uncertain_band_note}")

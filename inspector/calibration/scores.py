@@ -67,6 +67,41 @@ class _Copies:
             )
 
 
+class _Gathered:
+    """The samples of one source, one per labelled frame (or ROI): copies and faulted frames excluded with the reason."""
+
+    def __init__(self) -> None:
+        self.samples: list[Sample] = []
+        self.excluded: list[str] = []
+        self.lines: list[str] = []  # what the dataset fingerprint covers
+        self.copies = _Copies()
+
+    def add(
+        self,
+        frame_id: str,
+        label: str | None,
+        defect: str | None,
+        roi_labels: Any,
+        *,
+        content: str | None,
+        fingerprinted: object,
+        score: float | None,
+        reason: str | None,
+        roi_scores: dict[str, float],
+    ) -> None:
+        """Take one labelled frame: `content` finds copies of one image, `fingerprinted` ends its fingerprint line."""
+        original = self.copies.first(content, frame_id, _label_text(label, roi_labels))
+        if original is not None:
+            # A copy or a link of one part is not a second part: counted twice, it would shrink the recall bound.
+            self.excluded.append(f"{frame_id}: the same image as {original}")
+            return
+        self.lines.append(f"{frame_id}\t{label}\t{defect}\t{roi_labels}\t{fingerprinted}")
+        if score is None:
+            self.excluded.append(f"{frame_id}: {reason or 'no score'}")
+            return
+        self.samples += _samples(frame_id, label, defect, roi_labels, roi_scores, score)
+
+
 def _label_text(label: str | None, roi_labels: Any) -> str:
     return " ".join(f"{roi}={lab}" for roi, lab in roi_labels) if roi_labels else str(label)
 
@@ -98,34 +133,23 @@ def from_images(
     not_in_csv = len(dataset.items) - len(labelled) - len(dataset.loose_files)
     if not_in_csv:
         log.warning("frames_without_labels", count=not_in_csv, why="not in the labels CSV; left out")
-    samples: list[Sample] = []
-    excluded: list[str] = []
-    lines: list[str] = []
-    copies = _Copies()
+    got = _Gathered()
     for item, frame, verdict in judge(pipeline, ReplaySet(tuple(labelled), dataset.labelled_by), progress, "scoring"):
         content = hashlib.sha256(frame.data or b"").hexdigest()
-        original = copies.first(content if frame.data else None, item.frame_id, _label_text(item.label, item.roi_labels))
-        if original is not None:
-            # A copy or a link of one part is not a second part: counted twice, it would shrink the recall bound.
-            excluded.append(f"{item.frame_id}: the same image as {original}")
-            continue
-        lines.append(f"{item.frame_id}\t{item.label}\t{item.defect}\t{item.roi_labels}\t{content}")
-        if verdict.score is None:
-            excluded.append(f"{item.frame_id}: {verdict.reason.value if verdict.reason else 'no score'}")
-            continue
-        samples += _samples(item.frame_id, item.label, item.defect, item.roi_labels, {r.name: r.score for r in verdict.rois}, verdict.score)
-    copies.check(str(path))
+        got.add(item.frame_id, item.label, item.defect, item.roi_labels, content=content if frame.data else None, fingerprinted=content,
+                score=verdict.score, reason=verdict.reason.value if verdict.reason else None, roi_scores={r.name: r.score for r in verdict.rois})
+    got.copies.check(str(path))
     return ScoreSet(
-        samples=tuple(samples),
+        samples=tuple(got.samples),
         unit=unit,
         model_sha256=pipeline.classifier.sha256,
         model_name=Path(model_path).name,
         roi_names=pipeline.roi_names,
         preprocess_sha256=preprocess_sha256(pipeline.preprocessor.spec.to_json()),
-        fingerprint=_fingerprint(lines),
+        fingerprint=_fingerprint(got.lines),
         basis="files",
         source=str(path),
-        excluded=tuple(excluded),
+        excluded=tuple(got.excluded),
         unlabelled=len(dataset.items) - len(labelled),
     )
 
@@ -171,33 +195,23 @@ def from_decisions(path: Path, *, model_path: Path | None = None) -> ScoreSet:
             f"--decisions {path}: no decision carries a label; replay a labelled folder (ok/ + ng/<defect>/) or pass --labels to replay"
         )
     unit = "roi" if any(r["label"].get("rois") for r in labelled) else "frame"
-    samples: list[Sample] = []
-    excluded: list[str] = []
-    lines: list[str] = []
+    got = _Gathered()
     seen: set[str] = set()
-    copies = _Copies()
     unhashed = 0
     for r in labelled:
         if r["frame_id"] in seen:
-            excluded.append(f"{r['frame_id']}: listed again (one frame is one sample)")
+            got.excluded.append(f"{r['frame_id']}: listed again (one frame is one sample)")
             continue
         seen.add(r["frame_id"])
         lab = r["label"]
         rois = tuple(sorted(lab["rois"].items())) if lab.get("rois") else None
         if "sha256" not in r:
             unhashed += 1
-        original = copies.first(r.get("sha256"), r["frame_id"], _label_text(lab.get("frame"), rois))
-        if original is not None:
-            # As with images: a copy of one part under another name is not a second part.
-            excluded.append(f"{r['frame_id']}: the same image as {original}")
-            continue
-        lines.append(f"{r['frame_id']}\t{lab.get('frame')}\t{lab.get('defect')}\t{rois}\t{r.get('score')}")
-        if r.get("score") is None:
-            excluded.append(f"{r['frame_id']}: {r.get('reason') or 'no score'}")
-            continue
-        roi_scores = {x["name"]: float(x["score"]) for x in r.get("rois", [])}
-        samples += _samples(r["frame_id"], lab.get("frame"), lab.get("defect"), rois, roi_scores, float(r["score"]))
-    copies.check(f"--decisions {path}")
+        scored = r.get("score") is not None
+        got.add(r["frame_id"], lab.get("frame"), lab.get("defect"), rois, content=r.get("sha256"), fingerprinted=r.get("score"),
+                score=float(r["score"]) if scored else None, reason=r.get("reason"),
+                roi_scores={x["name"]: float(x["score"]) for x in r.get("rois", [])} if scored else {})
+    got.copies.check(f"--decisions {path}")
     warnings = []
     if unhashed:
         warnings.append(
@@ -206,16 +220,16 @@ def from_decisions(path: Path, *, model_path: Path | None = None) -> ScoreSet:
         )
     roi_names = tuple(model.get("rois") or [x["name"] for x in labelled[0].get("rois", [])])
     return ScoreSet(
-        samples=tuple(samples),
+        samples=tuple(got.samples),
         unit=unit,
         model_sha256=sha,
         model_name=name,
         roi_names=roi_names,
         preprocess_sha256=model.get("preprocess_sha256"),
-        fingerprint=_fingerprint(lines),
+        fingerprint=_fingerprint(got.lines),
         basis="decisions",
         source=str(path),
-        excluded=tuple(excluded),
+        excluded=tuple(got.excluded),
         unlabelled=len(records) - len(labelled),
         warnings=tuple(warnings),
     )

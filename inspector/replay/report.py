@@ -11,17 +11,17 @@ from typing import Any
 import cv2
 import numpy as np
 
-from inspector.decision import PASS
+from inspector.decision import PASS, shared_threshold
 from inspector.html_report import (
     BINS,
     esc,
     histogram_svg,
     num,
     page,
-    pct,
     roc_svg,
     table,
 )
+from inspector.percent import percent
 from inspector.preprocess import Roi
 from inspector.replay.files import FALSE_REJECTS, MISSED_NG, REPORT
 from inspector.replay.metrics import NO_DEFECT_FOLDER, Outcome, roc_curve
@@ -49,9 +49,9 @@ class Mark:
 
 
 def _threshold_text(by_roi: dict[str, float]) -> str:
-    values = set(by_roi.values())
-    if len(values) == 1:
-        return f"{values.pop():g}"
+    shared = shared_threshold(by_roi)
+    if shared is not None:
+        return f"{shared:g}"
     return "per ROI: " + ", ".join(f"{name} {t:g}" for name, t in by_roi.items())
 
 
@@ -62,7 +62,7 @@ def _header(summary: dict[str, Any], by_roi: dict[str, float], title: str) -> st
         ("Frames", str(summary["frames"])),
         ("Passed", str(summary["passed"])),
         ("Rejected", str(summary["rejected"])),
-        ("Reject rate", pct(summary["reject_rate"])),
+        ("Reject rate", percent(summary["reject_rate"], 1)),
         ("Faulted", faulted),
         ("Threshold", _threshold_text(by_roi)),
     ]
@@ -76,14 +76,14 @@ def _header(summary: dict[str, Any], by_roi: dict[str, float], title: str) -> st
             # A faulted frame is rejected on the line but says nothing of the model: both figures, each named for what it counts.
             rows += [
                 ("Faulted labelled frames (rejected without a score)", f"{fm['ng_faulted']} NG, {fm['ok_faulted']} OK"),
-                ("NG recall on the line (faulted NG counted as caught)", pct(fm["ng_recall"])),
-                (f"NG recall of the model (the {fm['scored_n_ng']} scored NG only)", pct(fm["scored_ng_recall"])),
-                ("False-reject rate on the line (faulted OK counted as rejected)", pct(fm["false_reject_rate"])),
-                (f"False-reject rate of the model (the {fm['scored_n_ok']} scored OK only)", pct(fm["scored_false_reject_rate"])),
+                ("NG recall on the line (faulted NG counted as caught)", percent(fm["ng_recall"], 1)),
+                (f"NG recall of the model (the {fm['scored_n_ng']} scored NG only)", percent(fm["scored_ng_recall"], 1)),
+                ("False-reject rate on the line (faulted OK counted as rejected)", percent(fm["false_reject_rate"], 1)),
+                (f"False-reject rate of the model (the {fm['scored_n_ok']} scored OK only)", percent(fm["scored_false_reject_rate"], 1)),
             ]
         else:
-            rows += [("NG recall", pct(fm["ng_recall"])), ("False-reject rate", pct(fm["false_reject_rate"]))]
-        rows += [("Precision", pct(fm["precision"])), ("ROC-AUC", num(fm["roc_auc"]))]
+            rows += [("NG recall", percent(fm["ng_recall"], 1)), ("False-reject rate", percent(fm["false_reject_rate"], 1))]
+        rows += [("Precision", percent(fm["precision"], 1)), ("ROC-AUC", num(fm["roc_auc"]))]
     total = summary["latency_ms"]["total"]
     rows.append(("Latency total p50 / p99", f"{num(total['p50'], '.1f')} / {num(total['p99'], '.1f')} ms"))
     return f"<h1>{esc(title)}</h1>" + table(["Figure", "Value"], [(esc(k), esc(v)) for k, v in rows], "summary")
@@ -236,7 +236,7 @@ def write_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     by_roi = threshold if isinstance(threshold, dict) else {"frame": threshold}
-    shared = set(by_roi.values()).pop() if len(set(by_roi.values())) == 1 else None
+    shared = shared_threshold(by_roi)
     fm = summary.get("frame_metrics")
     body = [_header(summary, by_roi, title)]
 
@@ -282,14 +282,14 @@ def write_report(
             )
             body.append("<h2>ROC</h2>" + roc_svg(fpr, tpr, op, shared) + (
                 f'<p class="caption">ROC-AUC {num(fm["roc_auc"])} over {len(labelled)} scored labelled frames. '
-                f"{esc(where)}: NG recall {pct(op[1])}, false-reject rate {pct(op[0])} (faulted frames excluded).{curve_note}</p>"
+                f"{esc(where)}: NG recall {percent(op[1], 1)}, false-reject rate {percent(op[0], 1)} (faulted frames excluded).{curve_note}</p>"
             ))
         else:
             body.append("<h2>ROC</h2><p>n/a: needs scored frames of both classes.</p>")
 
         if fm.get("per_defect"):
             cell = lambda v: f'<td class="num">{v}</td>'
-            rows = [(esc(d), cell(m["n"]), cell(m["rejected"]), cell(pct(m["recall"])), cell(m["faulted"]), cell(pct(m["scored_recall"])))
+            rows = [(esc(d), cell(m["n"]), cell(m["rejected"]), cell(percent(m["recall"], 1)), cell(m["faulted"]), cell(percent(m["scored_recall"], 1)))
                     for d, m in fm["per_defect"].items()]
             loose = f'<p class="caption">{esc(NO_DEFECT_FOLDER)}: NG frames lying directly under ng/.</p>' if NO_DEFECT_FOLDER in fm["per_defect"] else ""
             body.append("<h2>Recall per defect</h2>" + table(

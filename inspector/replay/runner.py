@@ -17,7 +17,7 @@ from inspector import __version__
 from inspector.calibration.record import preprocess_sha256, summary_line
 from inspector.calibration.verify import verify
 from inspector.config import InspectorSettings
-from inspector.decision import Verdict
+from inspector.decision import Verdict, shared_threshold
 from inspector.errors import InputError
 from inspector.frame import Frame
 from inspector.outputs import check_output, make_output_folder
@@ -125,12 +125,6 @@ def run_replay(
         out=str(out_dir),
     )
     return ReplayResult(out_dir, decisions, summary_path, report_path, summary, tuple(outcomes))
-
-
-def shared_threshold(by_roi: dict[str, float]) -> float | None:
-    """The threshold every ROI applies, or None when the ROIs' thresholds differ."""
-    values = set(by_roi.values())
-    return values.pop() if len(values) == 1 else None
 
 
 def judge(pipeline: FramePipeline, dataset: ReplaySet, progress: bool | None, label: str = "replay") -> Iterator[tuple[ReplayItem, Frame, Verdict]]:

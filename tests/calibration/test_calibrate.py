@@ -350,6 +350,37 @@ def test_unreadable_images_are_left_out_and_counted(
     assert "1 excluded" in out and "excluded ng/crack/partial.png: truncated" in out
 
 
+def test_ng_lying_directly_under_ng_count_per_class_as_replay_names_them(
+    models: dict[str, Path], tiles: Path, station_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import cv2
+
+    from inspector.samples import tile
+
+    data = station_dir / "data"
+    shutil.copytree(tiles, data)
+    rng = np.random.default_rng(7)
+    for i in range(3):
+        assert cv2.imwrite(str(data / "ng" / f"loose_{i}.png"), tile(rng, 64, 64, "crack"))
+    code, _, err = _run(capsys, "calibrate", data, "--model", models["dark"], "--target-recall", "0.8", "--confidence", "0.8",
+                        "--station", "s1")
+    assert code == 0, err
+    record = load_record(station_dir / "calibration" / "s1.yaml")
+    per_class = record.dataset.n_ng_per_class
+    assert per_class == {"(no defect folder)": 3, "blowhole": 4, "crack": 4}
+    assert sum(per_class.values()) == record.dataset.n_ng == 11
+    assert "(no defect folder) 3" in (station_dir / "calibration" / "s1.report.html").read_text()
+    # Replay's per-defect rows on the same folder, and a record made from replay's decisions, say the same.
+    code, _, err = _run(capsys, "replay", data, "--model", models["dark"], "--out", station_dir / "replayed", "--no-report")
+    assert code == 0, err
+    summary = json.loads((station_dir / "replayed" / "summary.json").read_text())
+    assert {d: row["n"] for d, row in summary["frame_metrics"]["per_defect"].items()} == per_class
+    code, _, err = _run(capsys, "calibrate", "--decisions", station_dir / "replayed" / "decisions.jsonl", "--target-recall", "0.8",
+                        "--confidence", "0.8", "--station", "s1", "--out", station_dir / "from-decisions.yaml", "--no-report")
+    assert code == 0, err
+    assert load_record(station_dir / "from-decisions.yaml").dataset.n_ng_per_class == per_class
+
+
 def test_roi_decisions_from_replay_calibrate_like_the_images(
     models: dict[str, Path], roi_frames: tuple[Path, Path], station_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

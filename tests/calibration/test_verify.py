@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from inspector.calibration.verify import verify
+from inspector.replay.metrics import Outcome, roi_metrics
 from tests.conftest import calibration_record
 
 RECORD = calibration_record({"*": (0.5, None)})  # claims NG recall >= 0.95 (lower bound) and FRR <= 0.02 (upper bound)
 
 
-def _roi_metrics(n_ng: int, escapes: int, frr: float = 0.01, *, ng_faulted: int = 0) -> dict:
-    return {"n_ng": n_ng, "escapes": escapes, "n_ok": 100, "false_reject_rate": frr, "false_rejects": round(100 * frr),
-            "ng_faulted": ng_faulted, "ok_faulted": 0}
+def _roi(i: int, label: str, rejected: bool, faulted: bool = False) -> Outcome:
+    verdict = "reject" if rejected else "pass"
+    return Outcome(
+        frame_id=f"f{i}", source=f"f{i}.png", verdict=verdict, reason="decode" if faulted else None,
+        score=None if faulted else (0.9 if rejected else 0.1),
+        roi_scores=() if faulted else (("a", 0.9 if rejected else 0.1),), roi_verdicts=() if faulted else (("a", verdict),),
+        label=label, defect=None, roi_labels=(("a", label),), latency=(0.0, 0.0, 0.0, 0.0),
+    )
+
+
+def _roi_metrics(n_ng: int, escapes: int, frr: float = 0.01, *, ng_faulted: int = 0) -> dict[str, Any]:
+    """Replay's ROI figures, as replay computes them, for 100 OK ROIs and `n_ng` NG ROIs of which `ng_faulted` faulted."""
+    kinds = ([("ng", True, True)] * ng_faulted + [("ng", False, False)] * escapes + [("ng", True, False)] * (n_ng - ng_faulted - escapes)
+             + [("ok", True, False)] * round(100 * frr) + [("ok", False, False)] * (100 - round(100 * frr)))
+    m = roi_metrics([_roi(i, *k) for i, k in enumerate(kinds)])
+    assert m is not None
+    return m
 
 
 def test_recall_at_or_above_the_bound_is_inside() -> None:
