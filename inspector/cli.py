@@ -216,6 +216,30 @@ def _size(text: str) -> tuple[int, int]:
 
 
 
+_FRAME_SIZE_FORMS = "any, WxH (e.g. 1280x1024) or MINWxMINH..MAXWxMAXH (e.g. 1280x1024..2448x2048), in pixels"
+
+
+def _frame_size(text: str) -> str | dict[str, int]:
+    """`--frame-size`: `any`, or the range of frame sizes as preprocess.frame_size takes it."""
+    import re
+
+    from inspector.preprocess import MAX_FRAME_SIDE
+
+    value = text.strip().lower()
+    if value == "any":
+        return "any"
+    low, sep, high = value.partition("..")
+    sizes = [re.fullmatch(r"(\d+)x(\d+)", end.strip()) for end in ((low, high) if sep else (low, low))]
+    if sizes[0] is None or sizes[1] is None:
+        raise argparse.ArgumentTypeError(f"expected {_FRAME_SIZE_FORMS}; got {text!r}")
+    (w0, h0), (w1, h1) = ((int(m.group(1)), int(m.group(2))) for m in sizes if m is not None)
+    if not all(1 <= v <= MAX_FRAME_SIDE for v in (w0, h0, w1, h1)):
+        raise argparse.ArgumentTypeError(f"widths and heights must lie in 1..{MAX_FRAME_SIDE} pixels; got {text!r}")
+    if w0 > w1 or h0 > h1:
+        raise argparse.ArgumentTypeError(f"the smaller size comes first: MINWxMINH..MAXWxMAXH, min <= max on each side; got {text!r}")
+    return {"min_width": w0, "max_width": w1, "min_height": h0, "max_height": h1}
+
+
 def _add_train(sub: Any) -> None:
     # pydantic only: `inspector --help` and the runtime commands never import torch
     from inspector.training.recipe import add_recipe_flags
@@ -241,6 +265,11 @@ def _add_train(sub: Any) -> None:
     pp.add_argument(
         "--pixel-max", type=int, metavar="N",
         help="full-scale pixel value of the frames: 255 (8-bit), 4095 (12-bit camera in 16-bit files), 65535; default: from the data",
+    )
+    pp.add_argument(
+        "--frame-size", type=_frame_size, metavar="any|WxH|WxH..WxH",
+        help="frame sizes the model will judge (others are rejected as frame_size): WxH, a range MINWxMINH..MAXWxMAXH, "
+        "or any to record none; default: the range of the training images' sizes",
     )
     add_recipe_flags(tp)
 
@@ -727,6 +756,8 @@ def _train(args: argparse.Namespace) -> int:
         overrides["preprocess.resize.letterbox"] = args.letterbox
     if args.pixel_max is not None:
         overrides["preprocess.pixel_max"] = args.pixel_max
+    if args.frame_size is not None:
+        overrides["preprocess.frame_size"] = args.frame_size
     if args.resume is not None:
         unsupported = sorted(k for k in overrides if k != "train.epochs")
         if unsupported or args.config:

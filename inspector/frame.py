@@ -19,6 +19,7 @@ class Reason(StrEnum):
     DECODE_FAILED = "decode_failed"
     UNSUPPORTED_IMAGE = "unsupported_image"  # decodes, but not 8/16-bit gray or colour, or not the model's bit depth (pixel_max)
     ROI_OUT_OF_BOUNDS = "roi_out_of_bounds"  # the frame is too small for a configured ROI
+    FRAME_SIZE = "frame_size"  # the frame's width or height lies outside the sizes the model was trained on (frame_size)
     REFUSED = "refused"  # a symlink, or a path leading out of the watched folder
     INFERENCE_ERROR = "inference_error"
     INTERNAL_ERROR = "internal_error"
@@ -37,6 +38,7 @@ QUARANTINE_REASONS = frozenset(
         Reason.DECODE_FAILED,
         Reason.UNSUPPORTED_IMAGE,
         Reason.ROI_OUT_OF_BOUNDS,
+        Reason.FRAME_SIZE,
         Reason.REFUSED,
     }
 )

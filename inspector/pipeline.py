@@ -28,7 +28,14 @@ from inspector.decision import (
 from inspector.errors import InputError, ModelError
 from inspector.frame import Frame, FrameFault, Reason
 from inspector.model import ORT_EXCEPTIONS, Classifier, OnnxClassifier, load_classifier
-from inspector.preprocess import Preprocessor, PreprocessSpec, Roi, from_array
+from inspector.preprocess import (
+    FrameSize,
+    Preprocessor,
+    PreprocessSpec,
+    Roi,
+    from_array,
+    size_under_rois,
+)
 
 
 class FramePipeline:
@@ -145,19 +152,30 @@ class FramePipeline:
 
 
 def station_spec(spec: PreprocessSpec, rois: tuple[Roi, ...] | None) -> PreprocessSpec:
-    """The model's preprocessing with this station's ROI layout, when the config gives one; InputError when it renames them."""
+    """The model's preprocessing with this station's ROI layout, when the config gives one; InputError when it renames them.
+
+    A whole-frame model's trained frame_size then applies to each ROI crop (`applies_to: roi`), not to the frame: the
+    images it was trained on are what the station now crops.
+    """
     if rois is None:
         return spec
     check_station_rois(spec, rois)
-    return PreprocessSpec.model_validate({**spec.model_dump(), "rois": [r.model_dump() for r in rois]})
+    placed = PreprocessSpec.model_validate({**spec.model_dump(), "rois": [r.model_dump() for r in rois]})
+    return placed.model_copy(update={"frame_size": size_under_rois(spec, rois)})
 
 
 def check_station_rois(spec: PreprocessSpec, rois: tuple[Roi, ...] | None) -> None:
-    """Refuse station ROIs that rename or leave out the model's: `rois` moves the trained ROIs, it does not invent new ones."""
-    if rois is None or not spec.rois:
-        return  # a whole-frame model may judge any crops: each is a frame to it
+    """Refuse station ROIs that rename or leave out the model's: `rois` moves the trained ROIs, it does not invent new ones.
+
+    Where the trained frame_size applies to the ROI crops (a whole-frame model), also refuse pixel ROIs of a size the
+    model was never trained on: every frame would be rejected as frame_size.
+    """
+    if rois is None:
+        return
     trained, given = set(spec.roi_names), {r.name for r in rois}
-    if trained == given:
+    if not spec.rois or trained == given:
+        # A whole-frame model may judge any crops (of the sizes it was trained on): each is a frame to it.
+        _check_crop_sizes(spec, rois)
         return
     parts = [f"missing {', '.join(sorted(trained - given))}" if trained - given else "",
              f"not in the model {', '.join(sorted(given - trained))}" if given - trained else ""]
@@ -165,6 +183,25 @@ def check_station_rois(spec: PreprocessSpec, rois: tuple[Roi, ...] | None) -> No
         f"rois: the model was trained on ROIs {', '.join(spec.roi_names)}; this station's `rois` places them and must name "
         f"each of them ({'; '.join(p for p in parts if p)})"
     )
+
+
+def _check_crop_sizes(spec: PreprocessSpec, rois: tuple[Roi, ...]) -> None:
+    """InputError naming the pixel ROIs whose crops lie outside the trained image sizes, where those apply to each crop."""
+    size = size_under_rois(spec, rois)
+    if not isinstance(size, FrameSize) or size.applies_to != "roi":
+        return
+    wrong = []
+    for roi in rois:
+        if roi.units == "px":
+            x0, y0, x1, y1 = roi.pixels(0, 0)
+            if not size.fits(x1 - x0, y1 - y0):
+                wrong.append(f"{roi.name} is {x1 - x0}x{y1 - y0}")
+    if wrong:
+        raise InputError(
+            f"rois: {'; '.join(wrong)} pixels, but this model was trained on {size.describe('images')} and judges each "
+            "ROI crop as one of them (a whole-frame model); draw the ROIs that size, or train the model on crops like these "
+            "(inspector train --frame-size sets the range it records)"
+        )
 
 
 def build_pipeline(
@@ -198,6 +235,14 @@ def build_pipeline(
         path, model_settings, config_spec=settings.preprocess, rois=len(settings.rois) if settings.rois else None, log=log
     )
     spec = station_spec(classifier.spec, settings.rois)
+    if spec.frame_size != classifier.spec.frame_size and spec.trained_size is not None:
+        log.info(
+            "frame_size_per_roi",
+            frame_size=spec.trained_size.short(),
+            rois=list(spec.roi_names),
+            why="a whole-frame model with this station's rois: the images it was trained on are these crops, so each crop is "
+            "checked against the trained size, not the frame",
+        )
     if record is not None and record_path is not None:
         check_record(record, record_path, classifier.sha256, preprocess_sha256(spec.to_json()), spec.roi_names)
         log.info("calibration_loaded", path=str(record_path), **summary_line(record))
@@ -223,9 +268,18 @@ def build_pipeline(
         classes=list(classifier.classes),
         rois=list(spec.roi_names),
         threshold=thresholds.default,
+        frame_size=_frame_size_text(spec),
         load_ms=round(classifier.load_ms, 1),
     )
     return FramePipeline(classifier, Preprocessor(spec), thresholds, log=log)
+
+
+def _frame_size_text(spec: PreprocessSpec) -> str | None:
+    """The trained frame sizes for a log line: 1280x1024, 640x480..1280x1024, `any`, or None when the model records none."""
+    size = spec.trained_size
+    if size is None:
+        return None if spec.frame_size is None else str(spec.frame_size)
+    return size.short() + (" per ROI" if size.applies_to == "roi" and spec.rois else "")
 
 
 def _gate_backend(

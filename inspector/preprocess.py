@@ -1,13 +1,13 @@
 """One preprocessing for train, export, replay and run: a serializable `PreprocessSpec` and its OpenCV/numpy implementation.
 
-decode (8/16-bit, gray or colour) -> colour mode -> bit-depth check (pixel_max) -> optional CLAHE (on 8 bits)
--> ROI crops -> resize (optional letterbox) -> normalize -> float32 NCHW batch, one row per ROI.
+decode (8/16-bit, gray or colour) -> colour mode -> frame-size check (frame_size) -> bit-depth check (pixel_max)
+-> optional CLAHE (on 8 bits) -> ROI crops -> resize (optional letterbox) -> normalize -> float32 NCHW batch, one row per ROI.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 from typing import Annotated, Literal, Protocol
 
@@ -17,6 +17,8 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_serializer,
     model_validator,
@@ -30,6 +32,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 WHOLE_FRAME = "frame"  # the ROI name used when a spec names no ROI
 MAX_ROIS = 64
+MAX_FRAME_SIDE = 1 << 20  # OpenCV's decoder refuses wider or taller images (CV_IO_MAX_IMAGE_WIDTH, _HEIGHT)
+# Left out of the JSON when unset, so that specs from before they existed keep their bytes (and sha256).
+_OMITTED_WHEN_UNSET = ("pixel_max", "frame_size")
 
 
 class ColorMode(StrEnum):
@@ -144,6 +149,54 @@ class Normalize(_Strict):
         return v
 
 
+class FrameSize(_Strict):
+    """The range of frame sizes a model was trained on, in pixels; a frame outside it is rejected (`frame_size`)."""
+
+    min_width: int = Field(ge=1, le=MAX_FRAME_SIDE, description="Narrowest frame trained on, pixels.")
+    max_width: int = Field(ge=1, le=MAX_FRAME_SIDE, description="Widest frame trained on, pixels.")
+    min_height: int = Field(ge=1, le=MAX_FRAME_SIDE, description="Lowest frame trained on, pixels.")
+    max_height: int = Field(ge=1, le=MAX_FRAME_SIDE, description="Highest frame trained on, pixels.")
+    applies_to: Literal["frame", "roi"] = Field(
+        default="frame",
+        description="What is checked against the range: frame (each frame as it arrives; what `inspector train` records) or roi "
+        "(each ROI crop: what a station's `rois` make of a whole-frame model's range, since the images it was trained on are "
+        "now the station's crops).",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FrameSize:
+        for side in ("width", "height"):
+            low, high = getattr(self, f"min_{side}"), getattr(self, f"max_{side}")
+            if low > high:
+                raise ValueError(f"min_{side} {low} is above max_{side} {high}; min_{side} must be <= max_{side}")
+        return self
+
+    @classmethod
+    def spanning(cls, sizes: Iterable[tuple[int, int]]) -> FrameSize:
+        """The smallest range holding every (width, height) in `sizes` (at least one)."""
+        widths, heights = zip(*sizes, strict=True)
+        return cls(min_width=min(widths), max_width=max(widths), min_height=min(heights), max_height=max(heights))
+
+    def fits(self, width: int, height: int) -> bool:
+        """Whether a width x height image lies inside the range."""
+        return self.min_width <= width <= self.max_width and self.min_height <= height <= self.max_height
+
+    def describe(self, noun: str = "frames") -> str:
+        """The range in words: '1280x1024 frames', or 'frames 122..608 wide and 227..399 high'."""
+        if self.min_width == self.max_width and self.min_height == self.max_height:
+            return f"{self.min_width}x{self.min_height} {noun}"
+        return f"{noun} {_span(self.min_width, self.max_width)} wide and {_span(self.min_height, self.max_height)} high"
+
+    def short(self) -> str:
+        """The range as `--frame-size` takes it: WxH, or MINWxMINH..MAXWxMAXH."""
+        low, high = f"{self.min_width}x{self.min_height}", f"{self.max_width}x{self.max_height}"
+        return low if low == high else f"{low}..{high}"
+
+
+def _span(low: int, high: int) -> str:
+    return str(low) if low == high else f"{low}..{high}"
+
+
 class PreprocessSpec(_Strict):
     """Everything that turns a raw frame into the model's input; travels inside the ONNX model."""
 
@@ -157,6 +210,14 @@ class PreprocessSpec(_Strict):
         "rejected (`unsupported_image`), and 16-bit pixels above it too. Normalization, letterbox padding and CLAHE scale by it. "
         "Unset: any depth, each scaled by its container (255 or 65535); `inspector train` sets it from the data.",
     )
+    frame_size: FrameSize | Literal["any"] | None = Field(
+        default=None,
+        description="The range of frame sizes (width and height, pixels) the model was trained on; a frame outside it is "
+        "rejected (`frame_size`) before it is judged: another camera resolution would put fractional ROIs, or a whole-frame "
+        "model's view, somewhere it never learnt. `inspector train` records it from the training images unless given "
+        "(`--frame-size`); `any`: none recorded on purpose, frames of every size are judged. Unset (models from before it "
+        "existed): no check.",
+    )
     clahe: Clahe = Field(default_factory=Clahe, description="Optional CLAHE on the whole frame.")
     rois: tuple[Roi, ...] = Field(default=(), max_length=MAX_ROIS, description="Named ROI crops; empty: the whole frame, named 'frame'.")
     resize: Resize = Field(default_factory=Resize, description="Resize of each crop to the model input.")
@@ -169,13 +230,27 @@ class PreprocessSpec(_Strict):
             raise ValueError(f"pixel_max {v} names no bit depth: use 255 for 8-bit frames, or 256..65535 for 16-bit ones (4095 for 12-bit data)")
         return v
 
+    @field_validator("frame_size", mode="wrap")
+    @classmethod
+    def _one_frame_size(cls, v: object, handler: ValidatorFunctionWrapHandler) -> FrameSize | str | None:
+        # Through the union, a bad range would be reported twice (once per branch, under pydantic's internal names).
+        try:
+            return handler(v)
+        except ValidationError:
+            if isinstance(v, dict):
+                return FrameSize.model_validate(v)  # its errors, under frame_size.<key>
+            raise ValueError(
+                f"expected any, or a range {{min_width, max_width, min_height, max_height}} in pixels; got {v!r}"
+            ) from None
+
     @model_serializer(mode="wrap")
-    def _omit_unset_depth(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
-        # Specs without pixel_max keep their JSON byte for byte: its sha256 pins calibrations, and older inspectors
-        # refuse unknown keys in a manifest.
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        # Specs without pixel_max or frame_size keep their JSON byte for byte: its sha256 pins calibrations, and older
+        # inspectors refuse unknown keys in a manifest.
         data = handler(self)
-        if data.get("pixel_max") is None:
-            data.pop("pixel_max", None)
+        for key in _OMITTED_WHEN_UNSET:
+            if data.get(key) is None:
+                data.pop(key, None)
         return data
 
     @model_validator(mode="after")
@@ -189,6 +264,11 @@ class PreprocessSpec(_Strict):
             if v is not None and len(v) != n:
                 raise ValueError(f"normalize.{key} needs {n} value(s) for color={self.color.value}, got {len(v)}")
         return self
+
+    @property
+    def trained_size(self) -> FrameSize | None:
+        """The range frames (or, applied to ROIs, crops) are checked against; None when the spec records none or `any`."""
+        return self.frame_size if isinstance(self.frame_size, FrameSize) else None
 
     @property
     def channels(self) -> int:
@@ -229,6 +309,18 @@ class PreprocessSpec(_Strict):
     def from_json(cls, text: str) -> PreprocessSpec:
         """Parse the JSON stored in a model manifest."""
         return cls.model_validate_json(text)
+
+
+def size_under_rois(trained: PreprocessSpec, rois: tuple[Roi, ...]) -> FrameSize | Literal["any"] | None:
+    """The trained `frame_size` for the same model run with `rois`: a whole-frame model's range moves onto each ROI crop.
+
+    A whole-frame model was trained on whole images; a station that crops ROIs out of its frames feeds it those crops,
+    so the crops are what must look like the training images, and the station's frames may be any size that holds them.
+    """
+    size = trained.frame_size
+    if isinstance(size, FrameSize) and rois and not trained.rois and size.applies_to == "frame":
+        return size.model_copy(update={"applies_to": "roi"})
+    return size
 
 
 # --- decoding -------------------------------------------------------------------------------
@@ -386,6 +478,28 @@ class Preprocessor:
         """Decode encoded bytes in this spec's colour mode."""
         return decode(data, self.spec.color)
 
+    def check_size(self, image: np.ndarray) -> None:
+        """FrameFault (frame_size) when the frame, or with `applies_to: roi` a ROI crop of it, lies outside the trained sizes."""
+        size = self.spec.trained_size
+        if size is None:
+            return
+        h, w = image.shape[:2]
+        if size.applies_to == "frame" or not self.spec.rois:
+            if not size.fits(w, h):
+                raise FrameFault(Reason.FRAME_SIZE, f"{w}x{h} frame; this model was trained on {size.describe()}")
+            return
+        for roi in self.spec.rois:
+            x0, y0, x1, y1 = roi.pixels(w, h)
+            cw, ch = x1 - x0, y1 - y0
+            if x1 > w or y1 > h or cw <= 0 or ch <= 0:
+                continue  # crops() rejects it as roi_out_of_bounds, the more precise reason
+            if not size.fits(cw, ch):
+                raise FrameFault(
+                    Reason.FRAME_SIZE,
+                    f"ROI {roi.name} is {cw}x{ch} on this {w}x{h} frame; this model was trained on {size.describe('images')} "
+                    "and judges each ROI crop as one of them",
+                )
+
     def check_depth(self, image: np.ndarray) -> None:
         """FrameFault (unsupported_image) when the frame's bit depth or pixel values are not those the model was trained on."""
         limit = self.spec.pixel_max
@@ -465,6 +579,7 @@ class Preprocessor:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Decoded image (gray, or RGB for an rgb spec) -> float32 (n_rois, C, H, W)."""
+        self.check_size(image)  # the shape alone: a frame from another camera mode costs no CLAHE
         self.check_depth(image)
         image = self.equalize(image)
         crops = self.crops(image)

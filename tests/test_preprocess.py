@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from inspector.frame import FrameFault, Reason
 from inspector.preprocess import (
     ColorMode,
+    FrameSize,
     Preprocessor,
     PreprocessSpec,
     check_complete,
@@ -120,6 +121,103 @@ def test_pixel_max_is_left_out_of_the_json_when_unset_so_existing_hashes_stay() 
     assert '"pixel_max":4095' in deep.to_json()
     assert PreprocessSpec.from_json(deep.to_json()) == deep
     assert PreprocessSpec.from_json(expected).pixel_max is None
+
+
+def test_frame_size_is_left_out_of_the_json_when_unset_so_existing_hashes_stay() -> None:
+    import hashlib
+
+    # The bytes (and so the sha256 a calibration record pins) of a spec from before frame_size existed.
+    expected = (
+        '{"clahe":{"clip_limit":2.0,"enabled":false,"tile_grid":[8,8]},"color":"gray","normalize":{"mean":null,"std":null},'
+        '"resize":{"height":8,"interpolation":"nearest","letterbox":false,"pad_value":0.0,"width":8},"rois":[]}'
+    )
+    spec = _spec()
+    assert spec.frame_size is None and spec.to_json() == expected
+    assert hashlib.sha256(spec.to_json().encode()).hexdigest() == "f03f2d06824a7b6d6a8206a1fecdc81708f48e359d3c62b53980902adf454aec"
+    assert "frame_size" not in spec.model_dump() and "frame_size" not in spec.model_dump(mode="json")
+    assert PreprocessSpec.from_json(expected).frame_size is None
+    ranged = _spec(pixel_max=255, frame_size={"min_width": 122, "max_width": 608, "min_height": 227, "max_height": 399})
+    assert '"frame_size":{"applies_to":"frame","max_height":399,"max_width":608,"min_height":227,"min_width":122}' in ranged.to_json()
+    assert PreprocessSpec.from_json(ranged.to_json()) == ranged
+    assert ranged.frame_size == FrameSize(min_width=122, max_width=608, min_height=227, max_height=399)
+    anything = _spec(frame_size="any")
+    assert '"frame_size":"any"' in anything.to_json() and PreprocessSpec.from_json(anything.to_json()).frame_size == "any"
+    assert anything.trained_size is None  # recorded on purpose: no check
+
+
+@pytest.mark.parametrize(
+    ("frame_size", "loc", "message"),
+    [
+        ({"min_width": 600, "max_width": 400, "min_height": 1, "max_height": 2}, ("frame_size",), "min_width 600 is above max_width 400"),
+        ({"min_width": 1, "max_width": 2, "min_height": 9, "max_height": 2}, ("frame_size",), "min_height 9 is above max_height 2"),
+        ({"min_width": 0, "max_width": 2, "min_height": 1, "max_height": 2}, ("frame_size", "min_width"), "greater than or equal to 1"),
+        ({"min_width": 1, "max_width": 2**20 + 1, "min_height": 1, "max_height": 2}, ("frame_size", "max_width"), "less than or equal to 1048576"),
+        ({"min_width": 1, "max_width": 2}, ("frame_size", "min_height"), "Field required"),
+        ("all", ("frame_size",), "expected any, or a range {min_width, max_width, min_height, max_height} in pixels; got 'all'"),
+        (640, ("frame_size",), "expected any, or a range"),
+    ],
+    ids=["width-reversed", "height-reversed", "zero", "above-opencv", "incomplete", "unknown-word", "number"],
+)
+def test_a_frame_size_that_is_no_range_is_refused_once_naming_the_key(frame_size: object, loc: tuple[str, ...], message: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        _spec(frame_size=frame_size)
+    errors = info.value.errors()
+    assert errors[0]["loc"] == loc and message in errors[0]["msg"]
+    assert all(e["loc"][:1] == ("frame_size",) for e in errors) and not any("literal" in str(e["loc"]) for e in errors)
+
+
+_TRAINED = {"min_width": 122, "max_width": 608, "min_height": 227, "max_height": 399}
+
+
+@pytest.mark.parametrize(
+    ("shape", "says"),
+    [
+        ((1, 1), "1x1 frame; this model was trained on frames 122..608 wide and 227..399 high"),
+        ((300, 609), "609x300 frame; this model was trained on frames 122..608 wide and 227..399 high"),
+        ((400, 300), "300x400 frame; this model was trained on frames 122..608 wide and 227..399 high"),
+        ((226, 121, 3), "121x226 frame; this model was trained on frames 122..608 wide and 227..399 high"),
+    ],
+    ids=["1x1", "too-wide", "too-high", "both-too-small-rgb"],
+)
+def test_a_frame_outside_the_trained_sizes_is_a_frame_size_fault(shape: tuple[int, ...], says: str) -> None:
+    with pytest.raises(FrameFault) as info:
+        # A 16-bit frame for an 8-bit model: the size is checked first, from the shape alone.
+        Preprocessor(_spec(frame_size=_TRAINED, pixel_max=255, clahe={"enabled": True}))(np.zeros(shape, np.uint16))
+    assert info.value.reason is Reason.FRAME_SIZE
+    assert info.value.detail == says
+
+
+def test_frames_inside_the_trained_sizes_are_preprocessed_as_without_the_check() -> None:
+    rng = np.random.default_rng(4)
+    plain = Preprocessor(_spec(clahe={"enabled": True}))
+    checked = Preprocessor(_spec(clahe={"enabled": True}, frame_size=_TRAINED))
+    for h, w in ((227, 122), (399, 608), (300, 400)):
+        frame = rng.integers(0, 256, (h, w), np.uint8)
+        np.testing.assert_array_equal(checked(frame), plain(frame))
+    one = Preprocessor(_spec(frame_size={"min_width": 64, "max_width": 64, "min_height": 48, "max_height": 48}))
+    with pytest.raises(FrameFault, match="48x64 frame; this model was trained on 64x48 frames"):
+        one(np.zeros((64, 48), np.uint8))
+    assert Preprocessor(_spec(frame_size="any"))(np.zeros((1, 1), np.uint8)).shape == (1, 1, 8, 8)
+
+
+def test_a_range_applied_to_rois_checks_each_crop_and_leaves_the_frame_free() -> None:
+    crops = {"min_width": 40, "max_width": 60, "min_height": 40, "max_height": 60, "applies_to": "roi"}
+    spec = _spec(frame_size=crops, rois=[{"name": "left", "box": (0, 0, 0.5, 1), "units": "fraction"},
+                                         {"name": "right", "box": (0.5, 0, 1, 1), "units": "fraction"}])
+    pre = Preprocessor(spec)
+    assert pre(np.zeros((50, 100), np.uint8)).shape == (2, 1, 8, 8)  # the frame is 100 wide: only the 50x50 crops count
+    with pytest.raises(FrameFault) as info:
+        pre(np.zeros((100, 200), np.uint8))
+    assert info.value.reason is Reason.FRAME_SIZE
+    assert info.value.detail == (
+        "ROI left is 100x100 on this 200x100 frame; this model was trained on images 40..60 wide and 40..60 high "
+        "and judges each ROI crop as one of them"
+    )
+    # A pixel ROI that does not fit keeps its own, more precise reason.
+    big = Preprocessor(_spec(frame_size=crops, rois=[{"name": "px", "box": (0, 0, 50, 50)}]))
+    with pytest.raises(FrameFault) as info:
+        big(np.zeros((30, 30), np.uint8))
+    assert info.value.reason is Reason.ROI_OUT_OF_BOUNDS
 
 
 @pytest.mark.parametrize("value", [0, 1, 100, 254, 65536])

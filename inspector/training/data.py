@@ -21,7 +21,7 @@ import numpy as np
 from inspector.errors import InputError
 from inspector.frame import FrameFault
 from inspector.manifest import OK_CLASS
-from inspector.preprocess import Preprocessor, PreprocessSpec
+from inspector.preprocess import FrameSize, Preprocessor, PreprocessSpec
 from inspector.replay.dataset import collect
 from inspector.training.recipe import Augment
 
@@ -209,6 +209,7 @@ class ImageCache:
         self._frames: dict[Path, np.ndarray] = {}
         self._masks: dict[Path, np.ndarray] = {}
         self._bits: dict[Path, int] = {}  # each file's bit depth as decoded (CLAHE leaves every frame 8-bit)
+        self._sizes: dict[Path, tuple[int, int]] = {}  # each frame's (width, height) as decoded: what the ROIs are cut from
 
     def load(self, paths: list[Path], purpose: str = "training") -> None:
         """Read every path; InputError listing all files that cannot be used for `purpose`."""
@@ -231,6 +232,7 @@ class ImageCache:
                 off_scale.append(f"{path}: {_depth_of(image)}")
                 continue
             self._bits[path] = 8 if image.dtype == np.uint8 else 16
+            self._sizes[path] = (image.shape[1], image.shape[0])
             self._frames[path] = self.pre.equalize(image)
         if bad:
             shown = "\n  ".join(bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
@@ -264,6 +266,21 @@ class ImageCache:
             )
         self.pre = Preprocessor(spec.model_copy(update={"pixel_max": 255 if by_bits[8] else 65535}))
         return self.pre.spec
+
+    def settle_frame_size(self) -> PreprocessSpec:
+        """The spec with frame_size spanning the loaded frames' sizes when it had none; a given range or `any` is kept."""
+        spec = self.pre.spec
+        if spec.frame_size is not None or not self._sizes:
+            return spec
+        self.pre = Preprocessor(spec.model_copy(update={"frame_size": FrameSize.spanning(self._sizes.values())}))
+        return self.pre.spec
+
+    def outside_frame_size(self) -> list[tuple[Path, tuple[int, int]]]:
+        """Loaded frames whose size lies outside the spec's frame_size, with their (width, height); empty without one."""
+        size = self.pre.spec.trained_size
+        if size is None or (size.applies_to == "roi" and self.pre.spec.rois):
+            return []  # a range for ROI crops says nothing about the frames they are cut from
+        return [(path, wh) for path, wh in self._sizes.items() if not size.fits(*wh)]
 
     def frame(self, path: Path) -> np.ndarray:
         """The equalized frame."""

@@ -28,7 +28,7 @@ from inspector.frame import FrameFault
 from inspector.manifest import ModelManifest, write_manifest
 from inspector.model import OnnxClassifier
 from inspector.outputs import check_output, make_output_folder, temp_file_beside
-from inspector.preprocess import Preprocessor, PreprocessSpec
+from inspector.preprocess import Preprocessor, PreprocessSpec, size_under_rois
 from inspector.replay.dataset import collect
 from inspector.training.backbones import build_model, deployed, torch_load
 from inspector.training.data import ImageCache
@@ -181,10 +181,25 @@ def parity_gate(model: nn.Module, train_spec: PreprocessSpec, onnx_path: Path, f
     return GateResult(len(frames), rows, threshold, tolerance, worst, flips, worst_where, flips == 0 and worst <= tolerance)
 
 
+def deployed_spec(train_spec: PreprocessSpec, spec: PreprocessSpec | None) -> PreprocessSpec:
+    """The spec the exported model carries: the station's (`--config`) when given, with the trained frame_size unless it sets one.
+
+    The range of frame sizes is a fact of the training data, like the weights: a station config written before it was
+    recorded (or without it) must not drop the check from the model it deploys.
+    """
+    if spec is None:
+        return train_spec
+    if spec.frame_size is None and train_spec.frame_size is not None:
+        return spec.model_copy(update={"frame_size": size_under_rois(train_spec, spec.rois)})
+    return spec
+
+
 def _spec_diff(a: PreprocessSpec, b: PreprocessSpec) -> list[str]:
     da, db = a.model_dump(mode="json"), b.model_dump(mode="json")
     out = []
-    for section in [*da, *(k for k in db if k not in da)]:  # an unset pixel_max is left out of the dump
+    for section in [*da, *(k for k in db if k not in da)]:  # an unset pixel_max or frame_size is left out of the dump
+        if section == "frame_size" and b.frame_size == size_under_rois(a, b.rois):
+            continue  # the trained range, carried over (onto the ROI crops for a whole-frame model): no difference to resolve
         if da.get(section) != db.get(section):
             out.append(f"{section}: {da.get(section)} -> {db.get(section)}")
     return out
@@ -252,7 +267,7 @@ def export_checkpoint(
     if tta is not None:
         recipe = with_tta(recipe, tta)
     model = deployed(model, recipe)  # the gate's reference is the same network the file holds
-    deploy_spec = spec or train_spec
+    deploy_spec = deployed_spec(train_spec, spec)
     frames = golden_frames(ckpt, golden)
     tolerance = TOLERANCE_FP16 if fp16 else TOLERANCE_FP32
     make_output_folder(out.parent, "--out")

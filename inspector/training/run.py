@@ -107,7 +107,7 @@ def run_training(
     else:
         train_idx, val_idx = stratified_split(samples, recipe.val_fraction, recipe.seed, regex_groups(recipe.group_by))
     result = train(samples, spec, recipe, out_dir, train_idx=train_idx, val_idx=val_idx, resume=state, progress=progress, log=log)
-    _write_config(out_dir, config.model_copy(update={"preprocess": result.cache.pre.spec, "train": recipe}))  # pixel_max as trained
+    _write_config(out_dir, config.model_copy(update={"preprocess": result.cache.pre.spec, "train": recipe}))  # pixel_max, frame_size as trained
     return finish(result, samples, recipe, log)
 
 
@@ -252,7 +252,7 @@ def _cross_validate(samples: SampleSet, spec: Any, recipe: TrainRecipe, config: 
         fold_dir = out_dir / f"fold-{k}"
         result = train(samples, spec, recipe, fold_dir, train_idx=train_idx, val_idx=val_idx, progress=progress, log=log.bind(fold=k))
         per_fold.append(finish(result, samples, recipe, log))
-    _write_config(out_dir, config.model_copy(update={"preprocess": result.cache.pre.spec}))  # pixel_max as trained
+    _write_config(out_dir, config.model_copy(update={"preprocess": result.cache.pre.spec}))  # pixel_max, frame_size as trained
     keys = ("roc_auc", "accuracy", "ng_recall_at_target", "false_reject_rate_at_target")
     summary: dict[str, Any] = {"folds": len(folds)}
     for key in keys:

@@ -355,11 +355,13 @@ def batch_loss(model: nn.Module, batch: TrainBatch, y: torch.Tensor, loss_fn: nn
 def load_cache(samples: SampleSet, spec: PreprocessSpec, recipe: TrainRecipe, paths: list[Path]) -> ImageCache:
     """Decoded frames for `paths` and, with seg_weight or paste_defects, their masks; InputError listing every unusable file.
 
-    The cache's spec (`cache.pre.spec`) carries pixel_max, from the data when `spec` left it unset: train with that one.
+    The cache's spec (`cache.pre.spec`) carries pixel_max and frame_size, from the data when `spec` left them unset:
+    train with that one.
     """
     cache = ImageCache(spec)
     cache.load(paths)
     cache.settle_depth()
+    cache.settle_frame_size()
     needs = f"seg_weight={recipe.seg_weight}" if recipe.seg_weight > 0 else f"augment.paste_defects={recipe.augment.paste_defects}"
     if (recipe.seg_weight > 0 or recipe.augment.paste_defects > 0) and cache.load_masks(samples.samples, samples.root) == 0:
         raise InputError(
@@ -367,6 +369,24 @@ def load_cache(samples: SampleSet, spec: PreprocessSpec, recipe: TrainRecipe, pa
             "with the NG images' relative paths (masks/ng/<defect>/<name>.png); found none"
         )
     return cache
+
+
+def _log_frame_size(spec: PreprocessSpec, given: object, cache: ImageCache, log: structlog.typing.FilteringBoundLogger) -> None:
+    """Say which frame sizes the model will judge, and warn when a given range leaves out some of the training images."""
+    size = spec.trained_size
+    if spec.frame_size == "any":
+        log.info("frame_size_any", why="preprocess.frame_size any (--frame-size any): the model will judge frames of every size")
+        return
+    if size is None:
+        return
+    log.info("frame_size", frame_size=size.short(), source="data" if given is None else "given",
+             why="frames outside it will be rejected as frame_size; --frame-size sets another range, or any")
+    outside = cache.outside_frame_size()
+    if outside:
+        # Trusted as given (a known camera resolution, crops cut offline): a warning, not a refusal.
+        log.warning("training_frames_outside_frame_size", count=len(outside), frame_size=size.short(),
+                    examples=[f"{path} ({w}x{h})" for path, (w, h) in outside[:3]],
+                    why="the given frame_size describes the frames the model will judge; these training images lie outside it")
 
 
 def label_counts(targets: np.ndarray, idx: np.ndarray, n_classes: int) -> np.ndarray:
@@ -563,7 +583,9 @@ def _train(
         )
 
     cache = load_cache(samples, spec, recipe, [s.path for s in samples.samples])  # every unusable file is listed before anything is written
-    spec = cache.pre.spec  # with the data's pixel_max: the checkpoint, and so the exported model, records what was trained on
+    given = spec.frame_size
+    spec = cache.pre.spec  # with the data's pixel_max and frame_size: the checkpoint, and so the exported model, records what was trained on
+    _log_frame_size(spec, given, cache, log)
     batches = Batches(samples, cache, recipe, train_idx)
     targets = samples.targets
     n_classes = len(samples.classes)

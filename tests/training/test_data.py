@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from inspector.errors import InputError
-from inspector.preprocess import Preprocessor, PreprocessSpec
+from inspector.preprocess import FrameSize, Preprocessor, PreprocessSpec
 from inspector.samples import GRID_ROIS
 from inspector.training.data import (
     ImageCache,
@@ -357,3 +357,26 @@ def test_frames_that_do_not_fit_a_given_pixel_max_are_named(tmp_path: Path) -> N
     text = str(info.value)
     assert text.startswith("2 image(s) do not fit preprocess.pixel_max 4095 (16-bit files with pixel values up to 4095)")
     assert "msb.png: 16-bit, pixel values up to 65520" in text and "eight.png: 8-bit" in text and "fine.png" not in text
+
+
+def test_the_cache_records_the_range_of_the_frames_sizes_unless_one_is_given(tmp_path: Path) -> None:
+    root = tmp_path / "sizes"
+    for name, (h, w) in {"ok/a.png": (227, 608), "ok/b.png": (399, 122), "ng/c.png": (300, 300)}.items():
+        gray_png(root / name, np.full((h, w), 100, np.uint8))
+    paths = sorted(root.rglob("*.png"))
+    cache = ImageCache(ROI_SPEC)
+    cache.load(paths)
+    expected = FrameSize(min_width=122, max_width=608, min_height=227, max_height=399)
+    assert cache.settle_frame_size().frame_size == expected and cache.pre.spec.frame_size == expected
+    assert cache.pre.spec.rois == ROI_SPEC.rois and cache.outside_frame_size() == []
+    assert ImageCache(GRAY32).settle_frame_size().frame_size is None  # nothing loaded: nothing to record
+    # Given (a camera's known resolution, or any): kept as given, whatever the files' sizes.
+    given = FrameSize(min_width=300, max_width=300, min_height=300, max_height=300)
+    for frame_size in (given, "any"):
+        cache = ImageCache(GRAY32.model_copy(update={"frame_size": frame_size}))
+        cache.load(paths)
+        assert cache.settle_frame_size().frame_size == frame_size
+    assert sorted((p.name, wh) for p, wh in cache.outside_frame_size()) == []  # `any`: nothing lies outside
+    cache = ImageCache(GRAY32.model_copy(update={"frame_size": given}))
+    cache.load(paths)
+    assert sorted((p.name, wh) for p, wh in cache.outside_frame_size()) == [("a.png", (608, 227)), ("b.png", (122, 399))]

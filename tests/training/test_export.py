@@ -12,11 +12,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+import yaml
 
 from inspector.config import ModelSettings, Provider
 from inspector.digest import file_sha256
 from inspector.model import OnnxClassifier
-from inspector.preprocess import Preprocessor
+from inspector.preprocess import FrameSize, Preprocessor
 from inspector.training.export import (
     export_checkpoint,
     load_checkpoint,
@@ -49,6 +50,7 @@ def test_export_writes_a_model_the_runtime_runs_with_the_trained_preprocessing(t
     ckpt = load_checkpoint(trained / "best.pt")
     assert clf.spec.to_json() == ckpt["spec"] and clf.classes == ("ok", "ng")
     assert clf.spec.pixel_max == 255  # trained on 8-bit files: the manifest says so
+    assert clf.spec.frame_size == FrameSize(min_width=48, max_width=48, min_height=48, max_height=48)  # and on 48x48 frames
     info = clf.manifest.info
     assert info["checkpoint_sha256"] == file_sha256(trained / "best.pt")
     assert info["dataset"]["fingerprint"] == ckpt["dataset"]["fingerprint"]
@@ -106,6 +108,31 @@ def test_a_station_config_with_other_preprocessing_is_refused_and_nothing_writte
     assert "the deployed preprocessing differs from training: pixel_max: 255 -> None; clahe:" in err and "normalize:" in err
     assert _leftovers(out_dir) == []
     assert "Traceback" not in err
+
+
+def test_a_station_config_without_frame_size_deploys_the_trained_range(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trained_spec = model_from_checkpoint(load_checkpoint(trained / "best.pt"))[1]
+    station = tmp_path / "station.yaml"
+    # The trained preprocessing as a station config written before frame_size existed (or without it).
+    written = trained_spec.model_dump(mode="json")
+    del written["frame_size"]
+    station.write_text(yaml.safe_dump({"preprocess": written}))
+    out = tmp_path / "m.onnx"
+    code, _stdout, err = export_cli(capsys, str(trained / "best.pt"), "--out", str(out), "--config", str(station))
+    assert code == 0, err
+    assert OnnxClassifier(out, ModelSettings(providers=[Provider.CPU])).spec == trained_spec  # the range came along
+    # A range the station config gives is its own (the camera's known resolution): deployed as given.
+    written["frame_size"] = "any"
+    station.write_text(yaml.safe_dump({"preprocess": written}))
+    code, _stdout, err = export_cli(capsys, str(trained / "best.pt"), "--out", str(out), "--config", str(station))
+    assert code == 0, err
+    assert OnnxClassifier(out, ModelSettings(providers=[Provider.CPU])).spec.frame_size == "any"
+    # A range that leaves out the golden frames is a real difference: the gate refuses it and names it.
+    written["frame_size"] = {"min_width": 64, "max_width": 64, "min_height": 64, "max_height": 64}
+    station.write_text(yaml.safe_dump({"preprocess": written}))
+    code, _stdout, err = export_cli(capsys, str(trained / "best.pt"), "--out", str(tmp_path / "n.onnx"), "--config", str(station))
+    assert code == 2 and "frame_size: 48x48 frame; this model was trained on 64x64 frames" in err
+    assert "the deployed preprocessing differs from training: frame_size: {" in err and not (tmp_path / "n.onnx").exists()
 
 
 def test_fp16_passes_its_documented_tolerance_and_says_so_in_the_manifest(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

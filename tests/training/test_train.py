@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from inspector.preprocess import PreprocessSpec
+from inspector.preprocess import FrameSize, PreprocessSpec
 from inspector.samples import GRID_ROIS, write_labelled_folder
 from inspector.training import trainer
 from inspector.training.data import collect_samples, stratified_split
@@ -48,23 +48,58 @@ def test_a_run_writes_checkpoints_metrics_plots_and_a_report(trained: Path, part
     assert ckpt["classes"] == ["ok", "ng"]
     assert PreprocessSpec.from_json(ckpt["spec"]).input_shape == (1, 32, 32)
     assert PreprocessSpec.from_json(ckpt["spec"]).pixel_max == 255  # 8-bit files: the model takes 8-bit frames only
+    # 48x48 files: the model judges 48x48 frames only, and the run's train.yaml says so too.
+    assert PreprocessSpec.from_json(ckpt["spec"]).frame_size == FrameSize(min_width=48, max_width=48, min_height=48, max_height=48)
+    assert yaml.safe_load((trained / "train.yaml").read_text())["preprocess"]["frame_size"] == {
+        "min_width": 48, "max_width": 48, "min_height": 48, "max_height": 48, "applies_to": "frame"}
     assert TrainRecipe.model_validate(ckpt["recipe"]).epochs == 2
     assert len(ckpt["validation"]) == 12 and ckpt["dataset"]["counts"] == {"ok": 40, "ng": 24}
     assert ckpt["epoch"] == summary["best_epoch"]
 
 
 def test_the_command_prints_the_operating_point_and_the_next_step(parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = train_cli(capsys, str(parts), "--out", str(tmp_path / "r"), "--epochs", "1", "--imbalance", "sampler", "--schedule", "onecycle", *FAST)
+    code, out, err = train_cli(capsys, str(parts), "--out", str(tmp_path / "r"), "--epochs", "1", "--imbalance", "sampler", "--schedule", "onecycle",
+                               "--frame-size", "64x56..1280x1024", *FAST)
     assert code == 0, err
     assert "validation ROC-AUC" in out and "at 99.00% NG recall: threshold" in out
     assert f"next:       inspector export {tmp_path / 'r' / 'best.pt'} --out model.onnx" in out
     assert '"event": "epoch_done"' in err
+    # --frame-size: the camera's frames, recorded as given even though the (cropped) training images are smaller.
+    given = FrameSize(min_width=64, max_width=1280, min_height=56, max_height=1024)
+    assert PreprocessSpec.from_json(torch.load(tmp_path / "r" / "best.pt", weights_only=True)["spec"]).frame_size == given
+    assert yaml.safe_load((tmp_path / "r" / "train.yaml").read_text())["preprocess"]["frame_size"]["max_width"] == 1280
+    warned = next(json.loads(line) for line in err.splitlines() if '"training_frames_outside_frame_size"' in line)
+    assert warned["count"] == 64 and warned["frame_size"] == "64x56..1280x1024" and warned["examples"][0].endswith("(48x48)")
 
 
 def test_multi_class_uses_the_defect_folders_as_classes(parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = train_cli(capsys, str(parts), "--out", str(tmp_path / "m"), "--classes", "multi", "--epochs", "1", "--freeze", "layer2", *FAST)
+    code, _, err = train_cli(capsys, str(parts), "--out", str(tmp_path / "m"), "--classes", "multi", "--epochs", "1", "--freeze", "layer2",
+                             "--frame-size", "any", *FAST)
     assert code == 0, err
-    assert torch.load(tmp_path / "m" / "best.pt", weights_only=True)["classes"] == ["ok", "blowhole", "crack"]
+    ckpt = torch.load(tmp_path / "m" / "best.pt", weights_only=True)
+    assert ckpt["classes"] == ["ok", "blowhole", "crack"]
+    assert PreprocessSpec.from_json(ckpt["spec"]).frame_size == "any"  # --frame-size any: no range recorded, on purpose
+    assert '"event": "frame_size_any"' in err
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("64", "expected any, WxH (e.g. 1280x1024) or MINWxMINH..MAXWxMAXH (e.g. 1280x1024..2448x2048), in pixels; got '64'"),
+        ("1280x1024-2448x2048", "expected any, WxH (e.g. 1280x1024) or MINWxMINH..MAXWxMAXH"),
+        ("none", "expected any, WxH"),
+        ("0x480", "widths and heights must lie in 1..1048576 pixels; got '0x480'"),
+        ("2448x2048..1280x1024", "the smaller size comes first: MINWxMINH..MAXWxMAXH, min <= max on each side"),
+    ],
+)
+def test_a_malformed_frame_size_is_a_usage_error_naming_the_allowed_forms(
+    parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str, says: str
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        train_cli(capsys, str(parts), "--out", str(tmp_path / "r"), "--frame-size", value)
+    assert info.value.code == 2
+    assert f"argument --frame-size: {says}" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_rois_from_a_labels_csv_each_train_as_one_sample(roi_frames: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -225,6 +260,16 @@ def test_k_folds_train_one_model_per_fold(parts: Path, tmp_path: Path, capsys: p
     assert "2-fold cross-validation: ROC-AUC" in out
     # The run's train.yaml says what the folds trained on, the full scale read from the data included.
     assert yaml.safe_load((tmp_path / "cv" / "train.yaml").read_text())["preprocess"]["pixel_max"] == 255
+    assert yaml.safe_load((tmp_path / "cv" / "train.yaml").read_text())["preprocess"]["frame_size"]["max_width"] == 48
+    for k in (1, 2):
+        fold_spec = PreprocessSpec.from_json(torch.load(tmp_path / "cv" / f"fold-{k}" / "best.pt", weights_only=True)["spec"])
+        assert fold_spec.frame_size == FrameSize(min_width=48, max_width=48, min_height=48, max_height=48)
+    code, _, err = export_cli(capsys, str(tmp_path / "cv" / "fold-1" / "best.pt"), "--out", str(tmp_path / "fold1.onnx"))
+    assert code == 0, err
+    from inspector.config import ModelSettings, Provider
+    from inspector.model import OnnxClassifier
+
+    assert OnnxClassifier(tmp_path / "fold1.onnx", ModelSettings(providers=[Provider.CPU])).spec.frame_size == fold_spec.frame_size
     # A fold resumes on its own validation samples, not on a fresh split.
     fold = tmp_path / "cv" / "fold-2"
     before = [v["key"] for v in torch.load(fold / "last.pt", weights_only=True)["validation"]]
