@@ -17,13 +17,18 @@ class _CurrentStderr:
     been swapped out (redirect_stderr, pytest's capsys) and perhaps closed."""
 
     def write(self, text: str) -> int:
-        return sys.stderr.write(text)
+        return _stderr().write(text)
 
     def flush(self) -> None:
-        sys.stderr.flush()
+        _stderr().flush()
 
     def isatty(self) -> bool:
-        return sys.stderr.isatty()
+        return _stderr().isatty()
+
+
+def _stderr() -> TextIO:
+    # Without a stderr (pythonw, a closed fd 2) structlog's own default is stdout: keep that.
+    return sys.stderr if sys.stderr is not None else sys.stdout
 
 
 _STDERR = _CurrentStderr()  # one object, so every PrintLogger shares structlog's per-file write lock

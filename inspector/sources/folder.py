@@ -414,6 +414,7 @@ class FolderSource:
             note.write_text(
                 f"reason: {reason.value if reason else None}\ndetail: {detail}\nseq: {seq}\nat: {iso_time(self._clock())}\n",
                 encoding="utf-8",
+                errors="backslashreplace",  # a detail may quote a file name that is not UTF-8
             )
         except OSError as exc:
             # The move succeeded: reporting file_not_moved here would send the operator looking for a file that is in

@@ -66,9 +66,9 @@ def _drop(folder: Path, name: str, data: bytes = b"\x89PNG....") -> float:
     return t
 
 
-def _record(frame: Frame, seq: int, verdict: str = "pass", reason: Reason | None = None) -> Record:
+def _record(frame: Frame, seq: int, verdict: str = "pass", reason: Reason | None = None, detail: str = "why") -> Record:
     v = Verdict(frame.frame_id, frame.source, frame.captured_at, frame.captured_at, verdict, reason, 0.5, (), "0" * 64, "cpu",
-                Latency(), detail="why" if reason else None)
+                Latency(), detail=detail if reason else None)
     return Record(seq, Pending(v, "s", frame.part_id, frame.captured_at + 1, frame.file_identity), {}, "{}")
 
 
@@ -246,6 +246,20 @@ def test_a_reason_note_that_cannot_be_written_is_logged_as_such_and_the_file_sti
     assert not [e for e in events if e["event"] == "file_not_moved"]
     assert (folder / "quarantine" / "q.png").read_bytes() == b"\x89PNG...."
     assert run.names() == ["q.png"]
+
+
+def test_a_file_name_that_is_not_utf8_still_gets_its_reason_note(folder: Path) -> None:
+    name = os.fsdecode(b"bad\xff.png")  # bytes a Windows share or a camera's firmware may put in a name
+    run = Running(folder, settle_ms=50)
+    try:
+        _drop(folder, name)
+        assert wait_until(lambda: run.frames, 3)
+        frame = run.frames[0][1]
+        run.source.done(frame, _record(frame, 1, "reject", Reason.UNREADABLE, detail=f"cannot read {folder / name}"))
+    finally:
+        run.close()
+    note = (folder / "quarantine" / (name + ".reason")).read_text(encoding="utf-8")
+    assert "reason: unreadable" in note and "bad\\udcff.png" in note
 
 
 def test_a_file_that_could_not_be_moved_is_not_judged_twice_but_its_replacement_is(folder: Path) -> None:
