@@ -6,13 +6,23 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from inspector.errors import ModelError
 from inspector.preprocess import PreprocessSpec
 
 MANIFEST_KEY = "inspector.manifest"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Format 2 may hold spec keys that format-1 readers refuse as unknown (pixel_max, frame_size). A manifest without them
+# is still written as format 1, so older inspectors keep reading it; one with them as 2, so that they say "upgrade"
+# instead of naming a key they do not know.
 OK_CLASS = "ok"
 
 
@@ -21,7 +31,10 @@ class ModelManifest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format_version: int = Field(default=FORMAT_VERSION, ge=1, le=FORMAT_VERSION, strict=True, description="Manifest format version.")
+    format_version: int = Field(
+        default=1, ge=1, le=FORMAT_VERSION, strict=True,
+        description="Manifest format version: 1, or 2 when the preprocessing holds pixel_max or frame_size; set from the spec when not given.",
+    )
     classes: tuple[str, ...] = Field(min_length=2, description="Output classes in order; 'ok' plus 'ng' or named defect classes.")
     preprocess: PreprocessSpec = Field(description="The preprocessing the model was trained with.")
     output: Literal["logits", "probabilities"] = Field(default="logits", description="What the model's output holds.")
@@ -36,9 +49,20 @@ class ModelManifest(BaseModel):
             raise ValueError(f"class names must be unique, got {list(v)}")
         return v
 
+    @model_validator(mode="after")
+    def _format_for_spec(self) -> ModelManifest:
+        if "format_version" not in self.model_fields_set:
+            object.__setattr__(self, "format_version", format_needed(self.preprocess))  # frozen: only while validating
+        return self
+
     def to_json(self) -> str:
         """Canonical JSON, as stored under `inspector.manifest`."""
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def format_needed(spec: PreprocessSpec) -> int:
+    """The oldest manifest format that holds `spec`: 2 when it has pixel_max or frame_size, else 1."""
+    return 2 if spec.pixel_max is not None or spec.frame_size is not None else 1
 
 
 def parse_manifest(metadata: dict[str, str], source: str) -> ModelManifest | None:

@@ -20,7 +20,7 @@ from inspector.errors import ModelError
 from inspector.logs import configure_logging
 from inspector.manifest import MANIFEST_KEY
 from inspector.model import OnnxClassifier
-from inspector.preprocess import PreprocessSpec
+from inspector.preprocess import FrameSize, PreprocessSpec
 from tests.conftest import GRAY64
 
 CPU = ModelSettings(providers=["cpu"])
@@ -121,6 +121,21 @@ def test_a_newer_or_odd_manifest_format_is_refused(models: dict[str, Path], tmp_
     onnx.save(model, str(path))
     with pytest.raises(ModelError, match=message):
         OnnxClassifier(path, CPU)
+
+
+def test_a_manifest_is_format_2_only_when_its_spec_holds_keys_format_1_readers_refuse(models: dict[str, Path], tmp_path: Path) -> None:
+    from inspector.training.onnx_export import export_classifier
+    from tests.conftest import _dark_spot_module
+
+    def stored(path: Path) -> dict[str, Any]:
+        return json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}[MANIFEST_KEY])
+
+    assert stored(models["dark"])["format_version"] == 1  # older inspectors still read it
+    sized = GRAY64.model_copy(update={"frame_size": FrameSize(min_width=64, max_width=64, min_height=64, max_height=64)})
+    export_classifier(_dark_spot_module(), sized, ("ok", "ng"), tmp_path / "sized.onnx")
+    # An inspector that reads format 1 only says "newer than this inspector reads; upgrade", not "frame_size: extra input".
+    assert stored(tmp_path / "sized.onnx")["format_version"] == 2
+    assert OnnxClassifier(tmp_path / "sized.onnx", CPU).spec.frame_size == sized.frame_size
 
 
 def test_input_shape_that_does_not_match_the_preprocessing_is_refused(models: dict[str, Path]) -> None:
