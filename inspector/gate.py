@@ -7,9 +7,10 @@ backend (OpenVINO bf16 against onnxruntime FP32). Refused when ROC-AUC drops by 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -26,6 +27,14 @@ MAX_FLIP_RATE = 0.005
 
 
 @dataclass(frozen=True, slots=True)
+class Unjudged:
+    """A golden frame the daemon's path does not judge: why (a `Reason` value, or unreadable) and the first fault's words."""
+
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class AccuracyGate:
     """Reference against candidate on the golden set, both through the daemon's path."""
 
@@ -38,6 +47,8 @@ class AccuracyGate:
     max_abs_score_diff: float
     max_auc_drop: float = MAX_AUC_DROP
     max_flip_rate: float = MAX_FLIP_RATE
+    skipped: dict[str, int] = field(default_factory=dict)  # golden frames left out, per reason
+    skipped_example: str | None = None  # the first one's file and fault
 
     @property
     def auc_drop(self) -> float | None:
@@ -59,14 +70,28 @@ class AccuracyGate:
     def problem(self) -> str:
         """Why the gate refused, in a sentence."""
         reasons = []
-        if self.auc_drop is None:
+        if self.auc_drop is None and self.images == 0 and self.skipped:
+            # Not a labelling problem: there were images, and none of them could be judged.
+            reasons.append("no golden frame could be judged, so there is nothing to compare")
+        elif self.auc_drop is None:
             reasons.append("the golden set needs labelled OK and NG images (ok/ + ng/<defect>/) to measure ROC-AUC")
         elif self.auc_drop > self.max_auc_drop:
             reasons.append(f"ROC-AUC drops by {self.auc_drop:.4f} ({self.roc_auc_reference:.4f} -> {self.roc_auc_candidate:.4f}) > {self.max_auc_drop:g}")
         if self.flip_rate > self.max_flip_rate:
             reasons.append(f"{self.flips} of {self.images} verdicts flip at threshold {self.threshold:g} "
                            f"({100 * self.flip_rate:.2f}% > {100 * self.max_flip_rate:g}%)")
+        if reasons and self.skipped:
+            reasons.append(self.skipped_text())
         return "; ".join(reasons) or "passed"
+
+    def skipped_text(self) -> str:
+        """The golden frames left out, per reason: '12 golden frames skipped: frame_size 12 (a.png: 48x48 frame; ...)'."""
+        n = sum(self.skipped.values())
+        counts = ", ".join(f"{reason} {count}" for reason, count in sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0])))
+        text = f"{n} golden frame{'s' * (n != 1)} skipped: {counts}" + (f" ({self.skipped_example})" if self.skipped_example else "")
+        if "frame_size" in self.skipped:
+            text += "; golden frames must be of the sizes the model was trained on (its manifest's preprocess.frame_size)"
+        return text
 
     def to_dict(self) -> dict[str, Any]:
         """The figures as stored in a manifest or logged."""
@@ -75,35 +100,56 @@ class AccuracyGate:
             "roc_auc_reference": self.roc_auc_reference, "roc_auc_candidate": self.roc_auc_candidate, "auc_drop": self.auc_drop,
             "flips": self.flips, "flip_rate": self.flip_rate, "max_abs_score_diff": self.max_abs_score_diff,
             "max_auc_drop": self.max_auc_drop, "max_flip_rate": self.max_flip_rate, "passed": self.passed,
+            "skipped": dict(self.skipped), "skipped_example": self.skipped_example,
         }
 
 
-def frame_scores(classifier: Classifier, spec: PreprocessSpec, frames: list[Path]) -> list[float | None]:
-    """Each frame's score (highest ROI score, 1 - P(ok)) the daemon's way; None when the file cannot be judged."""
+Score = float | Unjudged | None  # None: left out for a reason not known (no Unjudged given)
+
+
+def frame_scores(classifier: Classifier, spec: PreprocessSpec, frames: list[Path]) -> list[float | Unjudged]:
+    """Each frame's score (highest ROI score, 1 - P(ok)) the daemon's way; `Unjudged` when the file cannot be judged."""
     pre = Preprocessor(spec)
     ok = classifier.classes.index(OK_CLASS)
-    out: list[float | None] = []
+    out: list[float | Unjudged] = []
     for p in frames:
         try:
             probs = classifier.predict(pre(pre.decode(p.read_bytes())))
-        except (FrameFault, OSError):
-            out.append(None)
+        except FrameFault as fault:
+            out.append(Unjudged(fault.reason.value, f"{p.name}: {fault.detail}"))
+            continue
+        except OSError as exc:
+            out.append(Unjudged("unreadable", f"{p.name}: {exc.strerror or exc}"))
             continue
         out.append(float(np.max(1.0 - probs[:, ok])))
     return out
 
 
-def compare(reference: list[float | None], candidate: list[float | None], labels: list[str | None], *, threshold: float,
+def compare(reference: list[Score], candidate: list[Score], labels: list[str | None], *, threshold: float,
             max_auc_drop: float = MAX_AUC_DROP, max_flip_rate: float = MAX_FLIP_RATE) -> AccuracyGate:
-    """The gate's figures from both runtimes' scores of the same frames."""
-    both = [(x, y, lab) for x, y, lab in zip(reference, candidate, labels, strict=True) if x is not None and y is not None]
+    """The gate's figures from both runtimes' scores of the same frames; frames either could not judge are left out and counted."""
+    skipped: Counter[str] = Counter()
+    example = None
+    for x, y in zip(reference, candidate, strict=True):
+        if _judged(x) and _judged(y):
+            continue
+        why = next((s for s in (x, y) if isinstance(s, Unjudged)), None)  # one count per frame: the reference's reason first
+        skipped[why.reason if why is not None else "unjudged"] += 1
+        if example is None and why is not None:
+            example = why.detail
+    both = [(x, y, lab) for x, y, lab in zip(reference, candidate, labels, strict=True) if _judged(x) and _judged(y)]
     flips = sum((x >= threshold) != (y >= threshold) for x, y, _ in both)
     labelled = [(x, y, lab == "ng") for x, y, lab in both if lab in ("ok", "ng")]
     positives = [ng for _, _, ng in labelled]
     auc_ref = roc_auc([x for x, _, _ in labelled], positives) if labelled else None
     auc_cand = roc_auc([y for _, y, _ in labelled], positives) if labelled else None
     diff = max((abs(x - y) for x, y, _ in both), default=0.0)
-    return AccuracyGate(len(both), len(labelled), threshold, auc_ref, auc_cand, flips, diff, max_auc_drop, max_flip_rate)
+    return AccuracyGate(len(both), len(labelled), threshold, auc_ref, auc_cand, flips, diff, max_auc_drop, max_flip_rate,
+                        dict(skipped), example)
+
+
+def _judged(score: Score) -> TypeGuard[float]:
+    return score is not None and not isinstance(score, Unjudged)
 
 
 def golden_set(folder: Path, what: str = "model.golden") -> tuple[list[Path], list[str | None]]:

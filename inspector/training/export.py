@@ -28,7 +28,13 @@ from inspector.frame import FrameFault
 from inspector.manifest import ModelManifest, write_manifest
 from inspector.model import OnnxClassifier
 from inspector.outputs import check_output, make_output_folder, temp_file_beside
-from inspector.preprocess import Preprocessor, PreprocessSpec, size_under_rois
+from inspector.pipeline import check_station_rois
+from inspector.preprocess import (
+    FrameSize,
+    Preprocessor,
+    PreprocessSpec,
+    size_under_rois,
+)
 from inspector.replay.dataset import collect
 from inspector.training.backbones import build_model, deployed, torch_load
 from inspector.training.data import ImageCache
@@ -185,13 +191,46 @@ def deployed_spec(train_spec: PreprocessSpec, spec: PreprocessSpec | None) -> Pr
     """The spec the exported model carries: the station's (`--config`) when given, with the trained frame_size unless it sets one.
 
     The range of frame sizes is a fact of the training data, like the weights: a station config written before it was
-    recorded (or without it) must not drop the check from the model it deploys.
+    recorded (or without it) must not drop the check from the model it deploys. InputError, as `inspector run` gives
+    for the same model and config, when the station's pixel ROIs are crops of a size the model never judges.
     """
     if spec is None:
         return train_spec
     if spec.frame_size is None and train_spec.frame_size is not None:
-        return spec.model_copy(update={"frame_size": size_under_rois(train_spec, spec.rois)})
+        spec = spec.model_copy(update={"frame_size": size_under_rois(train_spec, spec.rois)})
+    # The station's crop sizes could only be checked against the config's own spec, which had no range: the deployed one
+    # has it now, and a model that rejects every frame must not be written, only to be refused when the daemon starts.
+    check_station_rois(spec, spec.rois)
     return spec
+
+
+def _outside_frame_size(spec: PreprocessSpec, frames: list[Path], golden: Path | None) -> str:
+    """When the deployed model rejects golden frames as frame_size: how many, and the way out; else ''."""
+    size = spec.trained_size
+    if size is None:
+        return ""
+    pre = Preprocessor(spec)
+    outside: list[tuple[Path, tuple[int, int]]] = []
+    for path in frames:
+        try:
+            image = pre.decode(path.read_bytes())
+        except (FrameFault, OSError):
+            continue  # the gate names those itself
+        try:
+            pre.check_size(image)
+        except FrameFault:
+            outside.append((path, (image.shape[1], image.shape[0])))
+    if not outside:
+        return ""
+    which = "the checkpoint's validation images, export's default golden set" if golden is None else f"the images under --golden {golden}"
+    first, (w, h) = outside[0]
+    text = f"; {len(outside)} of the {len(frames)} golden frames ({which}) lie outside the model's frame_size and are rejected, not judged (e.g. {first.name}, {w}x{h})"
+    if size.applies_to == "roi" and spec.rois:
+        return text + (f": pass --golden DIR with frames whose ROI crops are {size.describe('images')}, "
+                       "or draw the station's rois (--config) that size")
+    held = FrameSize.spanning([(size.min_width, size.min_height), (size.max_width, size.max_height), *(wh for _, wh in outside)])
+    return text + (f": pass --golden DIR with {size.describe()}, the sizes it judges, "
+                   f"or train the model again with a --frame-size range that holds them (e.g. --frame-size {held.short()})")
 
 
 def _spec_diff(a: PreprocessSpec, b: PreprocessSpec) -> list[str]:
@@ -295,6 +334,7 @@ def export_checkpoint(
             raise ModelError(
                 f"export refused by the parity gate: {gate.problem()} over {gate.images} golden images"
                 + (f"; the deployed preprocessing differs from training: {'; '.join(hint)}" if hint else "")
+                + _outside_frame_size(deploy_spec, frames, golden)
                 + f"; nothing was written to {out}"
             )
         manifest = ModelManifest(classes=classes, preprocess=deploy_spec, info={**info, "parity_gate": asdict(gate)})

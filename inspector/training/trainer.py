@@ -27,7 +27,7 @@ from inspector import __version__
 from inspector.errors import InputError
 from inspector.manifest import OK_CLASS
 from inspector.outputs import make_output_folder
-from inspector.preprocess import PreprocessSpec
+from inspector.preprocess import FrameSize, PreprocessSpec
 from inspector.progress import Progress
 from inspector.replay.metrics import binary_metrics, roc_auc, threshold_at_recall
 from inspector.training.backbones import (
@@ -352,16 +352,17 @@ def batch_loss(model: nn.Module, batch: TrainBatch, y: torch.Tensor, loss_fn: nn
     return loss
 
 
-def load_cache(samples: SampleSet, spec: PreprocessSpec, recipe: TrainRecipe, paths: list[Path]) -> ImageCache:
+def load_cache(samples: SampleSet, spec: PreprocessSpec, recipe: TrainRecipe, paths: list[Path], *, settle: bool = True) -> ImageCache:
     """Decoded frames for `paths` and, with seg_weight or paste_defects, their masks; InputError listing every unusable file.
 
-    The cache's spec (`cache.pre.spec`) carries pixel_max and frame_size, from the data when `spec` left them unset:
-    train with that one.
+    The cache's spec (`cache.pre.spec`) carries pixel_max and frame_size, from the data when `spec` left them unset
+    (unless `settle` is False: a resumed run keeps its checkpoint's spec as it is): train with that one.
     """
     cache = ImageCache(spec)
     cache.load(paths)
-    cache.settle_depth()
-    cache.settle_frame_size()
+    if settle:
+        cache.settle_depth()
+        cache.settle_frame_size()
     needs = f"seg_weight={recipe.seg_weight}" if recipe.seg_weight > 0 else f"augment.paste_defects={recipe.augment.paste_defects}"
     if (recipe.seg_weight > 0 or recipe.augment.paste_defects > 0) and cache.load_masks(samples.samples, samples.root) == 0:
         raise InputError(
@@ -371,22 +372,44 @@ def load_cache(samples: SampleSet, spec: PreprocessSpec, recipe: TrainRecipe, pa
     return cache
 
 
-def _log_frame_size(spec: PreprocessSpec, given: object, cache: ImageCache, log: structlog.typing.FilteringBoundLogger) -> None:
-    """Say which frame sizes the model will judge, and warn when a given range leaves out some of the training images."""
+def _log_frame_size(
+    spec: PreprocessSpec, source: str, cache: ImageCache, validation: list[Path], log: structlog.typing.FilteringBoundLogger
+) -> None:
+    """Say which frame sizes the model will judge and where they come from (data, given, checkpoint); warn when the range
+    leaves out some of the training images, and what export will make of that."""
     size = spec.trained_size
     if spec.frame_size == "any":
-        log.info("frame_size_any", why="preprocess.frame_size any (--frame-size any): the model will judge frames of every size")
+        why = ("the resumed checkpoint records frame_size any" if source == "checkpoint"
+               else "preprocess.frame_size any (--frame-size any)")
+        log.info("frame_size_any", source=source, why=f"{why}: the model will judge frames of every size")
         return
     if size is None:
+        if source == "checkpoint":
+            log.info("frame_size_none", source=source,
+                     why="the resumed checkpoint records no frame_size (made before it existed) and a resumed run keeps its "
+                     "spec: the model will judge frames of every size; a new run (without --resume) records the data's range")
         return
-    log.info("frame_size", frame_size=size.short(), source="data" if given is None else "given",
-             why="frames outside it will be rejected as frame_size; --frame-size sets another range, or any")
+    log.info("frame_size", frame_size=size.short(), source=source,
+             why="frames outside it will be rejected as frame_size" + (
+                 "; the resumed checkpoint's range, kept for the rest of the run" if source == "checkpoint"
+                 else "; --frame-size sets another range, or any"))
     outside = cache.outside_frame_size()
-    if outside:
-        # Trusted as given (a known camera resolution, crops cut offline): a warning, not a refusal.
-        log.warning("training_frames_outside_frame_size", count=len(outside), frame_size=size.short(),
-                    examples=[f"{path} ({w}x{h})" for path, (w, h) in outside[:3]],
-                    why="the given frame_size describes the frames the model will judge; these training images lie outside it")
+    if not outside:
+        return
+    # Trusted as given (a known camera resolution, crops cut offline): a warning, not a refusal. But export's parity gate
+    # reruns the validation images by default through the model's own check, and refuses the model when it rejects them.
+    held = FrameSize.spanning([(size.min_width, size.min_height), (size.max_width, size.max_height), *(wh for _, wh in outside)])
+    checked = set(validation)
+    in_validation = sum(path in checked for path, _ in outside)
+    whose = "the resumed checkpoint's" if source == "checkpoint" else "the given"
+    why = f"{whose} frame_size describes the frames the model will judge; these training images lie outside it"
+    if in_validation:
+        why += (f"; {in_validation} of them are validation images, which `inspector export` reruns as its golden set by default: "
+                f"it will refuse the model (frame_size) unless given --golden DIR with {size.describe()}")
+    way = "train again with" if source == "checkpoint" else "give"
+    why += f"; to have the model judge images like these, {way} a --frame-size range that holds them (e.g. --frame-size {held.short()})"
+    log.warning("training_frames_outside_frame_size", count=len(outside), frame_size=size.short(), validation=in_validation,
+                examples=[f"{path} ({w}x{h})" for path, (w, h) in outside[:3]], why=why)
 
 
 def label_counts(targets: np.ndarray, idx: np.ndarray, n_classes: int) -> np.ndarray:
@@ -582,10 +605,12 @@ def _train(
             f"(fingerprint {fingerprint[:12]} vs {resume['dataset']['fingerprint'][:12]}); resume needs the same data"
         )
 
-    cache = load_cache(samples, spec, recipe, [s.path for s in samples.samples])  # every unusable file is listed before anything is written
-    given = spec.frame_size
+    # A resumed run continues the checkpoint's model, so it keeps the checkpoint's spec exactly: one made before pixel_max
+    # or frame_size existed must not start recording the data's values halfway through the run.
+    cache = load_cache(samples, spec, recipe, [s.path for s in samples.samples], settle=resume is None)  # every unusable file is listed before anything is written
+    source = "checkpoint" if resume is not None else "data" if spec.frame_size is None else "given"
     spec = cache.pre.spec  # with the data's pixel_max and frame_size: the checkpoint, and so the exported model, records what was trained on
-    _log_frame_size(spec, given, cache, log)
+    _log_frame_size(spec, source, cache, [samples.samples[int(i)].path for i in val_idx], log)
     batches = Batches(samples, cache, recipe, train_idx)
     targets = samples.targets
     n_classes = len(samples.classes)

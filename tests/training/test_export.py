@@ -14,9 +14,11 @@ import pytest
 import torch
 import yaml
 
-from inspector.config import ModelSettings, Provider
+from inspector.config import ModelSettings, Provider, load_settings
 from inspector.digest import file_sha256
+from inspector.errors import InputError
 from inspector.model import OnnxClassifier
+from inspector.pipeline import build_pipeline
 from inspector.preprocess import FrameSize, Preprocessor
 from inspector.training.export import (
     export_checkpoint,
@@ -121,6 +123,16 @@ def test_a_station_config_without_frame_size_deploys_the_trained_range(trained: 
     code, _stdout, err = export_cli(capsys, str(trained / "best.pt"), "--out", str(out), "--config", str(station))
     assert code == 0, err
     assert OnnxClassifier(out, ModelSettings(providers=[Provider.CPU])).spec == trained_spec  # the range came along
+    # With pixel rois on this whole-frame model, the range it brings applies to each crop: crops of another size are
+    # refused here, with the error `inspector run` gives for them, not written into a model the daemon refuses to start.
+    rois = [{"name": "a", "box": [0, 0, 40, 48]}]
+    station.write_text(yaml.safe_dump({"preprocess": written, "rois": rois}))
+    code, _stdout, err = export_cli(capsys, str(trained / "best.pt"), "--out", str(tmp_path / "r.onnx"), "--config", str(station))
+    with pytest.raises(InputError) as daemon:
+        build_pipeline(load_settings(None, model={"providers": ["cpu"], "warmup_runs": 0}, rois=rois), model_path=out)
+    assert str(daemon.value).startswith("rois: a is 40x48 pixels, but this model was trained on 48x48 images")
+    assert code == 2 and str(daemon.value) in err
+    assert "parity gate" not in err and not (tmp_path / "r.onnx").exists()
     # A range the station config gives is its own (the camera's known resolution): deployed as given.
     written["frame_size"] = "any"
     station.write_text(yaml.safe_dump({"preprocess": written}))

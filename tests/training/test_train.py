@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -18,6 +19,7 @@ from inspector.training import trainer
 from inspector.training.data import collect_samples, stratified_split
 from inspector.training.recipe import TrainRecipe
 from inspector.training.trainer import train
+from tests.conftest import gray_png
 from tests.training.conftest import (
     FAST,
     export_cli,
@@ -70,6 +72,25 @@ def test_the_command_prints_the_operating_point_and_the_next_step(parts: Path, t
     assert yaml.safe_load((tmp_path / "r" / "train.yaml").read_text())["preprocess"]["frame_size"]["max_width"] == 1280
     warned = next(json.loads(line) for line in err.splitlines() if '"training_frames_outside_frame_size"' in line)
     assert warned["count"] == 64 and warned["frame_size"] == "64x56..1280x1024" and warned["examples"][0].endswith("(48x48)")
+    # The warning says what export will make of it, and the ways out.
+    assert warned["validation"] == 12
+    assert ("12 of them are validation images, which `inspector export` reruns as its golden set by default: it will refuse "
+            "the model (frame_size) unless given --golden DIR with frames 64..1280 wide and 56..1024 high") in warned["why"]
+    assert "give a --frame-size range that holds them (e.g. --frame-size 48x48..1280x1024)" in warned["why"]
+    code, _, err = export_cli(capsys, str(tmp_path / "r" / "best.pt"), "--out", str(tmp_path / "m.onnx"))
+    assert code == 2 and "export refused by the parity gate" in err and not (tmp_path / "m.onnx").exists()
+    assert ("12 of the 12 golden frames (the checkpoint's validation images, export's default golden set) lie outside the "
+            "model's frame_size and are rejected, not judged (e.g. ") in err
+    assert ("pass --golden DIR with frames 64..1280 wide and 56..1024 high, the sizes it judges, or train the model again with "
+            "a --frame-size range that holds them (e.g. --frame-size 48x48..1280x1024)") in err
+    # The first way out: golden frames of the sizes the model judges (64x64 tiles).
+    golden = tmp_path / "golden"
+    for png in sorted(parts.rglob("*.png"))[::8]:
+        if "masks" not in png.parts:
+            gray_png(golden / png.relative_to(parts), cv2.resize(cv2.imread(str(png), cv2.IMREAD_GRAYSCALE), (64, 64)))
+    code, out, err = export_cli(capsys, str(tmp_path / "r" / "best.pt"), "--out", str(tmp_path / "m.onnx"), "--golden", str(golden))
+    assert code == 0, err
+    assert "parity gate passed" in out
 
 
 def test_multi_class_uses_the_defect_folders_as_classes(parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -134,6 +155,8 @@ def test_an_interrupted_run_resumes_to_the_same_result(
     code, _, err = train_cli(capsys, str(parts), "--out", str(tmp_path / "cut"), "--resume", str(tmp_path / "cut" / "last.pt"))
     assert code == 0, err
     assert '"event": "training_resumed"' in err
+    said = [json.loads(line) for line in err.splitlines() if '"event": "frame_size"' in line][-1]  # the resumed run's
+    assert (said["frame_size"], said["source"]) == ("48x48", "checkpoint")  # the range the checkpoint recorded, not "given"
     straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())["epochs"]
     resumed = json.loads((tmp_path / "cut" / "metrics.json").read_text())["epochs"]
     assert [e["epoch"] for e in resumed] == [1, 2]
@@ -246,9 +269,23 @@ def test_resume_keeps_the_recipe_and_may_only_extend_epochs(trained: Path, parts
     assert code == 2 and "only --epochs may change it (got train.lr)" in err
     code, _, err = train_cli(capsys, str(parts), "--out", str(run), "--resume", str(run / "best.pt"))
     assert code == 2 and "resume from last.pt" in err
+    # A run from before frame_size existed: its checkpoints' specs record none.
+    for name in ("best.pt", "last.pt"):
+        ckpt = torch.load(run / name, weights_only=True)
+        ckpt["spec"] = PreprocessSpec.from_json(ckpt["spec"]).model_copy(update={"frame_size": None}).to_json()
+        assert "frame_size" not in ckpt["spec"]
+        torch.save(ckpt, run / name)
     code, _, err = train_cli(capsys, str(parts), "--out", str(run), "--resume", str(run / "last.pt"), "--epochs", "3")
     assert code == 0, err
     assert [e["epoch"] for e in json.loads((run / "metrics.json").read_text())["epochs"]] == [1, 2, 3]
+    # A resume continues the same model: what it records stays the checkpoint's, not the data's range added midway.
+    for name in ("best.pt", "last.pt"):
+        assert PreprocessSpec.from_json(torch.load(run / name, weights_only=True)["spec"]).frame_size is None, name
+    assert "frame_size" not in yaml.safe_load((run / "train.yaml").read_text())["preprocess"]
+    logged = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    said = next(e for e in logged if e["event"].startswith("frame_size"))
+    assert (said["event"], said["source"]) == ("frame_size_none", "checkpoint")
+    assert "the resumed checkpoint records no frame_size" in said["why"]
 
 
 def test_k_folds_train_one_model_per_fold(parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
