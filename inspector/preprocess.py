@@ -177,6 +177,10 @@ class FrameSize(_Strict):
         widths, heights = zip(*sizes, strict=True)
         return cls(min_width=min(widths), max_width=max(widths), min_height=min(heights), max_height=max(heights))
 
+    def holding(self, sizes: Iterable[tuple[int, int]]) -> FrameSize:
+        """The smallest range holding this one and every (width, height) in `sizes`: what --frame-size could say instead."""
+        return FrameSize.spanning([(self.min_width, self.min_height), (self.max_width, self.max_height), *sizes])
+
     def fits(self, width: int, height: int) -> bool:
         """Whether a width x height image lies inside the range."""
         return self.min_width <= width <= self.max_width and self.min_height <= height <= self.max_height

@@ -30,7 +30,6 @@ from inspector.model import OnnxClassifier
 from inspector.outputs import check_output, make_output_folder, temp_file_beside
 from inspector.pipeline import check_station_rois
 from inspector.preprocess import (
-    FrameSize,
     Preprocessor,
     PreprocessSpec,
     size_under_rois,
@@ -228,7 +227,7 @@ def _outside_frame_size(spec: PreprocessSpec, frames: list[Path], golden: Path |
     if size.applies_to == "roi" and spec.rois:
         return text + (f": pass --golden DIR with frames whose ROI crops are {size.describe('images')}, "
                        "or draw the station's rois (--config) that size")
-    held = FrameSize.spanning([(size.min_width, size.min_height), (size.max_width, size.max_height), *(wh for _, wh in outside)])
+    held = size.holding(wh for _, wh in outside)
     return text + (f": pass --golden DIR with {size.describe()}, the sizes it judges, "
                    f"or train the model again with a --frame-size range that holds them (e.g. --frame-size {held.short()})")
 

@@ -27,7 +27,7 @@ from inspector import __version__
 from inspector.errors import InputError
 from inspector.manifest import OK_CLASS
 from inspector.outputs import make_output_folder
-from inspector.preprocess import FrameSize, PreprocessSpec
+from inspector.preprocess import PreprocessSpec
 from inspector.progress import Progress
 from inspector.replay.metrics import binary_metrics, roc_auc, threshold_at_recall
 from inspector.training.backbones import (
@@ -398,7 +398,7 @@ def _log_frame_size(
         return
     # Trusted as given (a known camera resolution, crops cut offline): a warning, not a refusal. But export's parity gate
     # reruns the validation images by default through the model's own check, and refuses the model when it rejects them.
-    held = FrameSize.spanning([(size.min_width, size.min_height), (size.max_width, size.max_height), *(wh for _, wh in outside)])
+    held = size.holding(wh for _, wh in outside)
     checked = set(validation)
     in_validation = sum(path in checked for path, _ in outside)
     whose = "the resumed checkpoint's" if source == "checkpoint" else "the given"
