@@ -360,7 +360,7 @@ class PipelineSettings(_Section):
         description="Longest wake-up latency the daemon lets idle CPU cores have while it runs (µs), asked of the kernel through "
         "/dev/cpu_dma_latency for the daemon's lifetime: 0 keeps idle cores polling (the fastest wake-up, and the only value "
         "that changes anything in a VM; idle cores draw more power); 1-100 allows only shallow idle states on bare metal; "
-        "null (or off, the default) asks for nothing. Measure before setting it (README, Benchmark). Without write access to "
+        "null (or off, the default) asks for nothing. Measure before setting it (docs/performance.md). Without write access to "
         "the device: one warning, and the kernel's default.",
     )
 
