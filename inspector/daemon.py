@@ -120,18 +120,12 @@ class Daemon:
             "inference": threading.Thread(target=self._guard, args=("inference", self._infer), name="inference", daemon=True),
             "acquisition": threading.Thread(target=self._guard, args=("acquisition", self._acquire), name="acquisition", daemon=True),
         }
-        threads["outbox"].start()
-        connected = self.outbox.connected_once.wait(s.mqtt.connect_timeout_s)
-        if not connected:
-            self.log.warning("mqtt_not_connected_yet", host=s.mqtt.host, port=s.mqtt.port,
-                             detail="ready anyway: every decision is journaled and published once the broker is reachable")
         for stage in STAGES:
             self.health.beat(stage)
-        threads["inference"].start()
-        threads["acquisition"].start()
-        self.notifier.ready(self._status_line())
-        self.log.info("daemon_ready", session=self.session, topics=self.topics.prefix, source=self.source.describe(),
-                      broker_connected=connected, watchdog_s=self.notifier.watchdog_s)
+        # Parts are judged from the start, broker or not: the journal keeps their decisions. Only READY waits for the
+        # broker (_supervise), so a part arriving then is not held until it becomes a deadline reject.
+        for thread in threads.values():
+            thread.start()
         try:
             self._supervise(threads)
         finally:
@@ -273,8 +267,20 @@ class Daemon:
         interval = self.notifier.watchdog_s / 2 if self.notifier.watchdog_s else None
         next_ping = time.monotonic()
         next_status = time.monotonic() + 5
+        ready_by = time.monotonic() + self.settings.mqtt.connect_timeout_s
+        ready = False
         withheld = False
-        while not self.stop.wait(min(_TICK_S, interval or _TICK_S)):
+        while not self.stop.is_set():
+            if ready:
+                self.stop.wait(min(_TICK_S, interval or _TICK_S))
+            else:
+                # READY once the broker is connected, or connect_timeout_s from now; a SIGTERM meanwhile still stops at once.
+                connected = self.outbox.connected_once.wait(min(_TICK_S, max(0.0, ready_by - time.monotonic())))
+                if connected or time.monotonic() >= ready_by:
+                    ready = True
+                    self._ready(connected)
+            if self.stop.is_set():
+                break
             dead = [name for name, t in threads.items() if not t.is_alive()]
             if dead and self.stop.is_set():
                 break  # it ended because the run is ending (its source ended): the stage that stopped it said why
@@ -294,12 +300,21 @@ class Daemon:
                 self.log.info("watchdog_resumed")
                 withheld = False
             now = time.monotonic()
-            if interval and now >= next_ping:
+            if ready and interval and now >= next_ping:
                 self.notifier.watchdog()
                 next_ping = now + interval
             if now >= next_status:
                 self.notifier.status(self._status_line())
                 next_status = now + 5
+
+    def _ready(self, connected: bool) -> None:
+        s = self.settings
+        if not connected:
+            self.log.warning("mqtt_not_connected_yet", host=s.mqtt.host, port=s.mqtt.port,
+                             detail="ready anyway: every decision is journaled and published once the broker is reachable")
+        self.notifier.ready(self._status_line())
+        self.log.info("daemon_ready", session=self.session, topics=self.topics.prefix, source=self.source.describe(),
+                      broker_connected=connected, watchdog_s=self.notifier.watchdog_s)
 
     def _status_line(self) -> str:
         m = self.metrics

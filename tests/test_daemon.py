@@ -26,6 +26,7 @@ from tests.conftest import (
 )
 from tests.mqtt_helpers import (
     PREFIX,
+    free_port,
     Broker,
     DaemonProcess,
     Subscriber,
@@ -484,6 +485,26 @@ def test_sigterm_finishes_in_flight_frames_and_sigkill_leaves_the_last_will(
     assert wait_until(lambda: sub.on("status")[-1].json()["state"] == "offline", 10)
     assert sub.on("status")[-1].json()["reason"] == "lwt"
     sub.close()
+
+
+def test_parts_are_judged_while_the_daemon_waits_for_the_broker_and_sigterm_ends_the_wait(
+    tmp_path: Path, broker: Broker, models: dict[str, Path], daemons: list
+) -> None:
+    # No broker on this port: READY waits connect_timeout_s (30 s), but the line does not.
+    config = station_config(tmp_path, broker, models["dark"], mqtt={"port": free_port(), "connect_timeout_s": 30})
+    daemon = DaemonProcess(config)
+    daemons.append(daemon)
+    daemon.wait_event("folder_watching")
+    write_parts(tmp_path / "in", 1)
+    daemon.wait_event("frame_passed", 10)
+    assert not daemon.saw("daemon_ready")
+    stopped_at = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(15) == 0
+    assert time.monotonic() - stopped_at < 5, "SIGTERM must not wait out connect_timeout_s"
+    assert not daemon.saw("daemon_ready")
+    rows = _journal(tmp_path)
+    assert [(r["part_id"], r["verdict"], r["reason"]) for r in rows] == [("part0000", "pass", None)]
 
 
 def test_broker_refuses_a_daemon_without_credentials_and_accepts_one_with_them(
