@@ -19,6 +19,7 @@ from inspector.frame import FrameFault
 from inspector.manifest import OK_CLASS
 from inspector.model import Classifier
 from inspector.preprocess import Preprocessor, PreprocessSpec
+from inspector.regular_file import read_regular
 from inspector.replay.dataset import collect
 from inspector.replay.metrics import roc_auc
 
@@ -114,7 +115,7 @@ def frame_scores(classifier: Classifier, spec: PreprocessSpec, frames: list[Path
     out: list[float | Unjudged] = []
     for p in frames:
         try:
-            probs = classifier.predict(pre(pre.decode(p.read_bytes())))
+            probs = classifier.predict(pre(pre.decode(read_regular(p))))
         except FrameFault as fault:
             out.append(Unjudged(fault.reason.value, f"{p.name}: {fault.detail}"))
             continue

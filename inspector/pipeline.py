@@ -36,6 +36,7 @@ from inspector.preprocess import (
     from_array,
     size_under_rois,
 )
+from inspector.regular_file import read_regular
 
 
 class FramePipeline:
@@ -308,7 +309,7 @@ def read_file_frame(path: Path, frame_id: str | None = None, *, clock: Callable[
     """A `Frame` from an image file; a read failure travels inside the frame so it still gets its reject."""
     captured = clock()
     try:
-        data = path.read_bytes()
+        data = read_regular(path)  # a pipe or device named like an image is not read: reading it could block forever
     except OSError as exc:
         return Frame(frame_id or path.name, str(path), captured, read_error=f"{exc.strerror or exc}: {path}")
     return Frame(frame_id or path.name, str(path), captured, data=data)

@@ -15,6 +15,7 @@ from inspector.errors import ModelError
 from inspector.frame import Frame
 from inspector.pipeline import FramePipeline, build_pipeline, read_file_frame
 from inspector.samples import tile
+from tests.replay.test_dataset import fifo
 
 
 def _pipeline(model: Path, **overrides) -> FramePipeline:
@@ -69,6 +70,20 @@ def test_a_file_that_vanished_or_cannot_be_read_is_rejected_as_unreadable(dark: 
     not_a_file = dark.process(read_file_frame(folder))
     for v in (gone, not_a_file):
         assert (v.verdict, v.reason.value) == ("reject", "unreadable")
+
+
+def test_a_pipe_or_a_broken_link_named_like_an_image_is_rejected_as_unreadable_without_blocking(
+    dark: FramePipeline, tmp_path: Path
+) -> None:
+    pipe = fifo(tmp_path / "fifo.jpg")  # reading it would wait for a writer forever
+    broken = tmp_path / "x.jpg"
+    broken.symlink_to(tmp_path / "nonexistent.jpg")
+    frames = {p.name: read_file_frame(p) for p in (pipe, broken)}
+    assert frames["fifo.jpg"].read_error == f"a named pipe (FIFO), not a regular file: {pipe}"
+    assert frames["x.jpg"].read_error.startswith("No such file or directory") and str(broken) in frames["x.jpg"].read_error
+    for frame in frames.values():
+        v = dark.process(frame)
+        assert (v.verdict, v.reason.value, v.detail) == ("reject", "unreadable", frame.read_error)
 
 
 def test_a_frame_too_small_for_a_pixel_roi_is_rejected(models: dict[str, Path], tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ class ReplaySet:
     labels_without_frame: tuple[str, ...] = ()
     outputs_skipped: tuple[str, ...] = ()  # output folders of replay or train (or a root's own report images) left out
     loose_files: tuple[str, ...] = ()  # images beside ok/ and ng/: in `items`, without a label
+    link_loops: tuple[str, ...] = ()  # linked folders left out: links to a folder already read (or to one holding them)
 
 
 def collect(
@@ -66,6 +67,8 @@ def collect(
             left_out.append(f"output folders of replay or train skipped: {', '.join(found.outputs)}")
         if found.loose:
             left_out.append(f"{len(found.loose)} images beside {' and '.join(found.label_dirs)} carry no label")
+        if found.loops:
+            left_out.append(f"links to folders already read skipped: {', '.join(found.loops)}")
         raise InputError(
             f"{path}: no images found; expected files ending in {', '.join(sorted(IMAGE_SUFFIXES))}"
             + (f" ({'; '.join(left_out)})" if left_out else "")
@@ -83,7 +86,13 @@ def collect(
         tuple(unmatched),
         tuple(found.outputs),
         tuple(found.loose),
+        tuple(found.loops),
     )
+
+
+def _unlistable(exc: OSError) -> None:
+    # os.walk would skip a folder it cannot list, and its frames would get no decision without a word.
+    raise InputError(f"{exc.filename}: cannot list this folder ({exc.strerror or exc}); its images would not be judged") from exc
 
 
 @dataclass(slots=True)
@@ -96,35 +105,49 @@ class _Found:
     ignored: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     loose: list[str] = field(default_factory=list)
+    loops: list[str] = field(default_factory=list)
     label_dirs: list[str] = field(default_factory=list)
 
 
-def _visible_files(root: Path, exclude: frozenset[Path], outputs: list[str]) -> list[Path]:
-    """Files under `root` (hidden ones aside), sorted by relative path; replay output folders go to `outputs` instead."""
+def _visible_files(root: Path, exclude: frozenset[Path], outputs: list[str], loops: list[str]) -> list[Path]:
+    """Files under `root` (hidden ones aside, linked folders followed), sorted by relative path; replay output folders go to
+    `outputs` instead, and folders already read through another path (a link to them, or to a folder holding them) to `loops`.
+
+    Every name that is not a folder is listed, pipes and broken links too: an image among them gets its `unreadable` reject.
+    """
     # The root itself may be a replay output too (an earlier `--out` equal to PATH): its frames stay, its report images go.
     own_report = is_replay_output(root) or root.resolve() in exclude
     out = []
-    for folder, dirnames, filenames in os.walk(root):
+    top = root.resolve()
+    walked = {top}
+    for folder, dirnames, filenames in os.walk(root, onerror=_unlistable, followlinks=True):
         here = Path(folder)
         keep = []
-        for name in sorted(dirnames):
+        # Real folders first: of a folder and a link to it beside it, the folder keeps its name (and so its label).
+        for name in sorted(dirnames, key=lambda n: ((here / n).is_symlink(), n)):
             sub = here / name
             if name.startswith("."):
                 continue
-            if sub.resolve() in exclude or is_output(sub):
+            real = sub.resolve()
+            if real in exclude or is_output(sub):
                 outputs.append(sub.relative_to(root).as_posix())
                 continue
+            if real in walked or top.is_relative_to(real):
+                loops.append(sub.relative_to(root).as_posix())
+                continue
+            walked.add(real)
             keep.append(name)
-        dirnames[:] = keep
+        dirnames[:] = sorted(keep)
         for name in filenames:
             p = here / name
-            if name.startswith(".") or not p.is_file():
+            if name.startswith("."):
                 continue
             if own_report and here == root and name in REPORT_IMAGES:
                 outputs.append(name)
                 continue
             out.append(p)
     outputs.sort()
+    loops.sort()
     return sorted(out, key=lambda p: p.relative_to(root).as_posix())
 
 
@@ -135,7 +158,7 @@ def _from_folder(root: Path, found: _Found, exclude: frozenset[Path]) -> None:
     layout = bool(labels)
     found.labelled_by = "layout" if layout else "none"
     found.label_dirs = sorted(f"{name}/" for name in labels)
-    for p in _visible_files(root, exclude, found.outputs):
+    for p in _visible_files(root, exclude, found.outputs, found.loops):
         rel = p.relative_to(root)
         if p.suffix.lower() not in IMAGE_SUFFIXES:
             found.skipped.append(rel.as_posix())

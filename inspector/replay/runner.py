@@ -85,6 +85,7 @@ def run_replay(
             "labels_without_frame": len(dataset.labels_without_frame),
             "loose_files": len(dataset.loose_files),
             "outputs_skipped": list(dataset.outputs_skipped),
+            "link_loops": list(dataset.link_loops),
             "inspector_version": __version__,
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         },
@@ -167,6 +168,13 @@ def log_dataset(log: structlog.typing.FilteringBoundLogger, dataset: ReplaySet) 
             folders=list(dataset.outputs_skipped),
             why="output of replay (decisions.jsonl + summary.json) or train (best.pt, last.pt, cv.json), or this run's --out: "
             "its plots and contact sheets are not frames",
+        )
+    if dataset.link_loops:
+        log.warning(
+            "link_loops",
+            count=len(dataset.link_loops),
+            folders=list(dataset.link_loops),
+            why="links to a folder already read (or to a folder holding it): not read twice",
         )
     if dataset.loose_files:
         log.warning(

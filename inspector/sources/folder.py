@@ -30,6 +30,7 @@ from inspector.errors import InputError
 from inspector.frame import QUARANTINE_REASONS, Frame, Reason
 from inspector.health import Health
 from inspector.journal import Record
+from inspector.regular_file import file_kind
 
 PROCESSED = "processed"
 QUARANTINE = "quarantine"
@@ -557,9 +558,7 @@ class _Handler(FileSystemEventHandler):
 
 def _not_a_file(mode: int, path: Path) -> str:
     """The reject detail for a name in the folder that is not a regular file (and so was not read)."""
-    kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
-            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file")
-    return f"{kind}, not an image file: not opened (reading it could block or never end): {path}"
+    return f"{file_kind(mode)}, not an image file: not opened (reading it could block or never end): {path}"
 
 
 def _identity(path: Path | str) -> _Identity | None:

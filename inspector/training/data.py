@@ -22,6 +22,7 @@ from inspector.errors import InputError
 from inspector.frame import FrameFault
 from inspector.manifest import OK_CLASS
 from inspector.preprocess import FrameSize, Preprocessor, PreprocessSpec
+from inspector.regular_file import not_regular, read_regular
 from inspector.replay.dataset import collect
 from inspector.training.recipe import Augment
 
@@ -61,7 +62,7 @@ class SampleSet:
         digests: dict[Path, str] = {}
         for s in sorted(self.samples, key=lambda s: s.key):
             if s.path not in digests:
-                digests[s.path] = hashlib.sha256(s.path.read_bytes()).hexdigest()
+                digests[s.path] = hashlib.sha256(read_regular(s.path)).hexdigest()
             h.update(f"{s.key}\t{s.label}\t{digests[s.path]}\n".encode())
         return h.hexdigest()
 
@@ -112,6 +113,11 @@ def collect_samples(root: Path, spec: PreprocessSpec, *, labels_csv: Path | None
         )
     if not samples:
         raise InputError(f"{root}: no labelled images; expected images under ok/ and ng/<defect>/, or rows in labels.csv")
+    # Named before anything is read: a pipe would block the reading, a broken link fail it halfway through the run.
+    bad = [f"{path}: unreadable: {why}" for path in dict.fromkeys(s.path for s in samples) if (why := not_regular(path)) is not None]
+    if bad:
+        shown = "\n  ".join(bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
+        raise InputError(f"{len(bad)} image(s) cannot be used for training:\n  {shown}")
     counts = Counter(s.label for s in samples)
     if len(counts) < 2:
         only = next(iter(counts))
@@ -218,7 +224,7 @@ class ImageCache:
             if path in self._frames:
                 continue
             try:
-                image = self.pre.decode(path.read_bytes())
+                image = self.pre.decode(read_regular(path))  # a pipe is named, not waited on
                 self.pre.crops(image)  # a frame too small for the ROIs is unusable too
             except FrameFault as fault:
                 bad.append(f"{path}: {fault.reason.value}: {fault.detail}")

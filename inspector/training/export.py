@@ -34,6 +34,7 @@ from inspector.preprocess import (
     PreprocessSpec,
     size_under_rois,
 )
+from inspector.regular_file import read_regular
 from inspector.replay.dataset import collect
 from inspector.training.backbones import build_model, deployed, torch_load
 from inspector.training.data import ImageCache
@@ -159,7 +160,7 @@ def onnx_probabilities(path: Path, frames: list[Path], log: Any) -> tuple[list[n
     out: list[np.ndarray | str] = []
     for p in frames:
         try:
-            out.append(clf.predict(pre(pre.decode(p.read_bytes()))).astype(np.float64))
+            out.append(clf.predict(pre(pre.decode(read_regular(p)))).astype(np.float64))
         except FrameFault as fault:
             out.append(f"{fault.reason.value}: {fault.detail}")
     return out, clf.spec
@@ -212,7 +213,7 @@ def _outside_frame_size(spec: PreprocessSpec, frames: list[Path], golden: Path |
     outside: list[tuple[Path, tuple[int, int]]] = []
     for path in frames:
         try:
-            image = pre.decode(path.read_bytes())
+            image = pre.decode(read_regular(path))
         except (FrameFault, OSError):
             continue  # the gate names those itself
         try:

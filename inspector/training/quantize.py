@@ -25,6 +25,7 @@ from inspector.gate import (
 )
 from inspector.model import OnnxClassifier
 from inspector.preprocess import Preprocessor, PreprocessSpec
+from inspector.regular_file import read_regular
 
 CALIBRATION_IMAGES = 200  # MinMax ranges settle well before this; more only costs export time
 
@@ -37,7 +38,7 @@ def calibration_batches(spec: PreprocessSpec, frames: list[Path], limit: int = C
     batches = []
     for path in frames:
         try:
-            batches.append(pre(pre.decode(path.read_bytes())).copy())
+            batches.append(pre(pre.decode(read_regular(path))).copy())
         except (FrameFault, OSError):
             continue
     if not batches:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -147,3 +150,74 @@ def test_a_list_that_names_no_image_here_is_refused(tmp_path: Path, listing: str
     (tmp_path / "list.txt").write_text(listing)
     with pytest.raises(InputError, match=message):
         collect(tmp_path / "list.txt")
+
+
+def fifo(path: Path) -> Path:
+    """A named pipe at `path` that cannot hang a test: whatever blocks reading it gets end-of-file within a second."""
+    os.mkfifo(path)
+
+    def release() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and os.path.lexists(path):
+            time.sleep(1)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO unless a reader is blocked on it
+            except OSError:
+                continue
+            os.close(fd)
+
+    threading.Thread(target=release, daemon=True).start()
+    return path
+
+
+def test_linked_label_and_defect_folders_are_read_with_their_labels(tmp_path: Path, tiles: Path) -> None:
+    data = tmp_path / "data"
+    (data / "ng").mkdir(parents=True)
+    (data / "ok").symlink_to(tiles / "ok", target_is_directory=True)
+    (data / "ng" / "crack").symlink_to(tiles / "ng" / "crack", target_is_directory=True)
+    shutil.copytree(tiles / "ng" / "blowhole", data / "ng" / "blowhole")
+    ds = collect(data)
+    assert ds.labelled_by == "layout" and len(ds.items) == 20 and ds.link_loops == ()
+    assert sum(i.label == "ok" for i in ds.items) == 12
+    assert {(i.label, i.defect) for i in ds.items if i.frame_id.startswith("ng/crack/")} == {("ng", "crack")}
+    assert sum(i.frame_id.startswith("ng/crack/") for i in ds.items) == 4
+
+
+def test_a_link_back_to_a_folder_already_read_is_reported_and_not_read_twice(tmp_path: Path, tiles: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiles, data)
+    (data / "ok" / "again").symlink_to(data / "ok", target_is_directory=True)  # its own parent: endless without a guard
+    (data / "ng" / "crack_too").symlink_to(data / "ng" / "crack", target_is_directory=True)
+    ds = collect(data)
+    assert ds.link_loops == ("ng/crack_too", "ok/again")
+    assert len(ds.items) == 20 and not any(i.frame_id.startswith(("ok/again/", "ng/crack_too/")) for i in ds.items)
+
+
+def test_images_that_are_no_regular_files_are_still_frames(tmp_path: Path, tiles: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiles, data)
+    (data / "ng" / "crack" / "gone.png").symlink_to(tmp_path / "nonexistent.png")
+    fifo(data / "ok" / "fifo.png")
+    (data / "notes.txt").symlink_to(tmp_path / "nonexistent.txt")
+    ds = collect(data)
+    by_id = {i.frame_id: i for i in ds.items}
+    assert len(ds.items) == 22 and ds.skipped_files == ("notes.txt",)
+    assert (by_id["ng/crack/gone.png"].label, by_id["ng/crack/gone.png"].defect) == ("ng", "crack")
+    assert by_id["ok/fifo.png"].label == "ok"
+
+
+def test_a_folder_that_cannot_be_listed_is_refused_not_skipped(tmp_path: Path, tiles: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiles, data)
+    locked = data / "ng" / "crack"
+    real_scandir = os.scandir
+
+    def scandir(path: object = ".") -> object:
+        # Root reads every folder whatever its mode, so a chmod 000 folder cannot stand in for a locked one here.
+        if Path(os.fspath(path)) == locked:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(InputError, match=r"crack: cannot list this folder \(Permission denied\); its images would not be judged"):
+        collect(data)

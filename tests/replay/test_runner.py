@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from inspector.cli import main
+from tests.replay.test_dataset import fifo
 from tests.replay.test_report import ROIS, read_image, red_rois
 
 
@@ -168,6 +169,33 @@ def test_replay_never_imports_torch(models: dict[str, Path], tiles: Path, tmp_pa
 def test_python_dash_m_inspector_is_the_same_command() -> None:
     done = subprocess.run([sys.executable, "-m", "inspector", "--version"], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0 and done.stdout.startswith("inspector ")
+
+
+def test_linked_folders_are_judged_with_their_labels_and_pipes_and_broken_links_get_their_reject(
+    models: dict[str, Path], tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiles / "ok", data / "ok")
+    shutil.copytree(tiles / "ng" / "blowhole", data / "ng" / "blowhole")
+    (data / "ng" / "crack").symlink_to(tiles / "ng" / "crack", target_is_directory=True)  # kept on another disk
+    (data / "ng" / "crack_again").symlink_to(data / "ng" / "crack", target_is_directory=True)
+    (data / "ng" / "blowhole" / "gone.png").symlink_to(tmp_path / "nonexistent.png")
+    fifo(data / "ok" / "fifo.png")
+    out = tmp_path / "out"
+    code, _, err = _replay(capsys, str(data), "--model", str(models["dark"]), "--out", str(out), "--no-report")
+    assert code == 0
+    by_id = {r["frame_id"]: r for r in _decisions(out)}
+    assert len(by_id) == 22 and not any(i.startswith("ng/crack_again/") for i in by_id)
+    crack = [r for i, r in by_id.items() if i.startswith("ng/crack/")]
+    assert len(crack) == 4 and all((r["verdict"], r["reason"], r["label"]["defect"]) == ("reject", "score", "crack") for r in crack)
+    fifo_r, gone = by_id["ok/fifo.png"], by_id["ng/blowhole/gone.png"]
+    assert (fifo_r["verdict"], fifo_r["reason"], fifo_r["label"]["frame"]) == ("reject", "unreadable", "ok")
+    assert (gone["verdict"], gone["reason"], gone["label"]["frame"]) == ("reject", "unreadable", "ng")
+    assert "a named pipe (FIFO), not a regular file" in fifo_r["detail"] and "No such file or directory" in gone["detail"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["frame_metrics"]["n_ok"], summary["frame_metrics"]["n_ng"]) == (13, 9)
+    assert summary["replay"]["link_loops"] == ["ng/crack_again"]
+    assert "link_loops" in err and "ng/crack_again" in err
 
 
 def _all_ok_labels(root: Path, csv_path: Path) -> Path:

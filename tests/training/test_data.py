@@ -22,6 +22,7 @@ from inspector.training.data import (
 )
 from inspector.training.recipe import Augment
 from tests.conftest import exif_png, gray_png
+from tests.replay.test_dataset import fifo
 from tests.training.conftest import flat_png, square_part, two_camera_parts
 
 GRAY32 = PreprocessSpec(color="gray", resize={"width": 32, "height": 32})
@@ -129,6 +130,22 @@ def test_unreadable_images_are_all_listed(tmp_path: Path) -> None:
     text = str(err.value)
     assert text.startswith("2 image(s) cannot be used for training")
     assert "notes.png: not_an_image" in text and "cut.png: truncated" in text
+
+
+def test_a_pipe_or_a_broken_link_among_the_images_is_named_before_anything_is_read(tmp_path: Path) -> None:
+    for i in range(3):
+        flat_png(tmp_path / "ok" / f"{i}.png")
+        flat_png(tmp_path / "ng" / "crack" / f"{i}.png")
+    pipe = fifo(tmp_path / "ok" / "fifo.png")  # reading it would wait for a writer forever
+    broken = tmp_path / "ng" / "crack" / "x.png"
+    broken.symlink_to(tmp_path / "nonexistent.png")
+    with pytest.raises(InputError) as err:
+        collect_samples(tmp_path, GRAY32)
+    text = str(err.value)
+    assert text.startswith("2 image(s) cannot be used for training")
+    assert f"{pipe}: unreadable: a named pipe (FIFO), not a regular file" in text and f"{broken}: unreadable: No such file or directory" in text
+    with pytest.raises(InputError, match=r"fifo.png: unreadable: a named pipe \(FIFO\), not a regular file"):
+        ImageCache(GRAY32).load([tmp_path / "ok" / "0.png", pipe])  # a pipe put there after the listing: named, never waited on
 
 
 def test_roi_jitter_moves_the_box_but_never_out_of_the_frame(roi_frames: tuple[Path, Path]) -> None:

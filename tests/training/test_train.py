@@ -20,6 +20,7 @@ from inspector.training.data import collect_samples, stratified_split
 from inspector.training.recipe import TrainRecipe
 from inspector.training.trainer import train
 from tests.conftest import gray_png
+from tests.replay.test_dataset import fifo
 from tests.training.conftest import (
     FAST,
     export_cli,
@@ -358,6 +359,7 @@ def test_early_stopping_keeps_the_best_epoch(parts: Path, tmp_path: Path) -> Non
         ("parts", ["--device", "cuda"], "device=cuda but torch finds no CUDA GPU"),
         ("parts", ["--backbone", "resnet19"], "unknown backbone 'resnet19'"),
         ("parts", ["--weights", "/nonexistent.pth"], "--weights /nonexistent.pth: no such file"),
+        ("pipe", [], "ok/fifo.png: unreadable: a named pipe (FIFO), not a regular file"),
     ],
 )
 def test_bad_input_is_a_clear_error_with_exit_2_and_nothing_written(
@@ -372,6 +374,9 @@ def test_bad_input_is_a_clear_error_with_exit_2_and_nothing_written(
         shutil.copytree(parts / "ok", data / "ok")
     if setup == "file":
         data.write_text("frame,roi1\n")
+    if setup == "pipe":
+        shutil.copytree(parts, data)
+        fifo(data / "ok" / "fifo.png")
     out = tmp_path / "out"
     code, _stdout, err = train_cli(capsys, str(data), "--out", str(out), "--epochs", "1", *FAST, *args)
     assert code == 2
