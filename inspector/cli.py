@@ -22,6 +22,7 @@ from inspector.config import (
     run_errors,
     settings_schema,
     settings_yaml,
+    threshold_problem,
 )
 from inspector.errors import ConfigError, InputError, InspectorError
 from inspector.logs import configure_logging
@@ -39,16 +40,20 @@ def _thresholds(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers in 0..1, like 0.3,0.5,0.7; got {text!r}") from None
     if not values:
         raise argparse.ArgumentTypeError(f"give one or more thresholds in 0..1, like 0.3,0.5,0.7; got {text!r}")
+    for value in values:
+        if (problem := threshold_problem(value)) is not None:
+            raise argparse.ArgumentTypeError(problem)
     return values
 
 
-def _unit_float(text: str) -> float:
+def _threshold(text: str) -> float:
+    """A threshold flag: in 0..1 with at most 6 decimals, as the config's and the record's (config.threshold_problem)."""
     try:
-        value = float(text)
+        value = float(text) + 0.0
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number in 0..1, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in 0..1, got {value}")
+    if (problem := threshold_problem(value)) is not None:
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 
@@ -79,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("path", type=Path, metavar="PATH", help="folder of images (recursive; ok/ + ng/<defect>/ layout gives labels) or a text file listing images")
     rp.add_argument("--model", type=Path, help="ONNX model (default: model.path from the config)")
     rp.add_argument("--config", type=Path, default=None, help=f"config file (default {DEFAULT_CONFIG} when present)")
-    rp.add_argument("--threshold", type=_unit_float, help="one threshold for every ROI, replacing the config's")
+    rp.add_argument("--threshold", type=_threshold, help="one threshold for every ROI (at most 6 decimals), replacing the config's")
     rp.add_argument("--labels", type=Path, help="CSV `frame,roi1,...` with ok/ng per ROI (frame paths relative to the CSV)")
     rp.add_argument("--out", type=Path, help="output folder (default ./replay-YYYYmmdd-HHMMSS)")
     rp.add_argument("--what-if", type=_thresholds, metavar="T1,T2,...",
@@ -138,7 +143,14 @@ def _number_or(words: tuple[str, ...], word: str, expected: str) -> Callable[[st
     return parse
 
 
-_band = _number_or(("auto",), "auto", "auto or the band's upper threshold in 0..1")
+def _band(text: str) -> float | str:
+    """--uncertain-band: auto, or the band's upper threshold (reject at or above it): at most 6 decimals, as every threshold."""
+    value = _number_or(("auto",), "auto", "auto or the band's upper threshold in 0..1")(text)
+    if isinstance(value, float) and 0.0 <= value <= 1.0 and (problem := threshold_problem(value)) is not None:
+        raise argparse.ArgumentTypeError(problem)  # a number out of 0..1 gets calibrate's own message, which names the flag
+    return value
+
+
 _clahe = _number_or(("off", "none", "0"), "off", "a clip limit like 2.0, or off")
 
 
@@ -289,7 +301,7 @@ def _add_export(sub: Any) -> None:
     ep.add_argument("--quantize", choices=("int8",), help="INT8 static quantization (QDQ, per-channel) behind an accuracy gate on the "
                     "golden set: refused when ROC-AUC drops > 0.005 or > 0.5%% of verdicts flip at --threshold")
     ep.add_argument("--calibration-data", type=Path, metavar="DIR", help="with --quantize: real frames of the station for activation ranges")
-    ep.add_argument("--threshold", type=_unit_float, default=0.5, help="threshold at which no verdict may flip (default 0.5)")
+    ep.add_argument("--threshold", type=_threshold, default=0.5, help="threshold at which no verdict may flip (default 0.5)")
     ep.add_argument("--tta", choices=("none", "flips"), help="test-time views built into the model (default: the training recipe's "
                     "tta): flips scores the mean over the image and the flips it was trained with, up to 4x the inference")
 
@@ -640,7 +652,7 @@ def _print_summary(s: dict[str, Any]) -> None:
     print(
         f"frames {s['frames']}  passed {s['passed']}  rejected {s['rejected']} ({_fmt(s['reject_rate'])})"
         + (f" of which uncertain {s['uncertain']}" if s.get("uncertain") else "")
-        + (f"  faulted {s['faulted']} {s['reasons']}" if s["faulted"] else "")
+        + (f"  faulted {s['faulted']} (" + ", ".join(f"{k} {n}" for k, n in s["fault_reasons"].items()) + ")" if s["faulted"] else "")
     )
     m = s.get("frame_metrics")
     if m:

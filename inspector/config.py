@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -22,6 +23,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -185,21 +187,47 @@ class ModelSettings(_Section):
         return v
 
 
-Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+THRESHOLD_DECIMALS = 6  # decision.SCORE_DECIMALS: scores are published floored to 6 decimals (decision imports this module)
+
+
+def threshold_problem(value: float) -> str | None:
+    """Why `value` cannot be a threshold, or None: every threshold (config, record, flag) is checked here.
+
+    A published score (floored to 6 decimals) is >= a threshold exactly when the score itself is, only for a threshold
+    of at most 6 decimals: with 0.4446995, a score of 0.44469953 rejects but is published as 0.444699, below it.
+    The check is round(value, 6) == value, not decimal text: values arrive as floats (YAML, JSON, the environment),
+    and round() is correctly rounded, so the float of any number of at most 6 decimals (0.3, 0.7266, typed or read)
+    rounds to itself, while a float that is the nearest to no such number does not.
+    """
+    if not 0.0 <= value <= 1.0:  # NaN fails this too
+        return f"expected a number in 0..1, got {value}"
+    if round(value, THRESHOLD_DECIMALS) != value:
+        return f"expected a number in 0..1 with at most {THRESHOLD_DECIMALS} decimals (scores are published with {THRESHOLD_DECIMALS}), got {value}"
+    return None
+
+
+def _threshold(value: float) -> float:
+    problem = threshold_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("threshold_decimals", problem)  # not ValueError: no "Value error, " before it in a record's errors
+    return value
+
+
+# A threshold in 0..1 of at most 6 decimals: the range is in the schema, the decimals are checked after it.
+Threshold = Annotated[float, Field(ge=0.0, le=1.0), AfterValidator(_threshold)]
 UncertainRoute = Literal["reject", "review"]
 
 
 class DecisionSettings(_Section):
     """How scores become verdicts. A ROI's score is 1 - P(ok)."""
 
-    threshold: float = Field(
+    threshold: Threshold = Field(
         default=0.5,
-        ge=0.0,
-        le=1.0,
-        description="Reject a ROI when its score >= threshold (0..1). Lower catches more NG at the cost of false rejects; set it with `inspector calibrate`.",
+        description="Reject a ROI when its score >= threshold (0..1, at most 6 decimals as scores are published). Lower catches "
+        "more NG at the cost of false rejects; set it with `inspector calibrate`.",
     )
-    roi_thresholds: dict[str, Probability] = Field(
-        default_factory=dict, description="Per-ROI thresholds (0..1) by ROI name; ROIs not listed use `threshold`."
+    roi_thresholds: dict[str, Threshold] = Field(
+        default_factory=dict, description="Per-ROI thresholds (0..1, at most 6 decimals) by ROI name; ROIs not listed use `threshold`."
     )
     calibration: Path | None = Field(
         default=None,

@@ -10,8 +10,8 @@ from typing import Any, Literal
 import numpy as np
 
 from inspector.calibration.record import ALL_ROIS, CalibrationRecord
-from inspector.config import DecisionSettings
-from inspector.errors import ConfigError
+from inspector.config import THRESHOLD_DECIMALS, DecisionSettings, threshold_problem
+from inspector.errors import ConfigError, InputError
 from inspector.frame import Reason
 from inspector.manifest import OK_CLASS
 
@@ -112,7 +112,7 @@ class Verdict:
         }
 
 
-SCORE_DECIMALS = 6
+SCORE_DECIMALS = THRESHOLD_DECIMALS  # one number: a threshold with more decimals than scores are published with is refused
 
 
 def floor_decimals(x: float, decimals: int = SCORE_DECIMALS) -> float:
@@ -134,7 +134,8 @@ def round_score(x: float | None) -> float | None:
     if math.isinf(x):
         return float(x)
     # Floored, not rounded: rounded up, a score just under its threshold would be published at the threshold beside a
-    # pass. Floored, a published score is >= a threshold of up to 6 decimals exactly when the decision rejected.
+    # pass. Floored, a published score is >= a threshold of up to 6 decimals exactly when the decision rejected; every
+    # threshold has at most 6 (config.threshold_problem refuses more, from the config, a record or a flag).
     return floor_decimals(float(x))
 
 
@@ -160,6 +161,8 @@ class Thresholds:
         *,
         calibration: CalibrationRecord | None = None,
     ) -> None:
+        if override is not None and (problem := threshold_problem(override)) is not None:
+            raise InputError(f"--threshold: {problem}")  # the flag checks it too; this is for callers of the API
         self.band_high: dict[str, float] = {}
         self.uncertain_route = settings.uncertain_route
         self.calibration = calibration if override is None else None

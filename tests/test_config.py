@@ -128,6 +128,32 @@ def test_config_check_accepts_a_good_file(tmp_path: Path, capsys: pytest.Capture
     assert capsys.readouterr().out.strip() == f"{path}: ok"
 
 
+SEVEN_DECIMALS = "expected a number in 0..1 with at most 6 decimals (scores are published with 6), got "
+
+
+def test_config_check_refuses_thresholds_finer_than_published_scores(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A score of 0.44469953 rejects at 0.4446995 but is published as 0.444699: decisions.jsonl would contradict itself.
+    path = _write(tmp_path, "decision:\n  threshold: 0.4446995\n  roi_thresholds: {a: 0.3, b: 0.12345678, c: 0.7266}\n")
+    assert main(["config", "check", str(path)]) == 2
+    assert capsys.readouterr().out.splitlines() == [
+        f"decision.threshold: {SEVEN_DECIMALS}0.4446995",
+        f"decision.roi_thresholds.b: {SEVEN_DECIMALS}0.12345678",
+    ]
+
+
+def test_an_environment_threshold_finer_than_published_scores_names_its_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INSPECTOR_DECISION__THRESHOLD", "0.30000001")
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, "{}\n"))
+    assert info.value.errors == [f"decision.threshold: {SEVEN_DECIMALS}0.30000001 (set by INSPECTOR_DECISION__THRESHOLD)"]
+
+
+@pytest.mark.parametrize("value", ["0.3", "0.7266", "0.123456", "0.000001", "1", "0", "0.1e-2", "0.400000"])
+def test_thresholds_of_at_most_six_decimals_load_as_written(tmp_path: Path, value: str) -> None:
+    s = load_settings(_write(tmp_path, f"decision:\n  threshold: {value}\n  roi_thresholds: {{a: {value}}}\n"))
+    assert s.decision.threshold == float(value) and s.decision.roi_thresholds == {"a": float(value)}
+
+
 def test_config_check_and_show_take_the_file_either_way(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good, bad = _write(tmp_path, "decision:\n  threshold: 0.4\n"), tmp_path / "bad.yaml"
     bad.write_text("decision:\n  threshold: 2\n")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -92,3 +94,20 @@ def test_a_published_score_reaches_its_threshold_exactly_when_the_part_was_rejec
     assert (published["score"] >= published["threshold"]) is (published["verdict"] == "reject")
     assert (published["rois"][0]["score"] >= 0.3) is (roi.verdict == "reject")
     assert published["score"] <= roi.score and len(repr(published["score"]).split(".")[1]) <= 6
+
+
+def test_a_threshold_finer_than_published_scores_is_refused_however_it_comes() -> None:
+    # At 0.4446995 a score of 0.44469953 rejects, yet is published as 0.444699: below the threshold that rejected it.
+    from pydantic import ValidationError
+
+    from inspector.errors import InputError
+
+    seven = "expected a number in 0..1 with at most 6 decimals (scores are published with 6), got 0.4446995"
+    with pytest.raises(InputError, match=re.escape(seven)):
+        Thresholds(DecisionSettings(), ROIS, 0.4446995)
+    for settings in ({"threshold": 0.4446995}, {"roi_thresholds": {"a": 0.4446995}}):
+        with pytest.raises(ValidationError, match="at most 6 decimals"):
+            DecisionSettings(**settings)
+    with pytest.raises(ValidationError, match="at most 6 decimals"):
+        calibration_record({"*": (0.4446995, None)})
+    assert Thresholds(DecisionSettings(threshold=0.7266, roi_thresholds={"b": 0.3}), ROIS).by_roi == {"a": 0.7266, "b": 0.3}

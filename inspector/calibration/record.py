@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from inspector import yaml_load
+from inspector.config import Threshold
 from inspector.errors import ConfigError, ModelError
 
 SCHEMA = "inspector.calibration/1"
@@ -104,8 +105,8 @@ class Cost(_Record):
 class BandRecord(_Record):
     """Scores in [low, high) get verdict `uncertain`; the daemon routes them per `decision.uncertain_route`."""
 
-    low: float
-    high: float
+    low: Threshold  # thresholds the daemon applies: at most 6 decimals, as every threshold
+    high: Threshold
     ng_in_band: int
     ok_in_band: int
     ok_rejected_above: int
@@ -115,7 +116,7 @@ class BandRecord(_Record):
 class ScopeResult(_Record):
     """One threshold: for every ROI (scope `*`), or for one ROI with per-ROI thresholds."""
 
-    threshold: float = Field(ge=0.0, le=1.0, description="The threshold the daemon applies: reject when score >= threshold.")
+    threshold: Threshold = Field(description="The threshold the daemon applies: reject when score >= threshold (0..1, at most 6 decimals).")
     chosen_by: Literal["recall-bound", "point-estimate-minus-margin", "expected-cost"]
     demonstrated: bool = Field(description="The lower bound on NG recall at `threshold` meets the target.")
     recall_bound_threshold: float = Field(description="The recall rule's threshold (equal to `threshold` unless cost chose).")

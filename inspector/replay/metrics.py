@@ -243,8 +243,10 @@ def summarize(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "rejected": rejected,
         "reject_rate": _ratio(rejected, n),
         "uncertain": uncertain,
-        "reasons": dict(sorted(reasons.items())),
+        "reasons": dict(sorted(reasons.items())),  # every verdict's reason: score and uncertain too
         "faulted": sum(o.faulted for o in outcomes),
+        # The reasons of the faulted frames only (rejected without a score): what `faulted` counts, by reason.
+        "fault_reasons": dict(sorted(Counter(o.reason or "unknown" for o in outcomes if o.faulted).items())),
         "labelled": sum(o.label is not None for o in outcomes),
         "unlabelled": sum(o.label is None for o in outcomes),
         "latency_ms": {s: percentiles([o.latency[i] for o in outcomes if not o.faulted]) for i, s in enumerate(stages)},

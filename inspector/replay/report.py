@@ -56,12 +56,13 @@ def _threshold_text(by_roi: dict[str, float]) -> str:
 
 
 def _header(summary: dict[str, Any], by_roi: dict[str, float], title: str) -> str:
-    faults = {k: v for k, v in summary["reasons"].items() if k != "score"}
+    faults = summary["fault_reasons"]  # not `reasons`: that holds score and uncertain too, which are no faults
     faulted = str(summary["faulted"]) + (" (" + ", ".join(f"{k} {v}" for k, v in faults.items()) + ")" if faults else "")
     rows = [
         ("Frames", str(summary["frames"])),
         ("Passed", str(summary["passed"])),
         ("Rejected", str(summary["rejected"])),
+        *([("Of which uncertain (a score in the uncertain band)", str(summary["uncertain"]))] if summary.get("uncertain") else []),
         ("Reject rate", percent(summary["reject_rate"], 1)),
         ("Faulted", faulted),
         ("Threshold", _threshold_text(by_roi)),
@@ -180,6 +181,23 @@ def _blamed(o: Outcome, roi: str) -> bool:
     return dict(o.roi_verdicts).get(roi, PASS) != PASS
 
 
+def _ng_score(o: Outcome) -> float:
+    """A missed NG frame's score, the lower the more confidently wrong: with ROI labels, the highest score among its ROIs
+    labelled NG (a ROI labelled OK may score higher, and says nothing of the defect that was missed); else the frame's."""
+    scores = dict(o.roi_scores)
+    ng = [scores[name] for name, label in o.roi_labels or () if label == "ng" and name in scores]
+    return max(ng) if ng else (o.score if o.score is not None else 0.0)
+
+
+def _over_threshold(o: Outcome, by_roi: dict[str, float], shared: float | None) -> float:
+    """How far a false reject's worst ROI lies above its own threshold; the score itself when every ROI has the same one."""
+    if o.score is None:
+        return 0.0
+    if shared is not None:
+        return o.score  # the same order as score - shared, without rounding ties into it
+    return max(score - by_roi.get(name, 0.0) for name, score in o.roi_scores)
+
+
 def _roi_text(o: Outcome, roi: str) -> str:
     score = dict(o.roi_scores).get(roi)
     return roi if score is None else f"{roi} {score:.3f}"
@@ -296,10 +314,25 @@ def write_report(
                 ["Defect", "NG frames", "Rejected", "Recall (faulted count as rejected)", "Faulted", "Recall of the scored"], rows, "per-defect"
             ) + loose)
 
-    escapes = sorted((o for o in outcomes if o.label == "ng" and o.verdict == PASS), key=lambda o: (o.score is None, o.score or 0.0))
-    false_rejects = sorted((o for o in outcomes if o.label == "ok" and o.verdict != PASS), key=lambda o: (o.score is None, -(o.score or 0.0)))
-    body.append(_sheet_section("Missed NG (escapes)", "Labelled NG frames that passed, lowest score (most confidently wrong) first.", escapes, out_dir, MISSED_NG, rois))
-    body.append(_sheet_section("False rejects", "Labelled OK frames that were not passed (rejected or uncertain), highest score first; faulted frames last.", false_rejects, out_dir, FALSE_REJECTS, rois))
+    escapes = sorted((o for o in outcomes if o.label == "ng" and o.verdict == PASS), key=lambda o: (o.score is None, _ng_score(o)))
+    false_rejects = sorted(
+        (o for o in outcomes if o.label == "ok" and o.verdict != PASS), key=lambda o: (o.score is None, -_over_threshold(o, by_roi, shared))
+    )
+    per_roi_labels = any(o.roi_labels for o in escapes)
+    body.append(_sheet_section(
+        "Missed NG (escapes)",
+        "Labelled NG frames that passed, lowest score "
+        + ("of the ROIs labelled NG (of the frame, for a frame labelled NG by its folder) " if per_roi_labels else "")
+        + "(most confidently wrong) first.",
+        escapes, out_dir, MISSED_NG, rois,
+    ))
+    body.append(_sheet_section(
+        "False rejects",
+        "Labelled OK frames that were not passed (rejected or uncertain), "
+        + ("highest score first" if shared is not None else "the ROI furthest above its own threshold (score minus threshold) first")
+        + "; faulted frames last.",
+        false_rejects, out_dir, FALSE_REJECTS, rois,
+    ))
 
     out = out_dir / REPORT
     out.write_text(page(title, body), encoding="utf-8")

@@ -292,6 +292,51 @@ def test_record_round_trips_and_a_broken_record_is_a_config_error(tmp_path: Path
         load_record(tmp_path / "absent.yaml")
 
 
+def test_a_record_threshold_finer_than_published_scores_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import calibration_record
+
+    path = tmp_path / "s1.yaml"
+    write_record(path, calibration_record({"*": (0.5, (0.5, 0.75))}))
+    raw = yaml.safe_load(path.read_text())
+    raw["thresholds"]["*"]["threshold"] = raw["thresholds"]["*"]["uncertain_band"]["low"] = 0.4446995
+    raw["thresholds"]["*"]["uncertain_band"]["high"] = 0.7500001
+    path.write_text(yaml.safe_dump(raw))
+    seven = "expected a number in 0..1 with at most 6 decimals (scores are published with 6), got "
+    with pytest.raises(ConfigError) as info:
+        load_record(path)
+    assert info.value.errors == [
+        f"decision.calibration: thresholds.*.threshold: {seven}0.4446995",
+        f"decision.calibration: thresholds.*.uncertain_band.low: {seven}0.4446995",
+        f"decision.calibration: thresholds.*.uncertain_band.high: {seven}0.7500001",
+    ]
+    cfg = tmp_path / "station.yaml"
+    cfg.write_text(yaml.safe_dump({"decision": {"calibration": str(path)}}))
+    assert main(["config", "check", str(cfg)]) == 2
+    assert f"decision.calibration: thresholds.*.threshold: {seven}0.4446995" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_every_threshold_calibrate_writes_has_at_most_six_decimals_and_loads_back(tmp_path: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    samples = [Sample(f"ok/{i}.png", float(rng.beta(1, 6)), False) for i in range(200)]
+    samples += [Sample(f"ng/{i}.png", float(rng.beta(6, 1)), True) for i in range(40)]
+    scores = ScoreSet(tuple(samples), "frame", "a" * 64, "m.onnx", ("frame",), None, "sha256:x", "files", "synthetic", (), 0)
+    for options in (
+        CalibrateOptions(station="s1", target_recall=0.9, confidence=0.9, band="auto", band_false_reject=0.01),
+        CalibrateOptions(station="s1", target_recall=0.999, confidence=0.95, band=0.987654),  # not demonstrated: the margin
+        CalibrateOptions(station="s1", target_recall=0.9, confidence=0.9, cost_escape=20, cost_false_reject=1, choose="cost"),
+    ):
+        record = calibrate(scores, options)
+        path = tmp_path / "s1.yaml"
+        write_record(path, record)
+        assert load_record(path) == record
+        scope = record.thresholds["*"]
+        band = scope.uncertain_band
+        for t in (scope.threshold, scope.recall_bound_threshold, scope.point_estimate_threshold,
+                  *((band.low, band.high) if band else ()), *((scope.cost.threshold,) if scope.cost else ())):
+            assert round(t, 6) == t, (options, t)
+
+
 def test_cost_choice_applies_the_cheapest_threshold_only_when_asked() -> None:
     scores = _synthetic_scores()
     recall = calibrate(scores, CalibrateOptions(station="s1", target_recall=0.95, confidence=0.9, cost_escape=1, cost_false_reject=1))

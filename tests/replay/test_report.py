@@ -231,3 +231,69 @@ def test_whole_frame_models_get_no_boxes(tmp_path: Path) -> None:
     write_report(tmp_path / "out", [_outcome(src, 0.9, "ok")], summarize([_outcome(src, 0.9, "ok")]), THRESHOLD)
     thumb = read_image(tmp_path / "out" / "false_rejects.jpg")[report._PAD : report._PAD + report._THUMB, report._PAD : report._PAD + report._THUMB]
     assert np.abs(thumb.astype(int) - 128).max() <= 8
+
+
+def _roi_outcome_at(source: str, scores: dict[str, float], thresholds: dict[str, float], label: str,
+                    roi_labels: dict[str, str] | None = None) -> Outcome:
+    """A frame judged with per-ROI thresholds: each ROI against its own."""
+    verdicts = {n: "reject" if v >= thresholds[n] else "pass" for n, v in scores.items()}
+    rejected = "reject" in verdicts.values()
+    return Outcome(
+        frame_id=Path(source).name, source=source, verdict="reject" if rejected else "pass", reason="score" if rejected else None,
+        score=max(scores.values()), roi_scores=tuple(scores.items()), roi_verdicts=tuple(verdicts.items()), label=label, defect=None,
+        roi_labels=tuple(sorted(roi_labels.items())) if roi_labels else None, latency=(1.0, 2.0, 3.0, 6.0),
+    )
+
+
+def _listed(page: str, heading: str) -> list[str]:
+    """The file names in the table of one contact sheet's section, in order."""
+    start = page.index(f"<h2>{heading}")
+    end = page.find("<h2>", start + 1)
+    return [Path(s).name for s in re.findall(r"<tr><td>\d+</td><td>([^<]+)</td>", page[start : end if end > 0 else None])]
+
+
+def test_missed_ng_with_roi_labels_are_ordered_by_their_ng_rois_not_by_rois_labelled_ok(tmp_path: Path) -> None:
+    # The frame score is the highest of every ROI, OK-labelled ones included: it says nothing of how sure the model was
+    # that the defect it missed was not there.
+    shared = dict.fromkeys(("roi1", "roi2", "roi3", "roi4"), THRESHOLD)
+    labels = {"roi1": "ok", "roi2": "ng", "roi3": "ok", "roi4": "ok"}
+    outcomes = [
+        _roi_outcome_at(_grey_png(tmp_path / "b_ng_0.35.png", 96, 96), {"roi1": 0.1, "roi2": 0.35, "roi3": 0.1, "roi4": 0.1}, shared, "ng", labels),
+        _roi_outcome_at(_grey_png(tmp_path / "d_ng_0.40.png", 96, 96), {"roi1": 0.2, "roi2": 0.2, "roi3": 0.05, "roi4": 0.40}, shared, "ng",
+                        {"roi1": "ok", "roi2": "ok", "roi3": "ng", "roi4": "ng"}),
+        _roi_outcome_at(_grey_png(tmp_path / "a_ng_0.30.png", 96, 96), {"roi1": 0.45, "roi2": 0.30, "roi3": 0.1, "roi4": 0.1}, shared, "ng", labels),
+        _roi_outcome_at(_grey_png(tmp_path / "ok.png", 96, 96), dict.fromkeys(shared, 0.1), shared, "ok", dict.fromkeys(shared, "ok")),
+    ]
+    page = write_report(tmp_path / "out", outcomes, summarize(outcomes), shared, rois=ROIS).read_text(encoding="utf-8")
+
+    assert _listed(page, "Missed NG") == ["a_ng_0.30.png", "b_ng_0.35.png", "d_ng_0.40.png"]
+    assert "lowest score of the ROIs labelled NG" in page
+    missed = read_image(tmp_path / "out" / "missed_ng.jpg")
+    assert red_rois(missed, 0, 3, (96, 96), ROIS) == {"roi2"} and red_rois(missed, 2, 3, (96, 96), ROIS) == {"roi3", "roi4"}
+
+
+def test_false_rejects_with_per_roi_thresholds_are_ordered_by_how_far_a_roi_is_above_its_own(tmp_path: Path) -> None:
+    per_roi = {"roi1": 0.5, "roi2": 0.5, "roi3": 0.9, "roi4": 0.5}
+    ok = dict.fromkeys(per_roi, "ok")
+    scores = {
+        "just_over.png": {"roi1": 0.1, "roi2": 0.1, "roi3": 0.95, "roi4": 0.1},  # roi3 0.05 above its 0.9
+        "far_over.png": {"roi1": 0.8, "roi2": 0.1, "roi3": 0.1, "roi4": 0.1},  # roi1 0.3 above its 0.5
+        "mid_over.png": {"roi1": 0.1, "roi2": 0.1, "roi3": 0.85, "roi4": 0.65},  # roi4 0.15 above; roi3 passes under 0.9
+    }
+    sources = {name: _grey_png(tmp_path / name, 96, 96) for name in scores}
+    faulted = Outcome(frame_id="gone", source=str(tmp_path / "gone.png"), verdict="reject", reason="truncated", score=None, roi_scores=(),
+                      roi_verdicts=(), label="ok", defect=None, roi_labels=tuple(sorted(ok.items())), latency=(0.0, 0.0, 0.0, 0.0))
+
+    outcomes = [_roi_outcome_at(sources[n], s, per_roi, "ok", ok) for n, s in scores.items()] + [faulted]
+    page = write_report(tmp_path / "a", outcomes, summarize(outcomes), per_roi, rois=ROIS).read_text(encoding="utf-8")
+    assert _listed(page, "False rejects") == ["far_over.png", "mid_over.png", "just_over.png", "gone.png"]
+    assert "the ROI furthest above its own threshold" in page
+    sheet = read_image(tmp_path / "a" / "false_rejects.jpg")
+    assert [red_rois(sheet, i, 4, (96, 96), ROIS) for i in range(3)] == [{"roi1"}, {"roi4"}, {"roi3"}]
+
+    # One threshold for every ROI: the highest score first, as for a whole-frame model.
+    shared = dict.fromkeys(per_roi, THRESHOLD)
+    outcomes = [_roi_outcome_at(sources[n], s, shared, "ok", ok) for n, s in scores.items()] + [faulted]
+    page = write_report(tmp_path / "b", outcomes, summarize(outcomes), shared, rois=ROIS).read_text(encoding="utf-8")
+    assert _listed(page, "False rejects") == ["just_over.png", "mid_over.png", "far_over.png", "gone.png"]
+    assert "highest score first" in page

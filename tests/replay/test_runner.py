@@ -154,6 +154,47 @@ def test_a_bad_flag_value_is_a_usage_error_naming_the_range(models: dict[str, Pa
     assert "expected a number in 0..1, got 1.5" in capsys.readouterr().err
 
 
+def test_a_threshold_finer_than_published_scores_is_refused_and_nothing_written(
+    models: dict[str, Path], tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # At 0.4446995 a score of 0.44469953 is rejected yet published as 0.444699: below its own threshold in decisions.jsonl.
+    for flag in (["--threshold", "0.4446995"], ["--what-if", "0.3,0.4446995"]):
+        with pytest.raises(SystemExit) as info:
+            main(["replay", str(tiles), "--model", str(models["dark"]), "--out", str(tmp_path / "o"), *flag])
+        assert info.value.code == 2
+        assert "expected a number in 0..1 with at most 6 decimals (scores are published with 6), got 0.4446995" in capsys.readouterr().err
+        assert not (tmp_path / "o").exists()
+
+
+def test_faults_are_listed_apart_from_score_and_uncertain_verdicts(
+    models: dict[str, Path], tiles_with_bad_files: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from inspector.calibration.record import write_record
+    from inspector.digest import file_sha256
+    from tests.conftest import calibration_record
+
+    record = tmp_path / "s1.yaml"  # NG tiles score in [0.5, 0.999999): verdict uncertain
+    write_record(record, calibration_record({"*": (0.5, (0.5, 0.999999))}, sha256=file_sha256(models["dark"])))
+    out = tmp_path / "out"
+    code, stdout, _ = _replay(capsys, str(tiles_with_bad_files), "--model", str(models["dark"]), "--calibration", str(record), "--out", str(out))
+    assert code == 0
+    first = stdout.splitlines()[0]
+    assert first.endswith("of which uncertain 8  faulted 2 (empty_file 1, truncated 1)"), first
+    page = (out / "report.html").read_text()
+    assert "<td>Faulted</td><td>2 (empty_file 1, truncated 1)</td>" in page
+    assert "<td>Of which uncertain (a score in the uncertain band)</td><td>8</td>" in page
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["reasons"] == {"empty_file": 1, "truncated": 1, "uncertain": 8}
+    assert summary["fault_reasons"] == {"empty_file": 1, "truncated": 1}
+
+    # Without a band, rejects by score are no faults either.
+    code, stdout, _ = _replay(capsys, str(tiles_with_bad_files), "--model", str(models["dark"]), "--out", str(tmp_path / "o2"))
+    assert code == 0
+    first = stdout.splitlines()[0]
+    assert first.endswith("faulted 2 (empty_file 1, truncated 1)") and "score" not in first and "uncertain" not in first, first
+    assert "<td>Faulted</td><td>2 (empty_file 1, truncated 1)</td>" in (tmp_path / "o2" / "report.html").read_text()
+
+
 def test_replay_never_imports_torch(models: dict[str, Path], tiles: Path, tmp_path: Path) -> None:
     script = (
         "import sys\n"
