@@ -404,7 +404,8 @@ class Outbox:
             return
         self.health.clear_flag("journal_error")  # any write that succeeds shows the journal takes writes again
         if not known:
-            self.log.warning("ack_unknown", seq=seq, part_id=part_id)
+            # Clipped as ack_malformed's payload is: a megabyte part_id must not become a megabyte log line.
+            self.log.warning("ack_unknown", seq=seq, part_id=part_id if part_id is None or len(part_id) <= 200 else part_id[:200] + "...")
 
     def _flush_acks(self, *, force: bool = False) -> None:
         """Persist broker acknowledgements, batched: at most every 100 ms (a crash in between only means a resend)."""

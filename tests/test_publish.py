@@ -58,6 +58,10 @@ def test_no_ack_payload_stops_the_station(tmp_path: Path, broker: Broker, models
     write_parts(tmp_path / "in", 1, prefix="after")
     assert sub.wait_for("decision", 2, 10)[1].json()["frame_id"] == "after0000.png", "still deciding"
     assert not daemon.saw("stage_failed") and not daemon.saw("ack_unknown")
+    # Well formed but naming no decision, with a part_id of a megabyte: logged, and clipped.
+    sub.client.publish(f"{PREFIX}/decision/ack", json.dumps({"seq": first["seq"], "part_id": "a" * 1_000_000}), qos=1)
+    unknown = daemon.wait_event("ack_unknown", 10)
+    assert unknown["part_id"] == "a" * 200 + "..." and max(map(len, daemon.log_path.read_text().splitlines())) < 10_000
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(15) == 0
     sub.close()
