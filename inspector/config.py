@@ -819,6 +819,11 @@ def _journal_errors(path: Path) -> list[str]:
     ]
 
 
+def _not_a_file(path: Path, what: str) -> str:
+    """Why `path`, which is not a regular file, cannot be `what`."""
+    return f"is a folder; expected {what}: {path}" if path.is_dir() else f"file not found: {path}"
+
+
 def run_errors(settings: InspectorSettings) -> list[str]:
     """What `inspector run` needs beyond a valid file, as `dotted.path: message` lines."""
     errors = model_errors(settings, required=True)
@@ -835,15 +840,15 @@ def run_errors(settings: InspectorSettings) -> list[str]:
     if src.kind is SourceKind.FOLDER and settings.pipeline.overload == "skip":
         errors.append("pipeline.overload: skip is for free-running cameras; a file in the folder is a part and gets a decision (use reject)")
     missing = []
-    for name in ("ca_file", "cert_file", "key_file"):
+    for name, what in (("ca_file", "the CA certificate (PEM)"), ("cert_file", "the client certificate (PEM)"), ("key_file", "the client key (PEM)")):
         path = getattr(settings.mqtt.tls, name)
         if path is not None and not path.is_file():
-            errors.append(f"mqtt.tls.{name}: file not found: {path}")
+            errors.append(f"mqtt.tls.{name}: {_not_a_file(path, what)}")
             missing.append(name)
     if settings.mqtt.tls.enabled and not missing:
         errors += tls_errors(settings.mqtt.tls)
     if settings.mqtt.password_file is not None and not settings.mqtt.password_file.is_file():
-        errors.append(f"mqtt.password_file: file not found: {settings.mqtt.password_file}")
+        errors.append(f"mqtt.password_file: {_not_a_file(settings.mqtt.password_file, 'a file holding the broker password')}")
     elif settings.mqtt.password_file is not None and not os.access(settings.mqtt.password_file, os.R_OK):
         errors.append(f"mqtt.password_file: cannot read {settings.mqtt.password_file}{_as_user()}")
     if settings.journal.path.is_dir():

@@ -223,6 +223,11 @@ def test_config_check_for_run_names_what_the_daemon_needs(tmp_path: Path, capsys
     folder = _write(tmp_path, f"journal:\n  path: {tmp_path}\n")
     assert main(["config", "check", "--run", str(folder)]) == 2
     assert f"journal.path: is a folder; expected the journal's file name, like {tmp_path / 'journal.sqlite3'}" in capsys.readouterr().out
+    folders = _write(tmp_path, f"mqtt:\n  username: st1\n  password_file: {tmp_path}\n  tls:\n    ca_file: {tmp_path}\n")
+    assert main(["config", "check", "--run", str(folders)]) == 2
+    out = capsys.readouterr().out
+    assert f"mqtt.password_file: is a folder; expected a file holding the broker password: {tmp_path}" in out
+    assert f"mqtt.tls.ca_file: is a folder; expected the CA certificate (PEM): {tmp_path}" in out
 
 
 @pytest.mark.parametrize(
