@@ -164,6 +164,19 @@ def test_example_gates_and_acknowledges_over_a_real_broker(tmp_path: Path) -> No
         assert [ln.split()[2] for ln in lines] == ["OPEN", "REJECT", "IGNORE", "REJECT"], lines
         time.sleep(0.3)
         assert len(station.on("decision/ack")) == 3
+
+        # The gate is away (stopped cleanly) while a decision goes out: its session on the broker keeps it.
+        stop_process(proc)
+        assert proc.returncode == 0, (tmp_path / "gate.out").read_text()
+        body = {**decision(seq=4), "deadline_at": iso(time.time() + 30)}
+        station.client.publish(f"{prefix}/decision", json.dumps(body).encode(), qos=1).wait_for_publish(5)
+        proc = subprocess.Popen(
+            [sys.executable, str(EXAMPLE), "--host", broker.host, "--port", str(broker.port), "--prefix", prefix,
+             "--username", "plc", "--password-file", str(tmp_path / "pw")],
+            stdout=out, stderr=subprocess.STDOUT, text=True,
+        )
+        assert wait_until(lambda: "seq=4 part=P-4 OPEN" in (tmp_path / "gate.out").read_text(), 10), (tmp_path / "gate.out").read_text()
+        assert wait_until(lambda: len(station.on("decision/ack")) == 4, 5)
     finally:
         station.close()
         stop_process(proc)
