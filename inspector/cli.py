@@ -568,7 +568,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         model = args.model or settings.model.path
         if model is None:
             raise InputError("no model given: pass --model M.onnx (or model.path in --config) to score DATA")
-        scores = from_images(args.data, settings, model_path=model, labels_csv=args.labels, log=log)
+        scores = from_images(args.data, settings, model_path=model, labels_csv=args.labels, per_roi=args.per_roi, log=log)
     record = calibrate(scores, options)
     previous = None
     if out.is_file():
@@ -620,6 +620,10 @@ def _replay(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     if args.labels is not None and not args.labels.is_file():
         raise InputError(f"--labels {args.labels}: no such file")
+    if args.calibration is not None:
+        from inspector.calibration.record import load_record
+
+        load_record(args.calibration, what="--calibration")  # a broken record is named by its flag, not decision.calibration
     result = run_replay(
         args.path,
         settings,

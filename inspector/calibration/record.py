@@ -174,7 +174,10 @@ def load_record(path: Path, *, what: str = "decision.calibration") -> Calibratio
         raw = yaml_load.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{what}: no calibration record at {path}", [f"{what}: file not found: {path} (run `inspector calibrate`)"]) from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+    except yaml.YAMLError as exc:
+        # `path:line:column: problem`, as for the config file: PyYAML's own text runs over lines and names "<unicode string>".
+        raise ConfigError(f"{what}: {path} is not valid YAML", [f"{what}: {yaml_load.problem_line(exc, path)}"]) from exc
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{what}: cannot read {path}", [f"{what}: {path}: {exc}"]) from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{what}: {path} is not a calibration record", [f"{what}: expected a YAML mapping with schema: {SCHEMA}"])

@@ -25,7 +25,7 @@ from inspector.calibration.record import (
     ScopeResult,
     Target,
 )
-from inspector.calibration.scores import ScoreSet
+from inspector.calibration.scores import PER_ROI_NEEDS_ROI_LABELS, ScoreSet
 from inspector.calibration.threshold import (
     Operating,
     Sample,
@@ -37,6 +37,7 @@ from inspector.calibration.threshold import (
     recall_threshold,
     uncertain_band,
 )
+from inspector.config import threshold_problem
 from inspector.decision import floor_decimals
 from inspector.errors import InputError
 from inspector.percent import percent
@@ -76,8 +77,11 @@ class CalibrateOptions:
             raise InputError("--choose cost needs --cost-escape and --cost-false-reject")
         if self.ng_rate is not None and not 0.0 < self.ng_rate < 1.0:
             raise InputError(f"--ng-rate must lie strictly between 0 and 1 (the line's share of NG parts), got {self.ng_rate}")
-        if isinstance(self.band, float) and not 0.0 < self.band <= 1.0:
-            raise InputError(f"--uncertain-band takes auto or the band's upper threshold in 0..1, got {self.band}")
+        if isinstance(self.band, (int, float)):
+            if not 0.0 < self.band <= 1.0:
+                raise InputError(f"--uncertain-band takes auto or the band's upper threshold in 0..1, got {self.band}")
+            if (problem := threshold_problem(float(self.band))) is not None:  # the record holds it as a threshold: at most 6 decimals
+                raise InputError(f"--uncertain-band: {problem}")
         if not 0.0 <= self.band_false_reject < 1.0:
             raise InputError(f"--band-false-reject must lie in 0..1, got {self.band_false_reject}")
 
@@ -98,7 +102,7 @@ def calibrate(scores: ScoreSet, options: CalibrateOptions) -> CalibrationRecord:
     _require_both_labels(samples, "the calibration data")
     if options.per_roi:
         if scores.unit != "roi":
-            raise InputError("--per-roi needs labels per ROI: a --labels CSV `frame,roi1,roi2,...` (or decisions replayed with one)")
+            raise InputError(PER_ROI_NEEDS_ROI_LABELS)
         groups = by_group(samples, "roi")
         for name, group in groups.items():
             _require_both_labels(group, f"ROI {name}")

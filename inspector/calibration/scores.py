@@ -17,7 +17,10 @@ from inspector.digest import file_sha256
 from inspector.errors import InputError, ModelError
 from inspector.pipeline import build_pipeline
 from inspector.replay.dataset import ReplaySet, collect
+from inspector.replay.metrics import NO_DEFECT_FOLDER
 from inspector.replay.runner import judge, log_dataset
+
+PER_ROI_NEEDS_ROI_LABELS = "--per-roi needs labels per ROI: a --labels CSV `frame,roi1,roi2,...` (or decisions replayed with one)"
 
 
 @dataclass(frozen=True)
@@ -42,19 +45,22 @@ class _Copies:
     """Finds a second name for the same image by its content hash, and labels that disagree about one image."""
 
     def __init__(self) -> None:
-        self.seen: dict[str, tuple[str, str]] = {}  # content hash -> (the first frame with it, its labels)
+        self.seen: dict[str, tuple[str, str, str | None]] = {}  # content hash -> (the first frame with it, its labels, defect class)
         self.conflicts: list[str] = []
+        self.classes: list[str] = []  # NG copies under two defect classes
 
-    def first(self, content: str | None, frame_id: str, labels: str) -> str | None:
-        """The frame this one copies (None for a first sighting, or without content); notes a label conflict."""
+    def first(self, content: str | None, frame_id: str, labels: str, defect: str | None) -> str | None:
+        """The frame this one copies (None for a first sighting, or without content); notes a label or defect class conflict."""
         if not content:
             return None
         if content not in self.seen:
-            self.seen[content] = (frame_id, labels)
+            self.seen[content] = (frame_id, labels, defect)
             return None
-        other, other_labels = self.seen[content]
+        other, other_labels, other_defect = self.seen[content]
         if other_labels != labels:
             self.conflicts.append(f"{other} ({other_labels}) and {frame_id} ({labels})")
+        elif labels == "ng" and other_defect != defect:
+            self.classes.append(f"{other} ({other_defect or NO_DEFECT_FOLDER}) and {frame_id} ({defect or NO_DEFECT_FOLDER})")
         return other
 
     def check(self, what: str) -> None:
@@ -65,6 +71,17 @@ class _Copies:
                 f"{what}: {len(self.conflicts)} image(s) appear twice with different labels (the same bytes): {shown}; "
                 "correct or remove the wrong copy"
             )
+
+    def warnings(self) -> list[str]:
+        """NG copies under two defect classes: kept (a part may show both defects), but path order picks the class it counts for."""
+        if not self.classes:
+            return []
+        shown = "; ".join(self.classes[:5]) + (f"; and {len(self.classes) - 5} more" if len(self.classes) > 5 else "")
+        return [(
+            f"{len(self.classes)} NG image(s) appear under two defect classes (the same bytes): {shown}; each is one NG sample, "
+            "counted in n_ng_per_class and the per-defect figures under the first class only; if a part does not show both "
+            "defects, remove the wrong copy"
+        )]
 
 
 class _Gathered:
@@ -90,7 +107,7 @@ class _Gathered:
         roi_scores: dict[str, float],
     ) -> None:
         """Take one labelled frame: `content` finds copies of one image, `fingerprinted` ends its fingerprint line."""
-        original = self.copies.first(content, frame_id, _label_text(label, roi_labels))
+        original = self.copies.first(content, frame_id, _label_text(label, roi_labels), None if roi_labels else defect)
         if original is not None:
             # A copy or a link of one part is not a second part: counted twice, it would shrink the recall bound.
             self.excluded.append(f"{frame_id}: the same image as {original}")
@@ -116,10 +133,16 @@ def from_images(
     *,
     model_path: Path,
     labels_csv: Path | None = None,
+    per_roi: bool = False,
     progress: bool | None = None,
     log: structlog.typing.FilteringBoundLogger | None = None,
 ) -> ScoreSet:
-    """Score every labelled image under `path` once, with the station's preprocessing and the model's ROIs."""
+    """Score every labelled image under `path` once, with the station's preprocessing and the model's ROIs.
+
+    `per_roi` (thresholds per ROI) needs labels per ROI: without a labels CSV it is refused before the model loads.
+    """
+    if per_roi and labels_csv is None:
+        raise InputError(PER_ROI_NEEDS_ROI_LABELS)  # the folder layout labels frames, never ROIs
     log = log or structlog.get_logger("inspector.calibrate")
     pipeline = build_pipeline(settings, model_path=model_path, apply_calibration=False, log=log)
     dataset = collect(path, labels_csv=labels_csv, roi_names=pipeline.roi_names)
@@ -151,6 +174,7 @@ def from_images(
         source=str(path),
         excluded=tuple(got.excluded),
         unlabelled=len(dataset.items) - len(labelled),
+        warnings=tuple(got.copies.warnings()),
     )
 
 
@@ -212,7 +236,7 @@ def from_decisions(path: Path, *, model_path: Path | None = None) -> ScoreSet:
                 score=float(r["score"]) if scored else None, reason=r.get("reason"),
                 roi_scores={x["name"]: float(x["score"]) for x in r.get("rois", [])} if scored else {})
     got.copies.check(f"--decisions {path}")
-    warnings = []
+    warnings = got.copies.warnings()
     if unhashed:
         warnings.append(
             f"{unhashed} of the {len(seen)} labelled decisions in {path} carry no image hash (an older replay wrote them): copies of one "

@@ -16,7 +16,7 @@ import structlog
 from inspector import __version__
 from inspector.calibration.record import preprocess_sha256, summary_line
 from inspector.calibration.verify import verify
-from inspector.config import InspectorSettings
+from inspector.config import InspectorSettings, threshold_problem
 from inspector.decision import Verdict, shared_threshold
 from inspector.errors import InputError
 from inspector.frame import Frame
@@ -62,9 +62,9 @@ def run_replay(
 ) -> ReplayResult:
     """Judge every frame under `path` once; all checks happen before anything is written."""
     log = log or structlog.get_logger("inspector.replay")
-    bad = [t for t in what_if_thresholds or [] if not 0.0 <= t <= 1.0]
-    if bad:
-        raise InputError(f"--what-if thresholds must lie in 0..1, got {bad}")
+    for t in what_if_thresholds or []:
+        if (problem := threshold_problem(t)) is not None:  # as the flag checks it: at most 6 decimals, as scores are published
+            raise InputError(f"--what-if: {problem}")
     out_dir = out_dir or default_out_dir()
     check_output(out_dir, "--out", folder=True)
     pipeline = build_pipeline(settings, model_path=model_path, threshold=threshold, calibration=calibration, log=log)

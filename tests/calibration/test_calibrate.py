@@ -612,7 +612,7 @@ def test_decisions_carry_the_image_hash_so_copies_are_one_sample_as_with_images(
     from_decisions = load_record(station_dir / "calibration" / "dec.yaml")
     assert (from_decisions.dataset.n_ng, from_decisions.dataset.excluded) == (from_images.dataset.n_ng, from_images.dataset.excluded) == (8, 4)
     assert from_decisions.demonstrated == from_images.demonstrated
-    assert "the same image as ng/again/copy-crack_" in out and "WARNING" not in out
+    assert "the same image as ng/again/copy-crack_" in out and "carry no image hash" not in out
     # Decisions from an older replay, without the hash: used, with a warning that copies cannot be found.
     old = tmp_path / "r" / "old.jsonl"
     old.write_text("".join(json.dumps({k: v for k, v in d.items() if k != "sha256"}) + "\n" for d in decisions))
@@ -676,3 +676,79 @@ def test_a_target_just_below_one_never_shows_as_100_percent() -> None:
     record = calibrate(_synthetic_scores(), CalibrateOptions(station="s1", target_recall=0.999999, confidence=0.95))
     target = describe(record)[1]
     assert target.startswith("target: NG recall >= 99.9999% at 95% confidence") and "100.00%" not in target
+
+
+def test_one_ng_image_under_two_defect_classes_is_kept_with_a_warning_naming_both_paths(
+    models: dict[str, Path], tiles: Path, station_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A part may show two defects, and the layout's only way to say so is a copy in each folder: not refused as an OK/NG
+    # conflict is, but one NG sample counts for one class only, which path order picks: the engineer must see that.
+    data = tmp_path / "data"
+    shutil.copytree(tiles, data)
+    shutil.copy(data / "ng" / "crack" / "crack_0002.png", data / "ng" / "blowhole" / "zz.png")
+    common = ["--target-recall", "0.8", "--no-report"]
+    code, out, err = _run(capsys, "calibrate", data, "--model", models["dark"], "--station", "img", *common)
+    assert code == 0, err
+    record = load_record(station_dir / "calibration" / "img.yaml")
+    assert (record.dataset.n_ng, record.dataset.excluded, record.dataset.n_ng_per_class) == (8, 1, {"blowhole": 5, "crack": 3})
+    warning = ("WARNING: 1 NG image(s) appear under two defect classes (the same bytes): ng/blowhole/zz.png (blowhole) and "
+               "ng/crack/crack_0002.png (crack); each is one NG sample, counted in n_ng_per_class and the per-defect figures under "
+               "the first class only; if a part does not show both defects, remove the wrong copy")
+    assert warning in out.splitlines()
+    assert "excluded ng/crack/crack_0002.png: the same image as ng/blowhole/zz.png" in out
+    # From replay's decisions (they carry the image hash): the same record figures and the same warning.
+    assert main(["replay", str(data), "--model", str(models["dark"]), "--out", str(tmp_path / "r"), "--no-report"]) == 0
+    capsys.readouterr()
+    code, out, err = _run(capsys, "calibrate", "--decisions", tmp_path / "r" / "decisions.jsonl", "--station", "dec", *common)
+    assert code == 0, err
+    assert load_record(station_dir / "calibration" / "dec.yaml").dataset.n_ng_per_class == record.dataset.n_ng_per_class
+    assert warning in out.splitlines()
+    # Exact copies within one class, and an NG copy directly under ng/: only the latter is a second class.
+    (data / "ng" / "blowhole" / "zz.png").unlink()
+    shutil.copy(data / "ng" / "crack" / "crack_0002.png", data / "ng" / "crack" / "again.png")
+    code, out, err = _run(capsys, "calibrate", data, "--model", models["dark"], "--station", "same", *common)
+    assert code == 0 and "WARNING" not in out and "excluded ng/crack/crack_0002.png: the same image as ng/crack/again.png" in out
+    shutil.copy(data / "ng" / "crack" / "crack_0002.png", data / "ng" / "loose.png")
+    code, out, err = _run(capsys, "calibrate", data, "--model", models["dark"], "--station", "loose", *common)
+    assert code == 0, err
+    assert "ng/crack/again.png (crack) and ng/loose.png ((no defect folder))" in out
+
+
+def test_a_broken_calibration_record_names_its_path_line_and_the_flag_that_gave_it(
+    models: dict[str, Path], tiles: Path, station_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = station_dir / "calibration" / "s1.yaml"
+    bad.write_text("schema: inspector.calibration/1\nstation: a: b\n")
+    code, _, err = _run(capsys, "replay", tiles, "--model", models["dark"], "--calibration", bad, "--out", station_dir / "o", "--no-report")
+    assert code == 2 and "Traceback" not in err
+    said = [line for line in err.splitlines() if not line.startswith("{")]  # the log's JSON lines aside
+    assert said == [f"inspector: --calibration: {bad} is not valid YAML",
+                    f"  --calibration: {bad}:2:11: mapping values are not allowed here"]
+    assert not (station_dir / "o").exists()
+    # The same record named by the config: named as decision.calibration there.
+    (station_dir / "station.yaml").write_text(yaml.safe_dump({"decision": {"calibration": str(bad)}}))
+    code, _, err = _run(capsys, "replay", tiles, "--model", models["dark"], "--config", station_dir / "station.yaml", "--out",
+                        station_dir / "o", "--no-report")
+    assert code == 2 and f"  decision.calibration: {bad}:2:11: mapping values are not allowed here" in err.splitlines()
+    assert "<unicode string>" not in err
+
+
+def test_per_roi_without_roi_labels_is_refused_before_any_image_is_scored(
+    models: dict[str, Path], tiles: Path, station_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A model that scores nothing: scoring first would end on "no sample could be scored", not on what is wrong.
+    code, _, err = _run(capsys, "calibrate", tiles, "--model", models["nan"], "--target-recall", "0.8", "--station", "s1", "--per-roi")
+    assert code == 2
+    assert "inspector: error: --per-roi needs labels per ROI: a --labels CSV `frame,roi1,roi2,...` (or decisions replayed with one)" in err
+    assert "no sample could be scored" not in err and "model_loaded" not in err
+    assert list((station_dir / "calibration").iterdir()) == []
+
+
+def test_a_band_finer_than_published_scores_is_an_input_error_from_the_api_too() -> None:
+    from inspector.errors import InputError
+
+    options = CalibrateOptions(station="s1", target_recall=0.95, confidence=0.9, band=0.9999995)
+    with pytest.raises(InputError, match=r"^--uncertain-band: expected a number in 0\.\.1 with at most 6 decimals .*got 0\.9999995$"):
+        calibrate(_synthetic_scores(), options)
+    with pytest.raises(InputError, match="--uncertain-band takes auto or the band's upper threshold in 0..1, got 1.5"):
+        calibrate(_synthetic_scores(), CalibrateOptions(station="s1", band=1.5))

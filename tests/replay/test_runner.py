@@ -400,3 +400,17 @@ def test_what_if_needs_a_threshold_and_reads_minus_zero_as_zero(
     rows = [line.split() for line in stdout.splitlines() if line.startswith("           ")]
     assert [r[0] for r in rows[1:]] == ["0.0", "1.0"]
     assert "-0.0" not in stdout
+
+
+def test_what_if_thresholds_given_through_the_api_are_checked_as_the_flag_checks_them(
+    models: dict[str, Path], tiles: Path, tmp_path: Path
+) -> None:
+    from inspector.config import load_settings
+    from inspector.errors import InputError
+    from inspector.replay.runner import run_replay
+
+    for bad, message in ((0.4446995, " with at most 6 decimals (scores are published with 6), got 0.4446995"), (1.5, ", got 1.5")):
+        with pytest.raises(InputError, match=re.escape(f"--what-if: expected a number in 0..1{message}")):
+            run_replay(tiles, load_settings(None), model_path=models["dark"], out_dir=tmp_path / "o", what_if_thresholds=[0.3, bad],
+                       report=False)
+        assert not (tmp_path / "o").exists()
