@@ -220,10 +220,10 @@ def _when(text: str) -> float:
 
 def _size(text: str) -> tuple[int, int]:
     try:
-        w, _, h = text.lower().partition("x")
-        return int(w), int(h or w)
+        w, sep, h = text.lower().partition("x")
+        return int(w), int(h if sep else w)  # '64x' names no height: refused, not read as 64x64
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size like 224 or 320x240 (width x height, pixels), got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected N or WxH, like 224 or 320x240 (width x height, pixels), got {text!r}") from None
 
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +23,7 @@ from inspector.frame import Frame
 from inspector.outputs import check_output, make_output_folder
 from inspector.pipeline import FramePipeline, build_pipeline, read_file_frame
 from inspector.progress import Progress
-from inspector.replay.dataset import ReplayItem, ReplaySet, collect
+from inspector.replay.dataset import IMAGE_SUFFIXES, ReplayItem, ReplaySet, collect
 from inspector.replay.files import DECISIONS, REPORT_FILES, SUMMARY
 from inspector.replay.metrics import Outcome, summarize, what_if
 from inspector.replay.report import write_report
@@ -157,8 +157,7 @@ def _judge_all(pipeline: FramePipeline, dataset: ReplaySet, decisions: Path, pro
 
 def log_dataset(log: structlog.typing.FilteringBoundLogger, dataset: ReplaySet) -> None:
     """Warn about what a folder walk left out or could not label (replay, calibrate): nothing goes unsaid."""
-    if dataset.skipped_files:
-        log.warning("files_skipped", count=len(dataset.skipped_files), examples=list(dataset.skipped_files[:3]), why="not an image suffix")
+    warn_skipped_files(log, dataset.skipped_files)
     if dataset.ignored_dirs:
         log.warning("folders_ignored", folders=list(dataset.ignored_dirs), why="only ok/ and ng/ carry labels")
     if dataset.outputs_skipped:
@@ -183,8 +182,20 @@ def log_dataset(log: structlog.typing.FilteringBoundLogger, dataset: ReplaySet) 
             examples=list(dataset.loose_files[:3]),
             why="images beside ok/ and ng/: judged, but left out of NG recall and false-reject rate",
         )
-    if dataset.labels_without_frame:
-        log.warning("labels_without_frame", count=len(dataset.labels_without_frame), examples=list(dataset.labels_without_frame[:3]))
+    warn_labels_without_frame(log, dataset.labels_without_frame)
+
+
+def warn_skipped_files(log: structlog.typing.FilteringBoundLogger, skipped: Sequence[str]) -> None:
+    """Warn about files a folder walk did not read, their suffix not one of an image (replay, calibrate, train)."""
+    if skipped:
+        log.warning("files_skipped", count=len(skipped), examples=list(skipped[:3]),
+                    why=f"not an image suffix inspector reads ({', '.join(sorted(IMAGE_SUFFIXES))})")
+
+
+def warn_labels_without_frame(log: structlog.typing.FilteringBoundLogger, rows: Sequence[str]) -> None:
+    """Warn about rows of a labels CSV that name no frame found (replay, calibrate, train)."""
+    if rows:
+        log.warning("labels_without_frame", count=len(rows), examples=list(rows[:3]))
 
 
 def _remove_stale_report(out_dir: Path, log: structlog.typing.FilteringBoundLogger) -> None:

@@ -17,13 +17,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import structlog
 
 from inspector.errors import InputError
 from inspector.frame import FrameFault
 from inspector.manifest import OK_CLASS
 from inspector.preprocess import FrameSize, Preprocessor, PreprocessSpec
 from inspector.regular_file import not_regular, read_regular
-from inspector.replay.dataset import collect
+from inspector.replay.dataset import ReplaySet, collect
+from inspector.replay.runner import warn_labels_without_frame, warn_skipped_files
 from inspector.training.recipe import Augment
 
 MASKS_DIR = "masks"
@@ -67,8 +69,16 @@ class SampleSet:
         return h.hexdigest()
 
 
-def collect_samples(root: Path, spec: PreprocessSpec, *, labels_csv: Path | None = None, multi: bool = False) -> SampleSet:
-    """Samples under `root` (ok/ + ng/<defect>/, or frames + labels.csv with one sample per ROI); InputError when unusable."""
+def collect_samples(
+    root: Path, spec: PreprocessSpec, *, labels_csv: Path | None = None, multi: bool = False,
+    log: structlog.typing.FilteringBoundLogger | None = None,
+) -> SampleSet:
+    """Samples under `root` (ok/ + ng/<defect>/, or frames + labels.csv with one sample per ROI); InputError when unusable.
+
+    What the listing leaves out is warned about (files of other suffixes, labels.csv rows without their frame, defect
+    folders without an image) before the samples are checked, so that a refusal they cause is not the first word of them.
+    """
+    log = log or structlog.get_logger("inspector.train")
     if labels_csv is None and (root / "labels.csv").is_file() and not (root / "ok").is_dir():
         labels_csv = root / "labels.csv"
     if labels_csv is not None and not spec.rois:
@@ -76,6 +86,12 @@ def collect_samples(root: Path, spec: PreprocessSpec, *, labels_csv: Path | None
             f"{labels_csv}: per-ROI labels need ROI boxes; give the station's `preprocess.rois` in the training config (--config)"
         )
     found = collect(root, labels_csv=labels_csv, roi_names=spec.roi_names if labels_csv else ())
+    warn_skipped_files(log, [f for f in found.skipped_files if f != _relative(labels_csv, root)])  # the labels file is read
+    warn_labels_without_frame(log, found.labels_without_frame)
+    if found.labelled_by == "layout" and (empty := _defect_folders_without_images(root, found)):
+        log.warning("defect_folders_without_images", count=len(empty), folders=empty[:10],
+                    why="no file with an image suffix inspector reads inside: no samples of this defect"
+                    + ("; with --classes multi the model gets no class for it" if multi else ""))
     items, skipped_runs = found.items, found.outputs_skipped  # earlier runs (or replays) inside DATA: their plots are no samples
     samples: list[Sample] = []
     unlabelled = tuple(item.frame_id for item in items if item.label is None)
@@ -126,6 +142,29 @@ def collect_samples(root: Path, spec: PreprocessSpec, *, labels_csv: Path | None
         raise InputError(f"{root}: no ok samples; training needs images under ok/ (or ok labels in the CSV)")
     classes = (OK_CLASS, *sorted(c for c in counts if c != OK_CLASS))
     return SampleSet(tuple(samples), classes, root, unlabelled, skipped_runs)
+
+
+def _relative(path: Path | None, root: Path) -> str | None:
+    """`path` as the listing of `root` names it ('/'-separated, relative), or None when it lies elsewhere."""
+    if path is None:
+        return None
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return None
+
+
+def _defect_folders_without_images(root: Path, found: ReplaySet) -> list[str]:
+    """The ng/<defect>/ folders under `root` that gave no image: empty, or holding only files of other suffixes."""
+    used = {"/".join(item.frame_id.split("/")[:2]) for item in found.items if item.defect is not None}
+    left_out = {*found.outputs_skipped, *found.link_loops}  # warned about on their own
+    out = []
+    for ng in sorted(p for p in root.iterdir() if p.is_dir() and p.name.lower() == "ng"):
+        for folder in sorted(d for d in ng.iterdir() if d.is_dir() and not d.name.startswith(".")):
+            rel = f"{ng.name}/{folder.name}"
+            if rel not in used and rel not in left_out:
+                out.append(rel)
+    return out
 
 
 GroupOf = Callable[[Sample], str]

@@ -11,7 +11,8 @@ from __future__ import annotations
 import copy
 import os
 import time
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from inspector.config import ModelSettings, Provider
 from inspector.digest import file_sha256
 from inspector.errors import InputError, ModelError
 from inspector.frame import FrameFault
+from inspector.gate import Unjudged
 from inspector.manifest import ModelManifest, write_manifest
 from inspector.model import OnnxClassifier
 from inspector.outputs import check_output, make_output_folder, temp_file_beside
@@ -57,23 +59,41 @@ TOLERANCE_FP16 = 1e-2  # half precision keeps ~3 significant digits; verdict fli
 class GateResult:
     """The parity gate's figures."""
 
-    images: int
-    rows: int  # ROI crops compared
+    images: int  # golden frames
+    rows: int  # ROI crops compared (of the frames both paths judged)
     threshold: float
     tolerance: float
-    max_abs_diff: float
+    max_abs_diff: float  # over the judged frames
     flips: int
     worst: str  # the image (and ROI) with the largest difference
     passed: bool
+    skipped: dict[str, int] = field(default_factory=dict)  # golden frames the exported model did not judge, per reason
+    skipped_example: str | None = None  # the first one's file and fault
+    mismatch: str | None = None  # the exported model answers with other ROI rows than the trained one: nothing to compare
 
     def problem(self) -> str:
         """Why the gate refused, in a sentence."""
+        if self.mismatch:
+            return f"the exported model gives {self.mismatch}"
         reasons = []
         if self.flips:
             reasons.append(f"{self.flips} of {self.rows} verdicts flip at threshold {self.threshold:g}")
         if self.max_abs_diff > self.tolerance:
             reasons.append(f"max |delta probability| {self.max_abs_diff:.3g} > {self.tolerance:g} (worst: {self.worst})")
+        if self.skipped:
+            reasons.append(self.skipped_text())
         return "; ".join(reasons) or "passed"
+
+    def skipped_text(self) -> str:
+        """The golden frames the exported model rejects instead of judging, per reason, as the accuracy gate counts them."""
+        n = sum(self.skipped.values())
+        counts = ", ".join(f"{reason} {count}" for reason, count in sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0])))
+        if n == self.images:
+            which = "the only golden frame is" if n == 1 else f"all {n} golden frames are"
+        else:
+            which = f"{n} of the {self.images} golden frames {'is' if n == 1 else 'are'}"
+        return (f"{which} rejected by the exported model, not judged: {counts}"
+                + (f" ({self.skipped_example})" if self.skipped_example else ""))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -153,49 +173,65 @@ def torch_probabilities(model: nn.Module, spec: PreprocessSpec, frames: list[Pat
     return out
 
 
-def onnx_probabilities(path: Path, frames: list[Path], log: Any) -> tuple[list[np.ndarray | str], PreprocessSpec]:
-    """Per frame, probabilities through the daemon's path: file bytes, the manifest's preprocessing, onnxruntime on the CPU."""
+def onnx_probabilities(path: Path, frames: list[Path], log: Any) -> tuple[list[np.ndarray | Unjudged], PreprocessSpec]:
+    """Per frame, probabilities through the daemon's path: file bytes, the manifest's preprocessing, onnxruntime on the CPU;
+    `Unjudged` for a frame the daemon would reject instead of judging."""
     clf = OnnxClassifier(path, ModelSettings(providers=[Provider.CPU], warmup_runs=0), log=log)
     pre = Preprocessor(clf.spec)
-    out: list[np.ndarray | str] = []
+    out: list[np.ndarray | Unjudged] = []
     for p in frames:
         try:
             out.append(clf.predict(pre(pre.decode(read_regular(p)))).astype(np.float64))
         except FrameFault as fault:
-            out.append(f"{fault.reason.value}: {fault.detail}")
+            out.append(Unjudged(fault.reason.value, f"{p.name}: {fault.detail}"))
     return out, clf.spec
 
 
 def parity_gate(model: nn.Module, train_spec: PreprocessSpec, onnx_path: Path, frames: list[Path], *, threshold: float, tolerance: float, log: Any = None) -> GateResult:
-    """Compare the torch model on the training path with the ONNX file on the daemon's path, frame by frame."""
+    """Compare the torch model on the training path with the ONNX file on the daemon's path, frame by frame.
+
+    A frame the exported model rejects (frame_size, unsupported_image, ...) is counted per reason, not compared: it refuses
+    the export all the same, as the daemon would not judge it as the trained model does.
+    """
     log = log or structlog.get_logger("inspector.export")
     expected = torch_probabilities(model, train_spec, frames)
     got, onnx_spec = onnx_probabilities(onnx_path, frames, log)
-    rows = sum(len(e) for e in expected)
-    worst, worst_where, flips = 0.0, "", 0
+    rows, worst, worst_where, flips = 0, 0.0, "", 0
+    skipped: Counter[str] = Counter()
+    example = None
     names = train_spec.roi_names
     for path, e, g in zip(frames, expected, got, strict=True):
-        if isinstance(g, str) or g.shape != e.shape:
-            why = g if isinstance(g, str) else f"{g.shape[0]} ROI rows instead of {e.shape[0]} (ROIs {list(onnx_spec.roi_names)} vs {list(names)})"
-            return GateResult(len(frames), rows, threshold, tolerance, float("inf"), rows, f"{path.name}: {why}", False)
+        if isinstance(g, Unjudged):
+            skipped[g.reason] += 1
+            example = example or g.detail
+            continue
+        if g.shape != e.shape:
+            why = f"{g.shape[0]} ROI rows instead of {e.shape[0]} (ROIs {list(onnx_spec.roi_names)} vs {list(names)}) for {path.name}"
+            return GateResult(len(frames), rows, threshold, tolerance, float("inf"), 0, path.name, False, mismatch=why)
+        rows += len(e)
         diff = np.abs(e - g).max(axis=1)
         flips += int(np.sum((1 - e[:, 0] >= threshold) != (1 - g[:, 0] >= threshold)))
         k = int(diff.argmax())
         if diff[k] > worst:
             worst = float(diff[k])
             worst_where = path.name + (f"#{names[k]}" if len(names) > 1 else "")
-    return GateResult(len(frames), rows, threshold, tolerance, worst, flips, worst_where, flips == 0 and worst <= tolerance)
+    passed = flips == 0 and worst <= tolerance and not skipped
+    return GateResult(len(frames), rows, threshold, tolerance, worst, flips, worst_where, passed, dict(skipped), example)
 
 
 def deployed_spec(train_spec: PreprocessSpec, spec: PreprocessSpec | None) -> PreprocessSpec:
-    """The spec the exported model carries: the station's (`--config`) when given, with the trained frame_size unless it sets one.
+    """The spec the exported model carries: the station's (`--config`) when given, with the trained pixel_max and
+    frame_size where it sets none.
 
-    The range of frame sizes is a fact of the training data, like the weights: a station config written before it was
-    recorded (or without it) must not drop the check from the model it deploys. InputError, as `inspector run` gives
-    for the same model and config, when the station's pixel ROIs are crops of a size the model never judges.
+    The bit depth and the range of frame sizes are facts of the training data, like the weights: a station config written
+    before they were recorded (or without them) must not drop their checks from the model it deploys. A value the station
+    config sets is its own and deployed as given (the parity gate then compares it against training). InputError, as
+    `inspector run` gives for the same model and config, when the station's pixel ROIs are crops of a size the model never judges.
     """
     if spec is None:
         return train_spec
+    if spec.pixel_max is None and train_spec.pixel_max is not None:
+        spec = spec.model_copy(update={"pixel_max": train_spec.pixel_max})
     if spec.frame_size is None and train_spec.frame_size is not None:
         spec = spec.model_copy(update={"frame_size": size_under_rois(train_spec, spec.rois)})
     # The station's crop sizes could only be checked against the config's own spec, which had no range: the deployed one
@@ -332,7 +368,7 @@ def export_checkpoint(
         if not gate.passed:
             hint = _spec_diff(train_spec, deploy_spec)
             raise ModelError(
-                f"export refused by the parity gate: {gate.problem()} over {gate.images} golden images"
+                f"export refused by the parity gate over {gate.images} golden images: {gate.problem()}"
                 + (f"; the deployed preprocessing differs from training: {'; '.join(hint)}" if hint else "")
                 + _outside_frame_size(deploy_spec, frames, golden)
                 + f"; nothing was written to {out}"

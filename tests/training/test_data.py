@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from inspector.errors import InputError
 from inspector.preprocess import FrameSize, Preprocessor, PreprocessSpec
@@ -23,7 +25,13 @@ from inspector.training.data import (
 from inspector.training.recipe import Augment
 from tests.conftest import exif_png, gray_png
 from tests.replay.test_dataset import fifo
-from tests.training.conftest import flat_png, square_part, two_camera_parts
+from tests.training.conftest import (
+    FAST,
+    flat_png,
+    square_part,
+    train_cli,
+    two_camera_parts,
+)
 
 GRAY32 = PreprocessSpec(color="gray", resize={"width": 32, "height": 32})
 ROI_SPEC = PreprocessSpec(
@@ -397,3 +405,49 @@ def test_the_cache_records_the_range_of_the_frames_sizes_unless_one_is_given(tmp
     cache = ImageCache(GRAY32.model_copy(update={"frame_size": given}))
     cache.load(paths)
     assert sorted((p.name, wh) for p, wh in cache.outside_frame_size()) == [("a.png", (608, 227)), ("b.png", (122, 399))]
+
+
+def _warnings(err: str) -> dict[str, dict]:
+    """The JSON warning lines on stderr, by event."""
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    return {e["event"]: e for e in lines if e.get("level") == "warning"}
+
+
+def test_train_names_the_images_it_cannot_read_and_the_defect_folders_that_gave_none(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    for i in range(4):
+        flat_png(data / "ok" / f"{i}.png")
+        flat_png(data / "ng" / "crack" / f"{i}.png")
+    (data / "ok" / "new.webp").write_bytes(b"RIFF\0\0\0\0WEBPVP8 ")  # a format inspector does not read
+    (data / "ng" / "chip").mkdir()
+    (data / "ng" / "chip" / "0.webp").write_bytes(b"RIFF\0\0\0\0WEBPVP8 ")
+    (data / "ng" / "scratch").mkdir()  # nothing in it yet
+    code, _, err = train_cli(capsys, str(data), "--out", str(tmp_path / "r"), "--classes", "multi", "--epochs", "1", *FAST)
+    assert code == 0, err
+    warned = _warnings(err)
+    assert (warned["files_skipped"]["count"], warned["files_skipped"]["examples"]) == (2, ["ng/chip/0.webp", "ok/new.webp"])
+    assert ".png" in warned["files_skipped"]["why"] and ".webp" not in warned["files_skipped"]["why"]
+    empty = warned["defect_folders_without_images"]
+    assert (empty["count"], empty["folders"]) == (2, ["ng/chip", "ng/scratch"])
+    assert "no samples of this defect" in empty["why"] and "with --classes multi the model gets no class for it" in empty["why"]
+    assert torch.load(tmp_path / "r" / "best.pt", weights_only=True)["classes"] == ["ok", "crack"]
+    # With nothing left out, nothing of the kind is said.
+    shutil.rmtree(data / "ng" / "chip")
+    shutil.rmtree(data / "ng" / "scratch")
+    (data / "ok" / "new.webp").unlink()
+    collect_samples(data, GRAY32, multi=True)
+    assert _warnings(capsys.readouterr().err) == {}
+
+
+def test_labels_csv_rows_whose_frame_is_missing_are_warned_about(roi_frames: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "frames"
+    shutil.copytree(roi_frames[0], root)
+    (root / "frames" / "003.png").unlink()
+    (root / "frames" / "007.png").unlink()
+    capsys.readouterr()
+    s = collect_samples(root, ROI_SPEC)
+    assert len(s.samples) == 8 * 4
+    warned = _warnings(capsys.readouterr().err)
+    assert warned["labels_without_frame"]["count"] == 2
+    assert warned["labels_without_frame"]["examples"] == [str((root / "frames" / n).resolve()) for n in ("003.png", "007.png")]
+    assert "files_skipped" not in warned  # labels.csv beside the frames is read, not skipped

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -14,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from inspector.cli import main
 from inspector.config import ModelSettings, Provider, load_settings
 from inspector.digest import file_sha256
 from inspector.errors import InputError
@@ -26,6 +28,7 @@ from inspector.training.export import (
     model_from_checkpoint,
     parity_gate,
 )
+from tests.conftest import gray_png
 from tests.training.conftest import FAST, export_cli, train_cli
 
 
@@ -107,7 +110,8 @@ def test_a_station_config_with_other_preprocessing_is_refused_and_nothing_writte
     code, _stdout, err = export_cli(capsys, str(trained / "best.pt"), "--out", str(out_dir / "m.onnx"), "--config", str(station))
     assert code == 2
     assert "export refused by the parity gate" in err
-    assert "the deployed preprocessing differs from training: pixel_max: 255 -> None; clahe:" in err and "normalize:" in err
+    # The trained pixel_max comes along where the station config sets none (as frame_size does): not a difference.
+    assert "the deployed preprocessing differs from training: clahe:" in err and "normalize:" in err and "pixel_max" not in err
     assert _leftovers(out_dir) == []
     assert "Traceback" not in err
 
@@ -143,8 +147,76 @@ def test_a_station_config_without_frame_size_deploys_the_trained_range(trained: 
     written["frame_size"] = {"min_width": 64, "max_width": 64, "min_height": 64, "max_height": 64}
     station.write_text(yaml.safe_dump({"preprocess": written}))
     code, _stdout, err = export_cli(capsys, str(trained / "best.pt"), "--out", str(tmp_path / "n.onnx"), "--config", str(station))
-    assert code == 2 and "frame_size: 48x48 frame; this model was trained on 64x64 frames" in err
+    assert code == 2 and "all 12 golden frames are rejected by the exported model, not judged: frame_size 12 (" in err
+    assert "48x48 frame; this model was trained on 64x64 frames)" in err and "verdicts flip" not in err
     assert "the deployed preprocessing differs from training: frame_size: {" in err and not (tmp_path / "n.onnx").exists()
+
+
+def test_a_station_config_without_pixel_max_deploys_the_trained_bit_depth(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trained_spec = model_from_checkpoint(load_checkpoint(trained / "best.pt"))[1]
+    assert trained_spec.pixel_max == 255
+    station = tmp_path / "station.yaml"
+    # The trained preprocessing as a station config written before pixel_max existed (or without it).
+    written = trained_spec.model_dump(mode="json")
+    del written["pixel_max"]
+    station.write_text(yaml.safe_dump({"preprocess": written}))
+    out = tmp_path / "m.onnx"
+    code, _stdout, err = export_cli(capsys, str(trained / "best.pt"), "--out", str(out), "--config", str(station))
+    assert code == 0, err
+    assert OnnxClassifier(out, ModelSettings(providers=[Provider.CPU])).spec == trained_spec  # pixel_max 255 came along
+    # A 16-bit frame of the trained size is what this 8-bit model never saw: rejected, not judged.
+    frames = tmp_path / "frames"
+    gray_png(frames / "deep.png", np.full((48, 48), 30000, np.uint16))
+    gray_png(frames / "plain.png", np.full((48, 48), 120, np.uint8))
+    assert main(["replay", str(frames), "--model", str(out), "--out", str(tmp_path / "r"), "--no-report"]) == 0
+    capsys.readouterr()
+    records = {r["frame_id"]: r for r in map(json.loads, (tmp_path / "r" / "decisions.jsonl").read_text().splitlines())}
+    assert (records["deep.png"]["verdict"], records["deep.png"]["reason"]) == ("reject", "unsupported_image")
+    assert records["deep.png"]["detail"] == "16-bit frame; this model was trained on 8-bit frames (pixel_max 255)"
+    assert records["plain.png"]["reason"] != "unsupported_image"
+    # A pixel_max the station config gives is its own, deployed as given: here one no golden frame fits, which the gate
+    # refuses, naming the rejected frames (not flips) and the difference from training.
+    written["pixel_max"] = 4095
+    station.write_text(yaml.safe_dump({"preprocess": written}))
+    code, _stdout, err = export_cli(capsys, str(trained / "best.pt"), "--out", str(tmp_path / "d.onnx"), "--config", str(station))
+    assert code == 2
+    assert ("export refused by the parity gate over 12 golden images: all 12 golden frames are rejected by the exported model, "
+            "not judged: unsupported_image 12 (") in err
+    assert "8-bit frame; this model was trained on 16-bit frames (pixel_max 4095)" in err
+    assert "the deployed preprocessing differs from training: pixel_max: 255 -> 4095" in err
+    assert "verdicts flip" not in err and "delta probability" not in err and not (tmp_path / "d.onnx").exists()
+
+
+def test_a_golden_frame_the_model_cannot_judge_is_named_as_such_not_as_flips(trained: Path, parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    golden = tmp_path / "golden"
+    for png in [*sorted((parts / "ok").glob("*.png"))[:4], *sorted((parts / "ng" / "crack").glob("*.png"))[:4]]:
+        dest = golden / png.relative_to(parts)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(png, dest)
+    gray_png(golden / "ok" / "odd.png", np.full((50, 50), 120, np.uint8))  # not the 48x48 the model was trained on
+    out = tmp_path / "m.onnx"
+    code, _stdout, err = export_cli(capsys, str(trained / "best.pt"), "--out", str(out), "--golden", str(golden))
+    assert code == 2
+    assert ("export refused by the parity gate over 9 golden images: 1 of the 9 golden frames is rejected by the exported model, "
+            "not judged: frame_size 1 (odd.png: 50x50 frame; this model was trained on 48x48 frames)") in err
+    assert "verdicts flip" not in err and "delta probability" not in err and not out.exists()
+    # The figures are those of the 8 frames judged: real flips, a finite difference.
+    bad = tmp_path / "bad.onnx"
+    export_checkpoint(trained / "best.pt", bad)
+    m = onnx.load(str(bad))
+    fc = next(t for t in m.graph.initializer if t.name.endswith("fc.bias"))
+    bias = onnx.numpy_helper.to_array(fc).copy()
+    bias[1] += 3.0
+    fc.CopyFrom(onnx.numpy_helper.from_array(bias, fc.name))
+    onnx.save(m, str(bad))
+    model, spec, _, _ = model_from_checkpoint(load_checkpoint(trained / "best.pt"))
+    frames = sorted(p for p in golden.rglob("*.png"))
+    gate = parity_gate(model, spec, bad, frames, threshold=0.5, tolerance=1e-4)
+    assert (gate.images, gate.rows, gate.skipped) == (9, 8, {"frame_size": 1}) and not gate.passed
+    assert 0.1 < gate.max_abs_diff < 1 and gate.flips <= 8
+    assert gate.problem().startswith(f"{gate.flips} of 8 verdicts flip" if gate.flips else "max |delta probability|")
+    assert gate.problem().endswith("1 of the 9 golden frames is rejected by the exported model, not judged: frame_size 1 "
+                                   "(odd.png: 50x50 frame; this model was trained on 48x48 frames)")
 
 
 def test_fp16_passes_its_documented_tolerance_and_says_so_in_the_manifest(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
