@@ -210,7 +210,7 @@ def _threshold(value: float) -> float:
     problem = threshold_problem(value)
     if problem is not None:
         raise PydanticCustomError("threshold_decimals", problem)  # not ValueError: no "Value error, " before it in a record's errors
-    return value
+    return value + 0.0  # -0.0 is the threshold 0, published as 0.0
 
 
 # A threshold in 0..1 of at most 6 decimals: the range is in the schema, the decimals are checked after it.

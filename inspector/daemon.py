@@ -4,8 +4,8 @@ Every acquired frame gets exactly one decision: a live frame that finds the infe
 reason `overload` (or counted and skipped, for free-running cameras), while one that waited on disk before the start
 (`Frame.backlog`) waits for room instead; a pass decided after its deadline becomes a reject with reason `deadline`.
 A source that ends (a video file read to its end) ends the run cleanly once its frames are decided. systemd hears
-READY once the model is warm and the broker connected (or the journal is accepting), and WATCHDOG pings only while
-every stage makes progress.
+READY once the model is warm and the broker connected, or after mqtt.connect_timeout_s (frames are judged and journaled
+from the start either way), and WATCHDOG pings only while every stage makes progress.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ class Daemon:
         self.health = Health()
         self.metrics = Metrics(settings.metrics.window)
         self.failed: str | None = None
+        self.announced = False  # READY sent
         self._deadline_s = settings.decision.deadline_ms / 1000
         self.cpu_latency = CpuLatencyRequest(settings.pipeline.cpu_latency_us, log=self.log)
 
@@ -130,6 +131,10 @@ class Daemon:
             self._supervise(threads)
         finally:
             self.stop.set()
+            if not self.announced:
+                # systemd fails a Type=notify unit that exits before READY ("protocol"), and Restart= would then judge a
+                # video source again: a run that ends during the broker wait still says READY before STOPPING.
+                self.notifier.ready(self._status_line())
             self.notifier.stopping()
             code = self._shutdown(threads)
             if prometheus is not None:
@@ -292,7 +297,8 @@ class Daemon:
             if stalled:
                 if not withheld:
                     self.log.error("watchdog_withheld", stalled=stalled, stall_s=self.settings.pipeline.stall_s,
-                                   detail="a stage makes no progress; systemd will restart the service")
+                                   detail="a stage makes no progress; systemd will restart the service"
+                                   if ready else "a stage makes no progress before READY; systemd's start timeout applies")
                     self.notifier.status(f"stalled: {', '.join(stalled)}")
                 withheld = True
                 continue
@@ -313,6 +319,7 @@ class Daemon:
             self.log.warning("mqtt_not_connected_yet", host=s.mqtt.host, port=s.mqtt.port,
                              detail="ready anyway: every decision is journaled and published once the broker is reachable")
         self.notifier.ready(self._status_line())
+        self.announced = True
         self.log.info("daemon_ready", session=self.session, topics=self.topics.prefix, source=self.source.describe(),
                       broker_connected=connected, watchdog_s=self.notifier.watchdog_s)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -328,3 +330,21 @@ def level_png(path: Path, level: int, *, right: int | None = None, variant: int 
         a[:, 8:] = right
     a.flat[variant % 256] += 1  # 1/256 of a level: the rounded mean stays
     return gray_png(path, a)
+
+
+def fifo(path: Path) -> Path:
+    """A named pipe at `path` that cannot hang a test: whatever blocks reading it gets end-of-file within a second."""
+    os.mkfifo(path)
+
+    def release() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and os.path.lexists(path):
+            time.sleep(1)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO unless a reader is blocked on it
+            except OSError:
+                continue
+            os.close(fd)
+
+    threading.Thread(target=release, daemon=True).start()
+    return path

@@ -154,6 +154,11 @@ def test_thresholds_of_at_most_six_decimals_load_as_written(tmp_path: Path, valu
     assert s.decision.threshold == float(value) and s.decision.roi_thresholds == {"a": float(value)}
 
 
+def test_a_negative_zero_threshold_is_the_threshold_zero(tmp_path: Path) -> None:
+    s = load_settings(_write(tmp_path, "decision:\n  threshold: -0.0\n  roi_thresholds: {a: -0.0}\n"))
+    assert str(s.decision.threshold) == "0.0" and str(s.decision.roi_thresholds["a"]) == "0.0"  # as published, never -0.0
+
+
 def test_config_check_and_show_take_the_file_either_way(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good, bad = _write(tmp_path, "decision:\n  threshold: 0.4\n"), tmp_path / "bad.yaml"
     bad.write_text("decision:\n  threshold: 2\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -26,10 +28,10 @@ from tests.conftest import (
 )
 from tests.mqtt_helpers import (
     PREFIX,
-    free_port,
     Broker,
     DaemonProcess,
     Subscriber,
+    free_port,
     locked_journal,
     station_config,
     wait_until,
@@ -492,17 +494,22 @@ def test_parts_are_judged_while_the_daemon_waits_for_the_broker_and_sigterm_ends
 ) -> None:
     # No broker on this port: READY waits connect_timeout_s (30 s), but the line does not.
     config = station_config(tmp_path, broker, models["dark"], mqtt={"port": free_port(), "connect_timeout_s": 30})
-    daemon = DaemonProcess(config)
-    daemons.append(daemon)
-    daemon.wait_event("folder_watching")
-    write_parts(tmp_path / "in", 1)
-    daemon.wait_event("frame_passed", 10)
+    with _notify_socket(tmp_path / "notify.sock") as received:
+        daemon = DaemonProcess(config, env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
+        daemons.append(daemon)
+        daemon.wait_event("folder_watching")
+        write_parts(tmp_path / "in", 1)
+        daemon.wait_event("frame_passed", 10)
+        assert not daemon.saw("daemon_ready") and "READY=1" not in [m for _, m in received]
+        stopped_at = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(15) == 0
+        assert time.monotonic() - stopped_at < 5, "SIGTERM must not wait out connect_timeout_s"
+        assert wait_until(lambda: "STOPPING=1" in [m for _, m in received], 2)
     assert not daemon.saw("daemon_ready")
-    stopped_at = time.monotonic()
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait(15) == 0
-    assert time.monotonic() - stopped_at < 5, "SIGTERM must not wait out connect_timeout_s"
-    assert not daemon.saw("daemon_ready")
+    # A Type=notify unit that exits without READY fails ("protocol"): READY still comes, then STOPPING.
+    lines = [m for _, m in received if m in ("READY=1", "STOPPING=1")]
+    assert lines == ["READY=1", "STOPPING=1"]
     rows = _journal(tmp_path)
     assert [(r["part_id"], r["verdict"], r["reason"]) for r in rows] == [("part0000", "pass", None)]
 
@@ -560,10 +567,11 @@ def test_acl_denied_publish_is_an_error_and_shows_in_status(tmp_path: Path, mode
         broker.stop()
 
 
-def test_systemd_ready_and_watchdog_pings_stop_when_inference_freezes(tmp_path: Path, broker: Broker, daemons: list) -> None:
-    sock_path = tmp_path / "notify.sock"
+@contextlib.contextmanager
+def _notify_socket(path: Path) -> Iterator[list[tuple[float, str]]]:
+    """A systemd notify socket at `path`, listened to: the (monotonic time, line) pairs a daemon sends there."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(sock_path))
+    sock.bind(str(path))
     sock.settimeout(0.1)
     received: list[tuple[float, str]] = []
     done = threading.Event()
@@ -578,6 +586,16 @@ def test_systemd_ready_and_watchdog_pings_stop_when_inference_freezes(tmp_path: 
     listener = threading.Thread(target=listen)
     listener.start()
     try:
+        yield received
+    finally:
+        done.set()
+        listener.join()
+        sock.close()
+
+
+def test_systemd_ready_and_watchdog_pings_stop_when_inference_freezes(tmp_path: Path, broker: Broker, daemons: list) -> None:
+    sock_path = tmp_path / "notify.sock"
+    with _notify_socket(sock_path) as received:
         model = loop_model(tmp_path / "freeze.onnx", 1e9)  # a bright frame runs for about an hour
         config = station_config(tmp_path, broker, model, pipeline={"stall_s": 1.0})
         daemon = DaemonProcess(config, env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"})
@@ -594,10 +612,6 @@ def test_systemd_ready_and_watchdog_pings_stop_when_inference_freezes(tmp_path: 
         assert "inference" in daemon.saw("watchdog_withheld")[0]["stalled"]
         daemon.signal(signal.SIGKILL)
         daemon.wait(10)
-    finally:
-        done.set()
-        listener.join()
-        sock.close()
 
 
 def test_the_daemon_never_imports_torch(tmp_path: Path, broker: Broker, models: dict[str, Path]) -> None:

@@ -15,7 +15,7 @@ from inspector.errors import ModelError
 from inspector.frame import Frame
 from inspector.pipeline import FramePipeline, build_pipeline, read_file_frame
 from inspector.samples import tile
-from tests.replay.test_dataset import fifo
+from tests.conftest import fifo
 
 
 def _pipeline(model: Path, **overrides) -> FramePipeline:

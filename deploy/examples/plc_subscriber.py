@@ -20,7 +20,10 @@ implement in the PLC (or in a gateway in front of it), whatever the language:
 5. Keep a session on the broker: a fixed client id, clean start false and a session expiry interval. A
    decision published while the gate is briefly away (a network blip, a broker restart with the station
    reconnecting first) then waits for it until its MessageExpiryInterval runs out, instead of being lost
-   and its part rejected by default. Whatever comes back late is rejected by rule 2 all the same.
+   and its part rejected by default. Whatever comes back late is rejected by rule 2 all the same. The
+   client id must be unique per gate (a second client with it takes the session over), and the memory of
+   rule 3 should outlive a restart of the gate, which the broker may redeliver to; this example keeps it
+   in memory only.
 
 Topics (prefix inspector/v1/<line>/<station>): `decision` carries one JSON object per part, e.g.
 
@@ -49,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 import time
 from collections import OrderedDict
@@ -165,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prefix", default="inspector/v1/line1/station1", help="the station's topic prefix, no trailing slash")
     ap.add_argument("--username", help="broker user name (the ACL's `plc` user)")
     ap.add_argument("--password-file", type=Path, help="file holding the broker password")
-    ap.add_argument("--client-id", help="client id, fixed so the broker keeps this gate's session (default: plc-gate- and the prefix)")
+    ap.add_argument("--client-id", help="client id, fixed so the broker keeps this gate's session, and unique: a second gate with "
+                    "the same id takes the session over (default: plc-gate-<host name>-<prefix>)")
     ap.add_argument("--session-expiry", type=int, default=300, metavar="S",
                     help="seconds the broker keeps the session (and queued decisions) while the gate is away; 0: none (default 300)")
     args = ap.parse_args(argv)
@@ -173,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--port: expected a TCP port from 1 to 65535, got {args.port}")
     if not 0 <= args.session_expiry <= 2**32 - 1:
         ap.error(f"--session-expiry: expected seconds from 0 to 4294967295, got {args.session_expiry}")
-    client_id = args.client_id or "plc-gate-" + args.prefix.replace("/", "-")
+    client_id = args.client_id or f"plc-gate-{socket.gethostname()}-{args.prefix.replace('/', '-')}"
     if args.password_file is not None and not args.username:
         # The broker gets a password only with a user name: the file would be read for nothing.
         ap.error("--password-file needs --username (the broker user the password belongs to)")

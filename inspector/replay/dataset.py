@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,46 +110,67 @@ class _Found:
     label_dirs: list[str] = field(default_factory=list)
 
 
-def _visible_files(root: Path, exclude: frozenset[Path], outputs: list[str], loops: list[str]) -> list[Path]:
+def _visible_files(
+    root: Path, exclude: frozenset[Path], outputs: list[str], loops: list[str], only: frozenset[str] | None = None
+) -> list[Path]:
     """Files under `root` (hidden ones aside, linked folders followed), sorted by relative path; replay output folders go to
-    `outputs` instead, and folders already read through another path (a link to them, or to a folder holding them) to `loops`.
+    `outputs` instead, and links to folders read anyway (under their own path, or through another link) to `loops`.
+    `only`: the top-level folders to read (ok/ and ng/ of a labelled layout); None reads them all.
 
     Every name that is not a folder is listed, pipes and broken links too: an image among them gets its `unreadable` reject.
     """
     # The root itself may be a replay output too (an earlier `--out` equal to PATH): its frames stay, its report images go.
     own_report = is_replay_output(root) or root.resolve() in exclude
+    # Known before the walk meets any link: a link to one of these folders (`latest -> ok/batch7`) is a second path to frames
+    # read under their own name and label, whichever of the two the walk would meet first.
+    own = frozenset(here.resolve() for here, _ in _walk(root, exclude, only, follow=False))
     out = []
+    for here, names in _walk(root, exclude, only, follow=True, own=own, outputs=outputs, loops=loops):
+        for name in names:
+            if own_report and here == root and name in REPORT_IMAGES:
+                outputs.append(name)
+                continue
+            out.append(here / name)
+    outputs.sort()
+    loops.sort()
+    return sorted(out, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _walk(
+    root: Path,
+    exclude: frozenset[Path],
+    only: frozenset[str] | None,
+    *,
+    follow: bool,
+    own: frozenset[Path] = frozenset(),
+    outputs: list[str] | None = None,
+    loops: list[str] | None = None,
+) -> Iterator[tuple[Path, list[str]]]:
+    """Each folder read under `root` with its visible names that are not folders; see `_visible_files`."""
     top = root.resolve()
-    walked = {top}
-    for folder, dirnames, filenames in os.walk(root, onerror=_unlistable, followlinks=True):
+    walked: set[Path] = set()
+    for folder, dirnames, filenames in os.walk(root, onerror=_unlistable, followlinks=follow):
         here = Path(folder)
         keep = []
-        # Real folders first: of a folder and a link to it beside it, the folder keeps its name (and so its label).
-        for name in sorted(dirnames, key=lambda n: ((here / n).is_symlink(), n)):
+        for name in sorted(dirnames):
             sub = here / name
             if name.startswith("."):
                 continue
             real = sub.resolve()
             if real in exclude or is_output(sub):
-                outputs.append(sub.relative_to(root).as_posix())
+                if outputs is not None:
+                    outputs.append(sub.relative_to(root).as_posix())
                 continue
-            if real in walked or top.is_relative_to(real):
-                loops.append(sub.relative_to(root).as_posix())
+            if only is not None and here == root and name not in only:
+                continue  # beside ok/ and ng/: listed as ignored, never read
+            if follow and (real in walked or top.is_relative_to(real) or (sub.is_symlink() and real in own)):
+                if loops is not None:
+                    loops.append(sub.relative_to(root).as_posix())
                 continue
             walked.add(real)
             keep.append(name)
-        dirnames[:] = sorted(keep)
-        for name in filenames:
-            p = here / name
-            if name.startswith("."):
-                continue
-            if own_report and here == root and name in REPORT_IMAGES:
-                outputs.append(name)
-                continue
-            out.append(p)
-    outputs.sort()
-    loops.sort()
-    return sorted(out, key=lambda p: p.relative_to(root).as_posix())
+        dirnames[:] = keep
+        yield here, [name for name in filenames if not name.startswith(".")]
 
 
 def _from_folder(root: Path, found: _Found, exclude: frozenset[Path]) -> None:
@@ -158,7 +180,7 @@ def _from_folder(root: Path, found: _Found, exclude: frozenset[Path]) -> None:
     layout = bool(labels)
     found.labelled_by = "layout" if layout else "none"
     found.label_dirs = sorted(f"{name}/" for name in labels)
-    for p in _visible_files(root, exclude, found.outputs, found.loops):
+    for p in _visible_files(root, exclude, found.outputs, found.loops, frozenset(labels) if layout else None):
         rel = p.relative_to(root)
         if p.suffix.lower() not in IMAGE_SUFFIXES:
             found.skipped.append(rel.as_posix())
@@ -171,8 +193,6 @@ def _from_folder(root: Path, found: _Found, exclude: frozenset[Path]) -> None:
             found.loose.append(rel.as_posix())
             found.items.append(ReplayItem(p, rel.as_posix()))
             continue
-        if label is None:
-            continue  # under an ignored folder: listed in `ignored`
         defect = rel.parts[1] if label == "ng" and len(rel.parts) > 2 else None
         found.items.append(ReplayItem(p, rel.as_posix(), label=label, defect=defect))
     if layout:

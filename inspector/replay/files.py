@@ -17,9 +17,9 @@ REPORT_IMAGES = (MISSED_NG, FALSE_REJECTS)
 
 def is_replay_output(folder: Path) -> bool:
     """True when `folder` holds a finished replay's decisions.jsonl and a summary.json that replay wrote."""
-    if not (folder / DECISIONS).is_file():
-        return False
     try:
+        if not (folder / DECISIONS).is_file():
+            return False
         summary = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return False
@@ -35,7 +35,10 @@ TRAINING_MARKERS = ("best.pt", "last.pt", "cv.json")
 
 def is_training_output(folder: Path) -> bool:
     """True when `folder` is an `inspector train` output: a run, a fold, or a k-fold root."""
-    return any((folder / name).is_file() for name in TRAINING_MARKERS)
+    try:
+        return any((folder / name).is_file() for name in TRAINING_MARKERS)
+    except OSError:  # a folder that cannot be searched (mode 0700, another owner): the walk then says it cannot list it
+        return False
 
 
 def is_output(folder: Path) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from inspector.decision import PASS, UNCERTAIN, Verdict
+from inspector.decision import PASS, UNCERTAIN, Verdict, floor_decimals
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +87,15 @@ def roc_curve(scores: Sequence[float], positives: Sequence[bool]) -> tuple[np.nd
 
 
 def threshold_at_recall(scores: Sequence[float], positives: Sequence[bool], target: float) -> float | None:
-    """The highest threshold at which `score >= threshold` catches at least `target` of the positives; None without any."""
+    """The highest threshold of at most 6 decimals at which `score >= threshold` catches at least `target` of the positives;
+    None without any."""
     pos = np.sort(np.asarray(scores, np.float64)[np.asarray(positives, bool)])[::-1]
     if len(pos) == 0:
         return None
     k = max(1, math.ceil(target * len(pos) - 1e-9))
-    return float(pos[k - 1])
+    # Floored as scores are published: a threshold is usable as given (every threshold has at most 6 decimals), and
+    # still rejects the positive it sits on.
+    return floor_decimals(float(pos[k - 1]))
 
 
 NO_DEFECT_FOLDER = "(no defect folder)"  # the per-defect row of NG frames lying directly under ng/

@@ -168,13 +168,7 @@ def log_dataset(log: structlog.typing.FilteringBoundLogger, dataset: ReplaySet) 
             why="output of replay (decisions.jsonl + summary.json) or train (best.pt, last.pt, cv.json), or this run's --out: "
             "its plots and contact sheets are not frames",
         )
-    if dataset.link_loops:
-        log.warning(
-            "link_loops",
-            count=len(dataset.link_loops),
-            folders=list(dataset.link_loops),
-            why="links to a folder already read (or to a folder holding it): not read twice",
-        )
+    warn_link_loops(log, dataset.link_loops)
     if dataset.loose_files:
         log.warning(
             "frames_unlabelled",
@@ -190,6 +184,13 @@ def warn_skipped_files(log: structlog.typing.FilteringBoundLogger, skipped: Sequ
     if skipped:
         log.warning("files_skipped", count=len(skipped), examples=list(skipped[:3]),
                     why=f"not an image suffix inspector reads ({', '.join(sorted(IMAGE_SUFFIXES))})")
+
+
+def warn_link_loops(log: structlog.typing.FilteringBoundLogger, loops: Sequence[str]) -> None:
+    """Warn about linked folders a walk did not follow: their frames are read under their own path (replay, calibrate, train)."""
+    if loops:
+        log.warning("link_loops", count=len(loops), folders=list(loops),
+                    why="links to a folder read anyway (under its own path, or holding this one): not read twice")
 
 
 def warn_labels_without_frame(log: structlog.typing.FilteringBoundLogger, rows: Sequence[str]) -> None:

@@ -25,7 +25,11 @@ from inspector.manifest import OK_CLASS
 from inspector.preprocess import FrameSize, Preprocessor, PreprocessSpec
 from inspector.regular_file import not_regular, read_regular
 from inspector.replay.dataset import ReplaySet, collect
-from inspector.replay.runner import warn_labels_without_frame, warn_skipped_files
+from inspector.replay.runner import (
+    warn_labels_without_frame,
+    warn_link_loops,
+    warn_skipped_files,
+)
 from inspector.training.recipe import Augment
 
 MASKS_DIR = "masks"
@@ -88,6 +92,7 @@ def collect_samples(
     found = collect(root, labels_csv=labels_csv, roi_names=spec.roi_names if labels_csv else ())
     warn_skipped_files(log, [f for f in found.skipped_files if f != _relative(labels_csv, root)])  # the labels file is read
     warn_labels_without_frame(log, found.labels_without_frame)
+    warn_link_loops(log, found.link_loops)
     if found.labelled_by == "layout" and (empty := _defect_folders_without_images(root, found)):
         log.warning("defect_folders_without_images", count=len(empty), folders=empty[:10],
                     why="no file with an image suffix inspector reads inside: no samples of this defect"
@@ -157,7 +162,7 @@ def _relative(path: Path | None, root: Path) -> str | None:
 def _defect_folders_without_images(root: Path, found: ReplaySet) -> list[str]:
     """The ng/<defect>/ folders under `root` that gave no image: empty, or holding only files of other suffixes."""
     used = {"/".join(item.frame_id.split("/")[:2]) for item in found.items if item.defect is not None}
-    left_out = {*found.outputs_skipped, *found.link_loops}  # warned about on their own
+    left_out = {*found.outputs_skipped, *found.link_loops}  # warned about on their own (link_loops above)
     out = []
     for ng in sorted(p for p in root.iterdir() if p.is_dir() and p.name.lower() == "ng"):
         for folder in sorted(d for d in ng.iterdir() if d.is_dir() and not d.name.startswith(".")):

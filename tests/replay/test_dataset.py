@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from inspector.errors import InputError
 from inspector.replay.dataset import collect
+from tests.conftest import fifo
 
 ROIS = ("roi1", "roi2", "roi3", "roi4")
 
@@ -152,24 +151,6 @@ def test_a_list_that_names_no_image_here_is_refused(tmp_path: Path, listing: str
         collect(tmp_path / "list.txt")
 
 
-def fifo(path: Path) -> Path:
-    """A named pipe at `path` that cannot hang a test: whatever blocks reading it gets end-of-file within a second."""
-    os.mkfifo(path)
-
-    def release() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and os.path.lexists(path):
-            time.sleep(1)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO unless a reader is blocked on it
-            except OSError:
-                continue
-            os.close(fd)
-
-    threading.Thread(target=release, daemon=True).start()
-    return path
-
-
 def test_linked_label_and_defect_folders_are_read_with_their_labels(tmp_path: Path, tiles: Path) -> None:
     data = tmp_path / "data"
     (data / "ng").mkdir(parents=True)
@@ -191,6 +172,30 @@ def test_a_link_back_to_a_folder_already_read_is_reported_and_not_read_twice(tmp
     ds = collect(data)
     assert ds.link_loops == ("ng/crack_too", "ok/again")
     assert len(ds.items) == 20 and not any(i.frame_id.startswith(("ok/again/", "ng/crack_too/")) for i in ds.items)
+
+
+def test_a_link_met_before_the_folder_it_points_to_does_not_take_its_frames_or_label(tmp_path: Path, tiles: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiles, data)
+    (data / "ok" / "batch7").mkdir()
+    (data / "ok" / "batch2").mkdir()
+    for name in ("a.png", "b.png"):
+        shutil.copy(next((data / "ok").glob("*.png")), data / "ok" / "batch7" / name)
+    shutil.copy(next((data / "ok").glob("*.png")), data / "ok" / "batch2" / "c.png")
+    (data / "latest").symlink_to(data / "ok" / "batch7", target_is_directory=True)  # beside ok/ and ng/, sorted first
+    (data / "ng" / "crack" / "more").symlink_to(data / "ok" / "batch2", target_is_directory=True)  # ng/ is walked before ok/
+    ds = collect(data)
+    by_id = {i.frame_id: i for i in ds.items}
+    assert {f: by_id[f].label for f in ("ok/batch7/a.png", "ok/batch7/b.png", "ok/batch2/c.png")} == dict.fromkeys(
+        ("ok/batch7/a.png", "ok/batch7/b.png", "ok/batch2/c.png"), "ok")
+    assert not any(f.startswith(("latest/", "ng/crack/more/")) for f in by_id)
+    assert ds.link_loops == ("ng/crack/more",) and "latest" in ds.ignored_dirs
+    unlabelled = tmp_path / "flat"
+    (unlabelled / "zzz" / "sub").mkdir(parents=True)
+    shutil.copy(next((data / "ok").glob("*.png")), unlabelled / "zzz" / "sub" / "x.png")
+    (unlabelled / "aaa").symlink_to(unlabelled / "zzz" / "sub", target_is_directory=True)
+    flat = collect(unlabelled)
+    assert [i.frame_id for i in flat.items] == ["zzz/sub/x.png"] and flat.link_loops == ("aaa",)
 
 
 def test_images_that_are_no_regular_files_are_still_frames(tmp_path: Path, tiles: Path) -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from inspector.config import threshold_problem
 from inspector.replay.metrics import (
     Outcome,
     binary_metrics,
     frame_metrics,
     roc_auc,
     roc_curve,
+    threshold_at_recall,
     what_if,
 )
 
@@ -114,3 +116,11 @@ def test_what_if_reuses_scores_at_each_threshold() -> None:
     assert (rows[0.25]["ng_recall"], rows[0.25]["false_reject_rate"]) == (1.0, 0.0)
     assert (rows[0.5]["ng_recall"], rows[0.5]["false_reject_rate"]) == (0.5, 0.0)
     assert what_if([_o(0.9, None)], [0.5]) == [{"threshold": 0.5, "reject_rate": 1.0}]
+
+
+def test_the_threshold_at_a_recall_is_one_a_station_can_run() -> None:
+    # A raw score as threshold (0.8734729...) has more decimals than any threshold may have; floored, it still catches its NG.
+    scores, ng = [0.8734729290008545, 0.1, 0.95, 0.87347], [True, False, True, False]
+    t = threshold_at_recall(scores, ng, 1.0)
+    assert t == 0.873472 and threshold_problem(t) is None
+    assert all(s >= t for s, positive in zip(scores, ng, strict=True) if positive)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from inspector.cli import main
-from tests.replay.test_dataset import fifo
+from tests.conftest import fifo
 from tests.replay.test_report import ROIS, read_image, red_rois
 
 

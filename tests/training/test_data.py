@@ -23,8 +23,7 @@ from inspector.training.data import (
     stratified_split,
 )
 from inspector.training.recipe import Augment
-from tests.conftest import exif_png, gray_png
-from tests.replay.test_dataset import fifo
+from tests.conftest import exif_png, fifo, gray_png
 from tests.training.conftest import (
     FAST,
     flat_png,
@@ -451,3 +450,16 @@ def test_labels_csv_rows_whose_frame_is_missing_are_warned_about(roi_frames: tup
     assert warned["labels_without_frame"]["count"] == 2
     assert warned["labels_without_frame"]["examples"] == [str((root / "frames" / n).resolve()) for n in ("003.png", "007.png")]
     assert "files_skipped" not in warned  # labels.csv beside the frames is read, not skipped
+
+
+def test_a_linked_folder_that_repeats_frames_is_warned_about_and_its_frames_keep_their_label(
+    parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(parts, data)
+    (data / "ng" / "dent").symlink_to(data / "ok", target_is_directory=True)  # a whole defect class that is really ok/
+    capsys.readouterr()
+    s = collect_samples(data, GRAY32, multi=True)
+    assert "dent" not in s.classes and len(s.samples) == len(collect_samples(parts, GRAY32).samples)
+    warned = _warnings(capsys.readouterr().err)
+    assert warned["link_loops"]["folders"] == ["ng/dent"]
