@@ -266,7 +266,7 @@ def _add_train(sub: Any) -> None:
     tp.add_argument("--out", type=Path, help="output folder for checkpoints, metrics and plots (with --resume: the checkpoint's own folder)")
     tp.add_argument("--config", type=Path, help="training YAML with `preprocess:` and `train:` sections; flags override it")
     tp.add_argument("--labels", type=Path, help="CSV frame,roi1,... (default DATA/labels.csv when DATA has no ok/ folder)")
-    tp.add_argument("--classes", choices=("binary", "multi"), default="binary", help="binary: ok/ng; multi: ok + one class per defect folder")
+    tp.add_argument("--classes", choices=("binary", "multi"), default=None, help="binary (default): ok/ng; multi: ok + one class per defect folder")
     tp.add_argument("--resume", type=Path, metavar="CKPT", help="continue from a last.pt (its recipe; --epochs may extend it)")
     tp.add_argument("--lr-find", action="store_true", help="run the learning-rate range test, print the suggestion, plot lr_find.png, and stop")
     pp = tp.add_argument_group("preprocessing (each overrides the config file's preprocess section)")
@@ -335,12 +335,12 @@ def main(argv: list[str] | None = None) -> int:
     except InspectorError as exc:
         print(f"inspector: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        last = getattr(args, "out", None)
-        last = last / "last.pt" if args.command == "train" and isinstance(last, Path) else None
-        hint = f"; continue with: inspector train {args.data} --resume {last}" if last is not None and last.is_file() else ""
-        print(f"inspector: interrupted{hint}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        # `inspector train` stops on SIGTERM as on Ctrl-C (_train); 143 = 128 + SIGTERM, what a shell reports for a process
+        # that SIGTERM ended, and 130 = 128 + SIGINT for Ctrl-C.
+        terminated = getattr(args, "terminated", False)
+        print(f"inspector: interrupted{' by SIGTERM' if terminated else ''}{_resume_hint(args, exc)}", file=sys.stderr)
+        return 143 if terminated else 130
     except BrokenPipeError:
         # The reader left (`inspector journal list | head`): nothing more to say, and nowhere to say it.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -755,7 +755,57 @@ def _training_modules() -> Any:
     return run_mod, export_mod
 
 
+def _resume_hint(args: argparse.Namespace, exc: KeyboardInterrupt) -> str:
+    """'; continue with: inspector train ...' after an interrupted training, when a last.pt can continue it; else ''."""
+    out = getattr(args, "out", None)
+    if args.command != "train" or not isinstance(out, Path):
+        return ""
+    last = exc.resume if hasattr(exc, "resume") else out / "last.pt"  # run.Interrupted names a cross-validation's fold
+    if last is None or not last.is_file():
+        return ""
+    labels = f" --labels {args.labels}" if args.labels is not None else ""
+    epochs = getattr(args, "recipe:epochs", None)
+    more = f" --epochs {epochs}" if args.resume is not None and epochs is not None else ""  # a resume that extended the run
+    return f"; continue with: inspector train {args.data} --resume {last}{labels}{more}"
+
+
+# The flags that set each preprocess key (the recipe's train.* keys have one flag each, named after the field).
+_PREPROCESS_FLAGS = {
+    "preprocess.resize.width": "--size", "preprocess.resize.height": "--size", "preprocess.color": "--color",
+    "preprocess.clahe.enabled": "--clahe", "preprocess.clahe.clip_limit": "--clahe", "preprocess.resize.letterbox": "--letterbox",
+    "preprocess.pixel_max": "--pixel-max", "preprocess.frame_size": "--frame-size",
+}
+
+
+def _flags_named(keys: list[str]) -> list[str]:
+    """'--threads (train.threads)' for each flag that set some of `keys`."""
+    flags: dict[str, list[str]] = {}
+    for key in keys:
+        flag = _PREPROCESS_FLAGS.get(key) or "--" + key.rsplit(".", 1)[-1].replace("_", "-")
+        flags.setdefault(flag, []).append(key)
+    return [f"{flag} ({', '.join(named)})" for flag, named in flags.items()]
+
+
 def _train(args: argparse.Namespace) -> int:
+    """`inspector train`, which SIGTERM stops as Ctrl-C does: cleanly, between two steps, saying how to continue."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return _train_command(args)
+
+    def _terminate(signum: int, _frame: object) -> None:
+        args.terminated = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _train_command(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _train_command(args: argparse.Namespace) -> int:
     from inspector.training.recipe import load_train_config, recipe_overrides
 
     run_mod, _ = _training_modules()
@@ -775,9 +825,13 @@ def _train(args: argparse.Namespace) -> int:
     if args.frame_size is not None:
         overrides["preprocess.frame_size"] = args.frame_size
     if args.resume is not None:
-        unsupported = sorted(k for k in overrides if k != "train.epochs")
-        if unsupported or args.config:
-            raise InputError(f"--resume continues the checkpoint's recipe; only --epochs may change it (got {', '.join(unsupported) or '--config'})")
+        unsupported = _flags_named(sorted(k for k in overrides if k != "train.epochs"))
+        unsupported += [f"--classes {args.classes}"] * (args.classes is not None) + [f"--config {args.config}"] * (args.config is not None)
+        if unsupported:
+            raise InputError(
+                "--resume continues the checkpoint's run as it was set up (recipe, preprocessing, classes); only --epochs may "
+                f"change it (got {', '.join(unsupported)})"
+            )
         if args.lr_find:
             raise InputError("--lr-find starts from the recipe's initial weights; it does not continue a run (leave --resume out)")
         args.out = args.out or args.resume.parent  # a resumed run writes only into its own folder
@@ -802,7 +856,8 @@ def _train(args: argparse.Namespace) -> int:
     if "folds" in summary:
         auc = summary["roc_auc"]
         print(f"{summary['folds']}-fold cross-validation: ROC-AUC {auc['mean']:.4f} +- {auc['std']:.4f}" if auc else "cross-validation done")
-        print(f"summary: {args.out / 'cv.json'}")
+        fold = run_mod.fold_parent(args.out) if args.resume is not None else None  # --out a fold's folder: cv.json is beside it
+        print(f"summary: {(fold[0] if fold is not None else args.out) / 'cv.json'}")
         return 0
     print(
         f"best epoch {summary['best_epoch']}/{summary['epochs_run']}: validation ROC-AUC {_fmt(summary['roc_auc'], pct=False)}"

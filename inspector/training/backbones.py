@@ -78,6 +78,40 @@ def build_model(recipe: TrainRecipe, num_classes: int, in_channels: int, *, load
     return model
 
 
+def check_input(model: nn.Module, backbone: str, input_shape: tuple[int, int, int]) -> None:
+    """InputError naming the backbone, the size and the model's own complaint when it cannot take (C, H, W) input.
+
+    Vision transformers, Swin and Inception need fixed or minimum input sizes, and fail deep inside their forward pass
+    otherwise; one no-grad pass on a zeros image finds out before anything is written. ResNets take any size (their
+    strided layers pad, their pool is adaptive), so they skip it.
+    """
+    if isinstance(model, (torchvision.models.ResNet, DefectMapResNet)):
+        return
+    channels, height, width = input_shape
+    training = model.training
+    model.eval()  # batch statistics of one image would fail BatchNorm in training mode, whatever the size
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, channels, height, width))
+    except (RuntimeError, AssertionError, ValueError, IndexError, TypeError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"--backbone {backbone} cannot take {width}x{height} input ({text[:300]}); {_size_hint(backbone)}") from exc
+    finally:
+        model.train(training)
+
+
+def _size_hint(backbone: str) -> str:
+    """The input size the backbone's ImageNet weights were trained at (and its smallest, where that differs), as advice."""
+    try:
+        weights = torchvision.models.get_model_weights(backbone).DEFAULT
+        native = int(weights.transforms().crop_size[0])
+        smallest = tuple(weights.meta.get("min_size", (native, native)))
+    except (ValueError, KeyError, AttributeError, TypeError, IndexError):
+        return "give another --size"
+    at_least = f" (its ImageNet size; it takes at least {smallest[1]}x{smallest[0]})" if smallest != (native, native) else ""
+    return f"give --size {native}{at_least}"
+
+
 class DefectMapResNet(nn.Module):
     """A torchvision ResNet with a defect-map head on layer3 (mixed supervision, after Božič et al. 2021).
 

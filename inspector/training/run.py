@@ -15,7 +15,7 @@ import yaml
 
 from inspector.errors import InputError
 from inspector.outputs import check_output, make_output_folder
-from inspector.training.backbones import build_model
+from inspector.training.backbones import build_model, check_input
 from inspector.training.data import (
     SampleSet,
     collect_samples,
@@ -70,12 +70,13 @@ def run_training(
     check_output(out_dir, "--out", folder=True)
     _check_outside_data(out_dir, data, resuming=resume is not None)
     spec, recipe = config.preprocess, config.train
-    state = None
+    state, fold = None, None
     if resume is not None:
         state = load_checkpoint(resume)
         if "optimizer" not in state:
             raise InputError(f"{resume}: a best.pt holds weights only; resume from last.pt of the same run")
-        _check_resumable(resume, out_dir, state, resume_epochs)
+        fold = _fold_of(resume, state)
+        _check_resumable(resume, out_dir, state, resume_epochs, None if fold is None else fold[0])
         saved = dict(state["recipe"])
         if resume_epochs is not None:
             saved["epochs"] = resume_epochs
@@ -97,10 +98,16 @@ def run_training(
     if samples.unlabelled:
         log.warning("images_unlabelled", count=len(samples.unlabelled), examples=list(samples.unlabelled[:3]),
                     why="beside ok/ and ng/, or not in labels.csv: not used for training")
-    if recipe.folds and state is None:  # a resumed fold is one run: its checkpoint names its validation samples
+    if recipe.folds and state is None:
         return _cross_validate(samples, spec, recipe, config, out_dir, progress, log)
+    if fold is not None and state is not None:  # a fold of a cross-validation: resuming it completes the cross-validation
+        assert resume is not None
+        cv_dir, k = fold
+        return _cross_validate(samples, spec, recipe, TrainConfig(preprocess=spec, train=recipe), cv_dir, progress, log,
+                               entry=(k, resume, state))
     if state is not None:
-        # The checkpoint names its validation samples: a resumed fold keeps its fold, whatever the recipe's split says.
+        # The checkpoint names its validation samples: a resumed run keeps them, whatever the recipe's split says (a
+        # fold moved out of its cross-validation's folder included).
         keys = {v["key"] for v in state["validation"]}
         val_idx = np.array([i for i, s in enumerate(samples.samples) if s.key in keys])
         train_idx = np.array([i for i, s in enumerate(samples.samples) if s.key not in keys])
@@ -129,7 +136,15 @@ RUN_FILES = (
     "best.pt", "last.pt", "metrics.json", "summary.json", "train.yaml", "cv.json", "report.html",
     "curves.png", "confusion_matrix.png", "roc.png", "most_confused.jpg", "gradcam.jpg",
 )
-FOLD_DIR = re.compile(r"fold-\d+")
+FOLD_DIR = re.compile(r"fold-(\d+)")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) during a cross-validation: `resume` is the last.pt whose --resume continues it, None when there is none."""
+
+    def __init__(self, resume: Path | None) -> None:
+        super().__init__()
+        self.resume = resume
 
 
 def run_files(folder: Path) -> list[str]:
@@ -137,8 +152,45 @@ def run_files(folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
     found = [name for name in RUN_FILES if (folder / name).exists()]
-    found += sorted(f"{p.name}/" for p in folder.iterdir() if p.is_dir() and FOLD_DIR.fullmatch(p.name))
+    # A fold folder stopped before its first epoch ended holds nothing: the same command may start the run again.
+    found += sorted(f"{p.name}/" for p in folder.iterdir() if p.is_dir() and FOLD_DIR.fullmatch(p.name) and run_files(p))
     return found
+
+
+def fold_parent(run_dir: Path) -> tuple[Path, int] | None:
+    """(the cross-validation's folder, N) when `run_dir` is a fold-N/ folder (by its name), else None."""
+    named = run_dir if FOLD_DIR.fullmatch(run_dir.name) else run_dir.resolve()  # `--resume last.pt` inside the fold's folder
+    match = FOLD_DIR.fullmatch(named.name)
+    return (named.parent, int(match.group(1))) if match else None
+
+
+def _fold_of(resume: Path, state: dict[str, Any]) -> tuple[Path, int] | None:
+    """(the cross-validation's folder, k) when `resume` is the last.pt of fold k of a cross-validation, else None."""
+    found = fold_parent(resume.parent)
+    return found if found is not None and state["recipe"].get("folds") else None
+
+
+def _folds(cv_dir: Path) -> list[tuple[int, Path]]:
+    """The fold-N/ folders of `cv_dir`, by N."""
+    found = [(int(m.group(1)), p) for p in cv_dir.iterdir() if p.is_dir() and (m := FOLD_DIR.fullmatch(p.name))] if cv_dir.is_dir() else []
+    return sorted(found)
+
+
+def _finished(run_dir: Path) -> bool:
+    return all((run_dir / name).is_file() for name in ("summary.json", "report.html"))  # finish() writes them last
+
+
+def cv_resume_point(cv_dir: Path) -> Path | None:
+    """The last.pt from which --resume continues the cross-validation in `cv_dir`: the first unfinished fold's, or where it
+    has none (stopped in its first epoch) the one of the fold before; for a finished cross-validation the first fold's."""
+    previous = None
+    folds = _folds(cv_dir)
+    for _, fold_dir in folds:
+        last = fold_dir / LAST
+        if not _finished(fold_dir) and (last.is_file() or previous is not None):
+            return last if last.is_file() else previous
+        previous = last if last.is_file() else previous
+    return next((d / LAST for _, d in folds if (d / LAST).is_file()), None)
 
 
 def _check_no_run(out_dir: Path) -> None:
@@ -150,9 +202,9 @@ def _check_no_run(out_dir: Path) -> None:
     listed = ", ".join(found[:6]) + (", ..." if len(found) > 6 else "")
     folds = [f for f in found if f.startswith("fold-")]
     if folds or "cv.json" in found:
-        fold = out_dir / (folds[0] if folds else "fold-1").rstrip("/")
-        hint = (f"; a cross-validation resumes one fold at a time (--resume {fold / LAST} --out {fold}), "
-                "and cv.json is then not rewritten")
+        point = cv_resume_point(out_dir)
+        hint = (f"; --resume {point} continues this cross-validation: it completes every fold not yet finished (or, with "
+                "more --epochs, extends them all), then writes cv.json" if point is not None else " (its folds have no last.pt to resume from)")
     elif (out_dir / LAST).is_file():
         hint = f", or continue it with --resume {out_dir / LAST} --out {out_dir}"
     else:
@@ -160,33 +212,62 @@ def _check_no_run(out_dir: Path) -> None:
     raise InputError(f"--out {out_dir}: already holds a training run ({listed}); choose another --out{hint}")
 
 
-def _check_resumable(resume: Path, out_dir: Path, state: dict[str, Any], resume_epochs: int | None) -> None:
-    """InputError, before anything is written, when resuming `state` into `out_dir` cannot continue that run."""
+def _check_resumable(resume: Path, out_dir: Path, state: dict[str, Any], resume_epochs: int | None, cv_dir: Path | None = None) -> None:
+    """InputError, before anything is written, when resuming `state` into `out_dir` cannot continue that run.
+
+    `cv_dir`: the cross-validation's folder when `resume` is one of its folds; whether it is complete is then the
+    cross-validation's question (`_resume_plan`)."""
     run_dir = resume.parent
-    if out_dir.resolve() != run_dir.resolve():
+    if out_dir.resolve() not in {run_dir.resolve(), *([cv_dir.resolve()] if cv_dir is not None else [])}:
+        where = f"give --out {run_dir}" + (f" or --out {cv_dir} (the cross-validation's folder)" if cv_dir is not None else "")
         raise InputError(
-            f"--out {out_dir}: --resume {resume} continues the run in {run_dir}, and a resumed run writes only there; "
-            f"give --out {run_dir} (to start a new run from these weights: --weights {run_dir / BEST} with a new --out)"
+            f"--out {out_dir}: --resume {resume} continues the run in {cv_dir or run_dir}, and a resumed run writes only there; "
+            f"{where} (to start a new run from these weights: --weights {run_dir / BEST} with a new --out)"
         )
     done, epochs = int(state["epoch"]), int(state["recipe"]["epochs"])
     early_stop, best_epoch = state["recipe"].get("early_stop"), int(state.get("best_epoch", done))
     stopped = early_stop is not None and done - best_epoch >= early_stop
-    complete = all((run_dir / name).is_file() for name in ("summary.json", "report.html"))  # finish() writes them last
+    complete = _finished(run_dir)
     if resume_epochs is not None and resume_epochs < done:
         raise InputError(
             f"--epochs {resume_epochs}: the run in {run_dir} has already run {done} epochs; --epochs must be more than {done} "
-            "to extend it" + ("" if complete else " (or leave --epochs out to finish it)") + "; nothing was changed"
+            "to extend it" + ("" if complete else f" (or leave --epochs out to finish it, or give --epochs {done} to end it there)")
+            + "; nothing was changed"
         )
+    if state["recipe"].get("schedule") == "onecycle" and resume_epochs is not None and resume_epochs not in (done, epochs):
+        # OneCycleLR plans its one rise and anneal over the steps of every epoch; the checkpoint's schedule continues that plan,
+        # and a plan stretched or cut midway would make the learning rate jump. A finished cycle has annealed to nearly zero.
+        if done >= epochs:
+            raise InputError(f"--epochs {resume_epochs}: the run in {run_dir} has run all {done} of its epochs; {_onecycle_end(run_dir)}")
+        raise InputError(
+            f"--epochs {resume_epochs}: the run in {run_dir} follows a one-cycle schedule (schedule onecycle) planned over its "
+            f"{epochs} epochs, which cannot be lengthened or shortened midway; leave --epochs out to finish it as planned, or give "
+            f"--epochs {done} to end it at the epochs it has run; nothing was changed"
+        )
+    if cv_dir is not None:
+        return
     if complete and stopped:
         raise InputError(
             f"{resume}: the run is complete: it stopped early at epoch {done} (no better validation ROC-AUC for {early_stop} "
             "epochs), so more epochs would stop again; nothing was changed"
         )
     if complete and done >= (resume_epochs or epochs):
-        raise InputError(
-            f"{resume}: the run is complete: it has run all {done} of its epochs; give --epochs more than {done} to extend it; "
-            "nothing was changed"
-        )
+        raise InputError(f"{resume}: the run is complete: it has run all {done} of its epochs; {_extend_hint(state, run_dir, done)}")
+
+
+def _onecycle_end(run_dir: Path) -> str:
+    return (
+        "a one-cycle schedule (schedule onecycle) has annealed its learning rate to its end and cannot be extended; to train "
+        f"further, start a new run from these weights (--weights {run_dir / BEST} with a new --out: a cycle of its own), or "
+        "train with schedule cosine or plateau, whose runs --epochs may extend; nothing was changed"
+    )
+
+
+def _extend_hint(state: dict[str, Any], run_dir: Path, done: int, what: str = "it") -> str:
+    """What to do to train a complete run further."""
+    if state["recipe"].get("schedule") == "onecycle":
+        return _onecycle_end(run_dir)
+    return f"give --epochs more than {done} to extend {what}; nothing was changed"
 
 
 def _write_config(out_dir: Path, config: TrainConfig) -> None:
@@ -244,15 +325,32 @@ def finish(result: TrainResult, samples: SampleSet, recipe: TrainRecipe, log: An
     return summary
 
 
-def _cross_validate(samples: SampleSet, spec: Any, recipe: TrainRecipe, config: TrainConfig, out_dir: Path, progress: bool | None, log: Any) -> dict[str, Any]:
+def _cross_validate(
+    samples: SampleSet, spec: Any, recipe: TrainRecipe, config: TrainConfig, out_dir: Path, progress: bool | None, log: Any,
+    entry: tuple[int, Path, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Train every fold into out_dir/fold-k/, then write cv.json and train.yaml. With `entry` (k, its last.pt, its state),
+    resume the cross-validation that fold k belongs to: finished folds are kept, the others continue or start."""
     folds = kfold_splits(samples, recipe.folds or 2, recipe.seed, regex_groups(recipe.group_by))
-    per_fold = []
-    for k, (train_idx, val_idx) in enumerate(folds, 1):
-        log.info("fold_started", fold=k, folds=len(folds))
+    plan = _resume_plan(samples, folds, recipe, out_dir, entry) if entry is not None else [("start", None)] * len(folds)
+    per_fold, trained_spec = [], spec
+    for k, ((train_idx, val_idx), (step, what)) in enumerate(zip(folds, plan, strict=True), 1):
         fold_dir = out_dir / f"fold-{k}"
-        result = train(samples, spec, recipe, fold_dir, train_idx=train_idx, val_idx=val_idx, progress=progress, log=log.bind(fold=k))
-        per_fold.append(finish(result, samples, recipe, log))
-    _write_config(out_dir, config.model_copy(update={"preprocess": result.cache.pre.spec}))  # pixel_max, frame_size as trained
+        if step == "keep":
+            log.info("fold_kept", fold=k, folds=len(folds), why="finished earlier; its summary.json joins cv.json")
+            per_fold.append({**what, "checkpoint": str(fold_dir / BEST)})
+            continue
+        log.info("fold_started" if step == "start" else "fold_resumed", fold=k, folds=len(folds))
+        if isinstance(what, Path):  # another fold's last.pt, checked by _resume_plan: loaded one at a time
+            what = load_checkpoint(what)
+        try:
+            result = train(samples, spec, recipe, fold_dir, train_idx=train_idx, val_idx=val_idx, resume=what, progress=progress,
+                           log=log.bind(fold=k))
+            per_fold.append(finish(result, samples, recipe, log))
+        except KeyboardInterrupt as exc:
+            raise Interrupted(_interrupted_at(out_dir, k)) from exc
+        trained_spec = result.cache.pre.spec
+    _write_config(out_dir, config.model_copy(update={"preprocess": trained_spec}))  # pixel_max, frame_size as trained
     keys = ("roc_auc", "accuracy", "ng_recall_at_target", "false_reject_rate_at_target")
     summary: dict[str, Any] = {"folds": len(folds)}
     for key in keys:
@@ -260,6 +358,98 @@ def _cross_validate(samples: SampleSet, spec: Any, recipe: TrainRecipe, config: 
         summary[key] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "per_fold": values} if values else None
     summary["checkpoints"] = [f["checkpoint"] for f in per_fold]
     (out_dir / "cv.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _interrupted_at(cv_dir: Path, k: int) -> Path | None:
+    """The last.pt that continues a cross-validation stopped in fold k: fold k's, or before its first epoch ended the one of
+    the nearest fold before it (resuming any fold continues the cross-validation)."""
+    return next((p for j in range(k, 0, -1) if (p := cv_dir / f"fold-{j}" / LAST).is_file()), None)
+
+
+def _resume_plan(
+    samples: SampleSet, folds: list[tuple[np.ndarray, np.ndarray]], recipe: TrainRecipe, cv_dir: Path,
+    entry: tuple[int, Path, dict[str, Any]],
+) -> list[tuple[str, Any]]:
+    """Per fold of the cross-validation in `cv_dir` that fold `entry` belongs to: ("keep", its summary) when it has run all of
+    `recipe`'s epochs (or stopped early) and finished, ("resume", the entry's state or another fold's last.pt), or
+    ("start", None) without a last.pt.
+
+    InputError, before anything is written, when a fold cannot be continued: other data, another split of the folds
+    (the validation samples a fold was started with are not the ones kfold_splits gives it now), another recipe."""
+    entry_k, resume, entry_state = entry
+    if entry_k > len(folds):
+        raise InputError(f"{resume}: fold {entry_k}, but the checkpoint's recipe has {len(folds)} folds; nothing was changed")
+    fingerprint = samples.fingerprint()
+    if entry_state["dataset"]["fingerprint"] != fingerprint:
+        raise InputError(
+            f"the data under {samples.root} is not the data the checkpoint was trained on "
+            f"(fingerprint {fingerprint[:12]} vs {entry_state['dataset']['fingerprint'][:12]}); resume needs the same data; nothing was changed"
+        )
+
+    def same_run(state: dict[str, Any]) -> dict[str, Any]:  # what the folds of one cross-validation share
+        return {"recipe": {**state["recipe"], "epochs": None}, "spec": state["spec"], "classes": state["classes"],
+                "fingerprint": state["dataset"]["fingerprint"]}
+
+    plan: list[tuple[str, Any]] = []
+    stopped_all = True
+    for k, (_, val_idx) in enumerate(folds, 1):
+        fold_dir = cv_dir / f"fold-{k}"
+        last = fold_dir / LAST
+        state = entry_state if k == entry_k else load_checkpoint(last) if last.is_file() else None
+        if state is None:
+            plan.append(("keep", _fold_summary(fold_dir)) if _finished(fold_dir) else ("start", None))
+            stopped_all = False
+            continue
+        if k != entry_k and ("optimizer" not in state or same_run(state) != same_run(entry_state)):
+            raise InputError(
+                f"{last}: not a fold of the same cross-validation as {resume} (another recipe, preprocessing or data); "
+                "nothing was changed"
+            )
+        trained = [v["key"] for v in state["validation"]]
+        expected = [samples.samples[int(i)].key for i in val_idx]
+        if sorted(trained) != sorted(expected):
+            common = len(set(trained) & set(expected))
+            raise InputError(
+                f"{last}: fold {k} was started with {len(trained)} validation samples, but the split of this data and recipe "
+                f"gives fold {k} {len(expected)} ({common} in common): the folds were split differently (by another version of "
+                "inspector, or this is a fold of another cross-validation); this cross-validation cannot be resumed: start a new "
+                "one with another --out; nothing was changed"
+            )
+        done = int(state["epoch"])
+        if done > recipe.epochs:
+            raise InputError(
+                f"{last}: fold {k} has already run {done} epochs, more than the {recipe.epochs} that resuming from {resume} "
+                f"trains each fold to; give --epochs {done} or more; nothing was changed"
+            )
+        stopped = recipe.early_stop is not None and done - int(state.get("best_epoch", done)) >= recipe.early_stop
+        stopped_all = stopped_all and stopped
+        if _finished(fold_dir) and (stopped or done >= recipe.epochs):
+            plan.append(("keep", _fold_summary(fold_dir)))
+        else:
+            plan.append(("resume", state if k == entry_k else last))
+    if all(step == "keep" for step, _ in plan) and all((cv_dir / name).is_file() for name in ("cv.json", "train.yaml")):
+        if stopped_all:
+            raise InputError(
+                f"{resume}: the cross-validation in {cv_dir} is complete: every fold stopped early (no better validation ROC-AUC "
+                f"for {recipe.early_stop} epochs), so more epochs would stop again; nothing was changed"
+            )
+        raise InputError(
+            f"{resume}: the cross-validation in {cv_dir} is complete: each of its {len(folds)} folds has run its {recipe.epochs} "
+            f"epochs or stopped early, and cv.json is written; {_extend_hint(entry_state, resume.parent, recipe.epochs, 'every fold')}"
+        )
+    return plan
+
+
+def _fold_summary(fold_dir: Path) -> dict[str, Any]:
+    """A finished fold's summary.json, as cv.json reads it; InputError when it cannot be read."""
+    path = fold_dir / "summary.json"
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: cannot read the finished fold's summary ({exc}); nothing was changed") from exc
+    if not isinstance(summary, dict):
+        raise InputError(f"{path}: not a summary written by `inspector train`; nothing was changed")
     return summary
 
 
@@ -276,6 +466,7 @@ def run_lr_find(data: Path, out_dir: Path, config: TrainConfig, *, labels_csv: P
     cache = load_cache(samples, spec, recipe, [samples.samples[int(i)].path for i in train_idx])
     device = pick_device(recipe.device)
     model = build_model(recipe, len(samples.classes), spec.channels)
+    check_input(model, recipe.backbone, spec.input_shape)
     finding = lr_range_test(model, Batches(samples, cache, recipe, train_idx), samples.targets, train_idx, recipe, device)
     make_output_folder(out_dir, "--out")
     plot_lr_find(finding, out_dir / LR_FIND)

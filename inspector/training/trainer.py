@@ -32,6 +32,7 @@ from inspector.progress import Progress
 from inspector.replay.metrics import binary_metrics, roc_auc, threshold_at_recall
 from inspector.training.backbones import (
     build_model,
+    check_input,
     deployed,
     frozen_names,
     head_parameters,
@@ -615,7 +616,9 @@ def _train(
     targets = samples.targets
     n_classes = len(samples.classes)
 
-    model = build_model(recipe, n_classes, spec.channels, load_weights=resume is None).to(device, memory_format=torch.channels_last)
+    model = build_model(recipe, n_classes, spec.channels, load_weights=resume is None)
+    check_input(model, recipe.backbone, spec.input_shape)
+    model = model.to(device, memory_format=torch.channels_last)
     frozen = frozen_names(model, recipe.freeze)
     make_output_folder(out_dir, "--out")  # only once data, model and recipe are known to work
     set_frozen(model, frozen)
@@ -731,6 +734,10 @@ def _train(
             log.info("early_stop", epoch=m.epoch, best_epoch=best_epoch, patience=recipe.early_stop)
             break
 
+    if resume is not None and len(history) == len(resume["history"]) and resume["recipe"] != recipe.model_dump(mode="json"):
+        # No epoch ran: --epochs ended the run at the epochs it had run. last.pt records the recipe the run ends with, so
+        # that a later --resume finds it complete instead of training the epochs the old recipe planned.
+        _save({**resume, "recipe": recipe.model_dump(mode="json")}, out_dir / LAST)
     best = torch.load(out_dir / BEST, map_location="cpu", weights_only=True)
     model.load_state_dict(best["state_dict"])
     model = model.to(device).eval()

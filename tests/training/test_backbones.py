@@ -133,3 +133,17 @@ def test_a_checkpoint_of_inspector_train_starts_a_new_run_from_its_backbone(trai
     assert model.fc[1].out_features == 3
     with pytest.raises(InputError, match=r"an `inspector train` checkpoint of a resnet18, but this run's backbone is resnet34; give --backbone resnet18"):
         build_model(TrainRecipe(weights=str(trained / "best.pt"), backbone="resnet34"), 2, 1)
+
+
+def test_a_backbone_that_cannot_take_the_input_size_is_named_with_the_size_to_give() -> None:
+    from inspector.training.backbones import check_input
+
+    vit = build_model(TrainRecipe(backbone="vit_b_16"), 2, 1)
+    check_input(vit, "vit_b_16", (1, 224, 224))
+    assert vit.training  # the check leaves the model's mode as it was
+    with pytest.raises(InputError, match=r"^--backbone vit_b_16 cannot take 64x48 input \(Wrong image height! Expected 224 but got 48!\); give --size 224$"):
+        check_input(vit, "vit_b_16", (1, 48, 64))
+    check_input(build_model(TrainRecipe(backbone="mobilenet_v3_small"), 2, 3), "mobilenet_v3_small", (3, 40, 24))
+    resnet = build_model(TrainRecipe(), 2, 1)
+    resnet.forward = None  # ResNets take any size: not even run
+    check_input(resnet, "resnet18", (1, 8, 8))

@@ -19,8 +19,7 @@ from inspector.training import trainer
 from inspector.training.data import collect_samples, stratified_split
 from inspector.training.recipe import TrainRecipe
 from inspector.training.trainer import train
-from tests.conftest import gray_png
-from tests.replay.test_dataset import fifo
+from tests.conftest import fifo, gray_png
 from tests.training.conftest import (
     FAST,
     export_cli,
@@ -267,7 +266,7 @@ def test_resume_keeps_the_recipe_and_may_only_extend_epochs(trained: Path, parts
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     code, _, err = train_cli(capsys, str(parts), "--out", str(run), "--resume", str(run / "last.pt"), "--lr", "0.1")
-    assert code == 2 and "only --epochs may change it (got train.lr)" in err
+    assert code == 2 and "only --epochs may change it (got --lr (train.lr))" in err
     code, _, err = train_cli(capsys, str(parts), "--out", str(run), "--resume", str(run / "best.pt"))
     assert code == 2 and "resume from last.pt" in err
     # A run from before frame_size existed: its checkpoints' specs record none.
@@ -308,20 +307,23 @@ def test_k_folds_train_one_model_per_fold(parts: Path, tmp_path: Path, capsys: p
     from inspector.model import OnnxClassifier
 
     assert OnnxClassifier(tmp_path / "fold1.onnx", ModelSettings(providers=[Provider.CPU])).spec.frame_size == fold_spec.frame_size
-    # A fold resumes on its own validation samples, not on a fresh split.
+    # A fold resumes on its own validation samples, not on a fresh split; more --epochs extend every fold of the cross-validation.
     fold = tmp_path / "cv" / "fold-2"
     before = [v["key"] for v in torch.load(fold / "last.pt", weights_only=True)["validation"]]
-    code, _, err = train_cli(capsys, str(parts), "--out", str(fold), "--resume", str(fold / "last.pt"), "--epochs", "2")
+    code, out, err = train_cli(capsys, str(parts), "--out", str(fold), "--resume", str(fold / "last.pt"), "--epochs", "2")
     assert code == 0, err
     assert [v["key"] for v in torch.load(fold / "last.pt", weights_only=True)["validation"]] == before
-    assert [e["epoch"] for e in json.loads((fold / "metrics.json").read_text())["epochs"]] == [1, 2]
+    for k in (1, 2):
+        assert [e["epoch"] for e in json.loads((tmp_path / "cv" / f"fold-{k}" / "metrics.json").read_text())["epochs"]] == [1, 2]
+    assert yaml.safe_load((tmp_path / "cv" / "train.yaml").read_text())["train"]["epochs"] == 2
+    assert "2-fold cross-validation: ROC-AUC" in out and f"summary: {tmp_path / 'cv' / 'cv.json'}" in out
     # A finished cross-validation is a run too: a later run into the same folder is refused, whatever its options.
     before = _files(tmp_path / "cv")
     for flags in (["--folds", "2"], []):
         code, _, err = train_cli(capsys, str(parts), "--out", str(tmp_path / "cv"), "--epochs", "1", *FAST, *flags)
         assert code == 2
         assert f"already holds a training run (train.yaml, cv.json, fold-1/, fold-2/); choose another --out; " \
-               f"a cross-validation resumes one fold at a time (--resume {tmp_path / 'cv' / 'fold-1'}/last.pt" in err
+               f"--resume {tmp_path / 'cv' / 'fold-1' / 'last.pt'} continues this cross-validation" in err
     assert _files(tmp_path / "cv") == before
 
 
@@ -360,6 +362,12 @@ def test_early_stopping_keeps_the_best_epoch(parts: Path, tmp_path: Path) -> Non
         ("parts", ["--backbone", "resnet19"], "unknown backbone 'resnet19'"),
         ("parts", ["--weights", "/nonexistent.pth"], "--weights /nonexistent.pth: no such file"),
         ("pipe", [], "ok/fifo.png: unreadable: a named pipe (FIFO), not a regular file"),
+        # Backbones with a fixed or smallest input size, refused before --out is made (FAST trains at 32x32).
+        ("parts", ["--backbone", "vit_b_16"], "--backbone vit_b_16 cannot take 32x32 input (Wrong image height! Expected 224 but got 32!); give --size 224"),
+        ("parts", ["--backbone", "swin_t"], "--backbone swin_t cannot take 32x32 input (The size of tensor a"),
+        ("parts", ["--backbone", "inception_v3"], ("input size per channel: (1 x 1). Kernel size: (3 x 3). Kernel size can't be greater "
+                                                   "than actual input size); give --size 299 (its ImageNet size; it takes at least 75x75)")),
+        ("parts", ["--backbone", "vit_b_16", "--lr-find"], "--backbone vit_b_16 cannot take 32x32 input (Wrong image height!"),
     ],
 )
 def test_bad_input_is_a_clear_error_with_exit_2_and_nothing_written(
@@ -602,7 +610,7 @@ def test_resume_of_a_finished_run_needs_more_epochs_and_changes_nothing(trained:
     [
         (["last.pt", "metrics.json"], "already holds a training run (last.pt, metrics.json); choose another --out, or continue it with --resume"),
         (["train.yaml"], "already holds a training run (train.yaml); choose another --out (it has no last.pt to resume from)"),
-        (["fold-1/", "fold-2/"], "already holds a training run (fold-1/, fold-2/); choose another --out; a cross-validation resumes one fold at a time"),
+        (["fold-1/", "fold-2/"], "already holds a training run (fold-1/, fold-2/); choose another --out; --resume "),
     ],
     ids=["interrupted", "config-only", "k-fold-interrupted"],
 )
