@@ -54,7 +54,9 @@ def build_model(recipe: TrainRecipe, num_classes: int, in_channels: int, *, load
     if weights == "imagenet":
         model = _imagenet(recipe.backbone)
     else:
-        model = torchvision.models.get_model(recipe.backbone, weights=None)
+        # init_weights: the builders that take it (inception_v3, googlenet) warn unless told; True keeps their own init.
+        init = {"init_weights": True} if recipe.backbone in ("inception_v3", "googlenet") else {}
+        model = torchvision.models.get_model(recipe.backbone, weights=None, **init)
         if weights != "none":
             transfer = _load_state_dict(model, Path(weights), recipe.backbone)
     # Gray input sums the pretrained RGB filters; a file whose input convolution did not fit left them random.
