@@ -158,11 +158,6 @@ def main(argv: list[str] | None = None) -> int:
     """Subscribe to <prefix>/decision, gate each part, acknowledge; runs until Ctrl-C or SIGTERM."""
     import signal
 
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
     ap = argparse.ArgumentParser(description="Example PLC-side reject gate for inspector decisions (MQTT 5).")
     ap.add_argument("--host", default="127.0.0.1", help="broker host (default 127.0.0.1)")
     ap.add_argument("--port", type=int, default=1883, help="broker port (default 1883)")
@@ -178,6 +173,13 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--port: expected a TCP port from 1 to 65535, got {args.port}")
     if not 0 <= args.session_expiry <= 2**32 - 1:
         ap.error(f"--session-expiry: expected seconds from 0 to 4294967295, got {args.session_expiry}")
+    try:  # after the arguments: --help and usage errors need no paho
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+    except ImportError as exc:  # paho 1.x has no paho.mqtt.enums
+        sys.exit(f"plc_subscriber.py needs paho-mqtt 2.0 or later ({exc}): pip install 'paho-mqtt>=2'")
     client_id = args.client_id or f"plc-gate-{socket.gethostname()}-{args.prefix.replace('/', '-')}"
     if args.password_file is not None and not args.username:
         # The broker gets a password only with a user name: the file would be read for nothing.

@@ -29,7 +29,7 @@ from tests.mqtt_helpers import (
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
 ACL = (DEPLOY / "inspector.acl").read_text()
 
-PASSWORDS = {"station-l1-s1": "s1-secret", "plc": "plc-secret"}
+PASSWORDS = {"station-line1-station1": "s1-secret", "plc": "plc-secret"}
 NOT_AUTHORIZED = ReasonCode(PacketTypes.PUBACK, "Not authorized")  # 135
 
 pytestmark = pytest.mark.skipif(
@@ -137,7 +137,7 @@ def decision_props(part_id: str, prefix: str) -> Properties:
 
 def test_acl_grants_exist_for_the_documented_users() -> None:
     users = re.findall(r"^user (\S+)$", ACL, flags=re.MULTILINE)
-    assert users == ["station-l1-s1", "plc"]
+    assert users == ["station-line1-station1", "plc"]
     # No rule before the first `user` line: it would apply to anonymous clients.
     first_user = ACL.index("\nuser ")
     assert not re.search(r"^(topic|pattern) ", ACL[:first_user], flags=re.MULTILINE)
@@ -149,49 +149,49 @@ def test_acl_grants_exist_for_the_documented_users() -> None:
 
 
 def test_plc_cannot_forge_a_decision_but_can_acknowledge(connect: Any) -> None:
-    station = connect("station-l1-s1", PASSWORDS["station-l1-s1"])
+    station = connect("station-line1-station1", PASSWORDS["station-line1-station1"])
     plc = connect("plc", PASSWORDS["plc"])
     assert not station.connack.is_failure and not plc.connack.is_failure
-    station.subscribe("inspector/v1/l1/s1/decision/ack")
+    station.subscribe("inspector/v1/line1/station1/decision/ack")
 
-    rc = plc.publish("inspector/v1/l1/s1/decision", b'{"verdict": "pass"}')
+    rc = plc.publish("inspector/v1/line1/station1/decision", b'{"verdict": "pass"}')
     assert rc == NOT_AUTHORIZED
     assert rc.value == 135 and rc.is_failure
-    for topic in ("inspector/v1/l1/s1/reject", "inspector/v1/l1/s1/status", "inspector/v1/l1/s1/decision/ack/x", "inspector/v1/l1/decision/ack"):
+    for topic in ("inspector/v1/line1/station1/reject", "inspector/v1/line1/station1/status", "inspector/v1/line1/station1/decision/ack/x", "inspector/v1/line1/decision/ack"):
         assert plc.publish(topic, b"x") == NOT_AUTHORIZED, topic
 
     ack = json.dumps({"seq": 7, "part_id": "P-0007"}).encode()
-    assert accepted(plc.publish("inspector/v1/l1/s1/decision/ack", ack))
-    assert wait_until(lambda: station.received("inspector/v1/l1/s1/decision/ack"), 5)
-    got = station.received("inspector/v1/l1/s1/decision/ack")
+    assert accepted(plc.publish("inspector/v1/line1/station1/decision/ack", ack))
+    assert wait_until(lambda: station.received("inspector/v1/line1/station1/decision/ack"), 5)
+    got = station.received("inspector/v1/line1/station1/decision/ack")
     assert [json.loads(m.payload) for m in got] == [{"seq": 7, "part_id": "P-0007"}]
 
 
 def test_station_cannot_publish_outside_its_prefix(connect: Any) -> None:
-    station = connect("station-l1-s1", PASSWORDS["station-l1-s1"])
+    station = connect("station-line1-station1", PASSWORDS["station-line1-station1"])
     for topic in (
-        "inspector/v1/l1/s2/decision",
-        "inspector/v1/l2/s1/decision",
-        "inspector/v1/l1/status",
-        "inspector/v2/l1/s1/decision",
+        "inspector/v1/line1/station2/decision",
+        "inspector/v1/line2/station1/decision",
+        "inspector/v1/line1/status",
+        "inspector/v2/line1/station1/decision",
         "other/topic",
     ):
         rc = station.publish(topic, b"{}")
         assert rc == NOT_AUTHORIZED, topic
-    assert accepted(station.publish("inspector/v1/l1/s1/decision", b"{}"))
+    assert accepted(station.publish("inspector/v1/line1/station1/decision", b"{}"))
 
 
 def test_station_receives_nothing_but_its_acknowledgements(connect: Any) -> None:
-    station = connect("station-l1-s1", PASSWORDS["station-l1-s1"])
+    station = connect("station-line1-station1", PASSWORDS["station-line1-station1"])
     plc = connect("plc", PASSWORDS["plc"])
     station.subscribe("inspector/#")  # mosquitto grants the filter; delivery is checked per message
-    station.subscribe("inspector/v1/l1/s1/decision/ack")
+    station.subscribe("inspector/v1/line1/station1/decision/ack")
     # Another station's acknowledgement, and the station's own decision echoed back: neither may arrive.
-    assert accepted(plc.publish("inspector/v1/l1/s2/decision/ack", b'{"seq": 1, "part_id": "x"}'))
-    assert accepted(station.publish("inspector/v1/l1/s1/decision", b'{"seq": 1}'))
-    assert accepted(plc.publish("inspector/v1/l1/s1/decision/ack", b'{"seq": 1, "part_id": "y"}'))
-    assert wait_until(lambda: station.received("inspector/v1/l1/s1/decision/ack"), 5)
-    assert {m.topic for m in station.received()} == {"inspector/v1/l1/s1/decision/ack"}
+    assert accepted(plc.publish("inspector/v1/line1/station2/decision/ack", b'{"seq": 1, "part_id": "x"}'))
+    assert accepted(station.publish("inspector/v1/line1/station1/decision", b'{"seq": 1}'))
+    assert accepted(plc.publish("inspector/v1/line1/station1/decision/ack", b'{"seq": 1, "part_id": "y"}'))
+    assert wait_until(lambda: station.received("inspector/v1/line1/station1/decision/ack"), 5)
+    assert {m.topic for m in station.received()} == {"inspector/v1/line1/station1/decision/ack"}
 
 
 def test_anonymous_client_is_refused_at_connect(broker: Broker) -> None:
@@ -209,11 +209,11 @@ def test_anonymous_client_is_refused_at_connect(broker: Broker) -> None:
 
 
 def test_station_decisions_reach_the_plc_with_their_properties(connect: Any) -> None:
-    station = connect("station-l1-s1", PASSWORDS["station-l1-s1"])
+    station = connect("station-line1-station1", PASSWORDS["station-line1-station1"])
     plc = connect("plc", PASSWORDS["plc"])
     granted = plc.subscribe(*(f"inspector/v1/+/+/{t}" for t in ("decision", "reject", "review", "status", "state", "record", "metrics")))
     assert not any(rc.is_failure for rc in granted)
-    prefix = "inspector/v1/l1/s1"
+    prefix = "inspector/v1/line1/station1"
     body = {"schema": "inspector.decision/1", "seq": 1, "part_id": "P-1", "verdict": "pass", "late": False}
     assert accepted(station.publish(f"{prefix}/decision", json.dumps(body).encode(), decision_props("P-1", prefix)))
     for topic in ("reject", "review", "status", "state", "record", "metrics"):
@@ -254,8 +254,8 @@ def test_shipped_mosquitto_conf_starts_and_enforces_the_acl(tmp_path: Path) -> N
         anon = Client(broker, None)
         try:
             assert not plc.connack.is_failure
-            assert plc.publish("inspector/v1/l1/s1/decision", b"{}") == NOT_AUTHORIZED
-            assert accepted(plc.publish("inspector/v1/l1/s1/decision/ack", b"{}"))
+            assert plc.publish("inspector/v1/line1/station1/decision", b"{}") == NOT_AUTHORIZED
+            assert accepted(plc.publish("inspector/v1/line1/station1/decision/ack", b"{}"))
             assert anon.connack.is_failure
         finally:
             plc.close()

@@ -130,16 +130,16 @@ def test_example_gates_and_acknowledges_over_a_real_broker(tmp_path: Path) -> No
     from paho.mqtt.properties import Properties
 
     acl = (EXAMPLE.parents[1] / "mosquitto" / "inspector.acl").read_text()
-    broker = Broker(tmp_path / "broker", users={"plc": "plc-pw", "station-l1-s1": "st-pw"}, acl=acl).start()
+    broker = Broker(tmp_path / "broker", users={"plc": "plc-pw", "station-line1-station1": "st-pw"}, acl=acl).start()
     (tmp_path / "pw").write_text("plc-pw\n")
-    prefix = "inspector/v1/l1/s1"
+    prefix = "inspector/v1/line1/station1"
     out = (tmp_path / "gate.out").open("w")
     proc = subprocess.Popen(
         [sys.executable, str(EXAMPLE), "--host", broker.host, "--port", str(broker.port), "--prefix", prefix,
          "--username", "plc", "--password-file", str(tmp_path / "pw")],
         stdout=out, stderr=subprocess.STDOUT, text=True,
     )
-    station = Subscriber(broker, (f"{prefix}/decision/ack",), username="station-l1-s1", password="st-pw")
+    station = Subscriber(broker, (f"{prefix}/decision/ack",), username="station-line1-station1", password="st-pw")
     try:
         assert wait_until(lambda: "waiting for decisions" in (tmp_path / "gate.out").read_text(), 10), (tmp_path / "gate.out").read_text()
         now = time.time()
@@ -226,3 +226,13 @@ def test_an_unreachable_broker_is_reported_and_retried(tmp_path: Path) -> None:
     assert f"cannot connect to 127.0.0.1:{port}: Connection refused; rejecting everything, retrying" in said()
     assert said().count("cannot connect") == 1, "one line per reason, not one per retry"
     assert code == 0
+
+
+def test_without_paho_the_example_says_what_to_install_and_still_explains_itself() -> None:
+    # sys.modules["paho"] = None makes `import paho` fail, as on a Debian python3 without paho-mqtt.
+    run = f"import runpy, sys; sys.modules['paho'] = None; sys.argv = ['plc_subscriber.py', *sys.argv[1:]]; runpy.run_path({str(EXAMPLE)!r}, run_name='__main__')"
+    out = subprocess.run([sys.executable, "-c", run], check=False, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "needs paho-mqtt 2.0 or later" in out.stderr and "pip install 'paho-mqtt>=2'" in out.stderr
+    helped = subprocess.run([sys.executable, "-c", run, "--help"], check=False, capture_output=True, text=True, timeout=30)
+    assert helped.returncode == 0 and "--session-expiry" in helped.stdout
