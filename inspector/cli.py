@@ -377,7 +377,16 @@ def _config(args: argparse.Namespace) -> int:
         raise InputError(f"two config files given ({args.file} and --config {args.config}); give one")
     path = args.file or args.config
     if args.config_command == "show":
-        print(settings_yaml(_load(path)), end="")
+        settings = _load(path)
+        calibrated: dict[str, float] | str | None = None
+        if settings.decision.calibration is not None:
+            from inspector.calibration.record import load_record
+
+            try:
+                calibrated = {scope: r.threshold for scope, r in load_record(settings.decision.calibration).thresholds.items()}
+            except ConfigError as exc:
+                calibrated = str(exc)
+        print(settings_yaml(settings, calibrated), end="")
         return 0
     path = path or DEFAULT_CONFIG  # checking nothing would say "ok" about a file that is not there
     errors = check_config(path, run=args.run)

@@ -8,6 +8,7 @@ import re
 import ssl
 import types
 import typing
+import urllib.parse
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -711,13 +712,23 @@ def redact_uri(uri: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", uri)
 
 
-def settings_yaml(settings: InspectorSettings) -> str:
-    """The effective settings as YAML, secrets masked."""
+def settings_yaml(settings: InspectorSettings, calibrated: dict[str, float] | str | None = None) -> str:
+    """The effective settings as YAML, secrets masked. `calibrated`: the thresholds by scope ("*" for every ROI) that
+    decision.calibration's record sets, shown in place of the file's, or why the record cannot be read."""
     data = settings.model_dump(mode="json")
     if data["source"]["uri"] is not None:
         # A camera URL carries its password in clear (rtsp://user:pass@cam/...); `config show` output gets pasted into tickets.
         data["source"]["uri"] = redact_uri(data["source"]["uri"])
-    return yaml.safe_dump(data, sort_keys=False)
+    head = ""
+    record = settings.decision.calibration
+    if isinstance(calibrated, dict):
+        # The record's thresholds are the ones the daemon applies: the field's default (0.5) beside it would mislead.
+        data["decision"]["threshold"] = calibrated.get("*")
+        data["decision"]["roi_thresholds"] = {k: v for k, v in calibrated.items() if k != "*"}
+        head = f"# decision.threshold and decision.roi_thresholds: as the calibration record {record} sets them\n"
+    elif calibrated is not None:
+        head = f"# {calibrated}; the daemon would refuse to start\n"  # the message names decision.calibration
+    return head + yaml.safe_dump(data, sort_keys=False)
 
 
 def tls_errors(tls: TlsSettings) -> list[str]:
@@ -806,6 +817,30 @@ def _folder_source_errors(src: SourceSettings) -> list[str]:
     ]
 
 
+def uri_path(uri: str) -> Path | None:
+    """The local path a camera uri names (a path, or a file:// URL); None for a device index, a GStreamer pipeline or a
+    stream URL (rtsp://, http://, udp://...), which only opening them can check."""
+    if uri.isdigit() or "!" in uri:
+        return None
+    if uri.startswith("file://"):
+        return Path(urllib.parse.unquote(urllib.parse.urlsplit(uri).path))
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", uri):
+        return None
+    return Path(uri)
+
+
+def _camera_uri_errors(uri: str) -> list[str]:
+    """A camera uri naming a file that is not there: a video file mistyped would have the daemon retry it for ever."""
+    path = uri_path(uri)
+    if path is None:
+        return []
+    if path.is_dir():
+        return [f"source.uri: is a folder; expected a video file, a device, or a stream URL (a folder of images is source.kind: folder): {path}"]
+    if path.exists() or path.is_relative_to("/dev"):
+        return []  # a device may be plugged in after the start: the daemon opens it once it is there
+    return [f"source.uri: no such video file: {path} (a stream is a URL such as rtsp://..., a device /dev/video0 or its index 0)"]
+
+
 def _journal_errors(path: Path) -> list[str]:
     """The journal's folder must take new files (SQLite's -wal and -shm beside it), and existing journal files be writable."""
     if not _writable(path.parent):
@@ -837,6 +872,8 @@ def run_errors(settings: InspectorSettings) -> list[str]:
             errors += _folder_source_errors(src)
     elif src.uri is None:
         errors.append("source.uri: required when source.kind is camera")
+    else:
+        errors += _camera_uri_errors(src.uri)
     if src.kind is SourceKind.FOLDER and settings.pipeline.overload == "skip":
         errors.append("pipeline.overload: skip is for free-running cameras; a file in the folder is a part and gets a decision (use reject)")
     missing = []

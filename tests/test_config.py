@@ -486,3 +486,24 @@ def test_config_check_names_a_model_it_cannot_read(tmp_path: Path, capsys: pytes
         f"model.path: cannot read {tmp_path / 'm.onnx'}: Permission denied"
     ]
     assert "inspector: error" not in captured.err
+
+
+@pytest.mark.parametrize(
+    ("uri", "error"),
+    [
+        ("{tmp}/missing.avi", "source.uri: no such video file: {tmp}/missing.avi"),
+        ("file://{tmp}/mis%20sing.avi", "source.uri: no such video file: {tmp}/mis sing.avi"),
+        ("{tmp}", "source.uri: is a folder; expected a video file, a device, or a stream URL"),
+        ("/dev/video77", None),  # a device may be plugged in after the start
+        ("rtsp://cam/stream", None),
+        ("0", None),
+    ],
+)
+def test_config_check_for_run_finds_a_camera_uri_naming_no_file(tmp_path: Path, capsys: pytest.CaptureFixture[str], uri: str, error: str | None) -> None:
+    path = _write(tmp_path, f"source:\n  kind: camera\n  uri: '{uri.format(tmp=tmp_path)}'\n")
+    main(["config", "check", "--run", str(path)])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("source.")]
+    if error is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and lines[0].startswith(error.format(tmp=tmp_path))

@@ -8,11 +8,9 @@ capture timestamp is taken at grab, before the (slower) retrieve/decode.
 from __future__ import annotations
 
 import os
-import re
 import stat
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ import cv2
 import numpy as np
 import structlog
 
-from inspector.config import SourceSettings, redact_uri
+from inspector.config import SourceSettings, redact_uri, uri_path
 from inspector.errors import InputError
 from inspector.frame import Frame
 from inspector.health import Health
@@ -33,20 +31,16 @@ _IDLE_TICK_S = 0.2
 
 def video_file(uri: str) -> Path | None:
     """The file's path when `uri` names a regular file (a path or file:// URL); None for a device, stream or pipeline."""
-    if uri.isdigit() or "!" in uri:
-        return None  # a device index, or a GStreamer pipeline (whatever its elements read)
-    if uri.startswith("file://"):
-        path = urllib.parse.unquote(urllib.parse.urlsplit(uri).path)
-    elif re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", uri):
-        return None  # rtsp://, http://, udp://...: a stream, even one that serves a file, is reopened when it ends
-    else:
-        path = uri
+    # A stream, even one that serves a file, is reopened when it ends; a pipeline reads whatever its elements read.
+    path = uri_path(uri)
+    if path is None:
+        return None
     try:
         # Followed links: /dev/v4l/by-id/... links to a device, which is a character device, not a regular file.
         regular = stat.S_ISREG(os.stat(path).st_mode)
     except (OSError, ValueError):
         return None  # not there (yet): opened and retried like any stream until it is
-    return Path(path) if regular else None
+    return path if regular else None
 
 
 class CameraSource:

@@ -752,3 +752,20 @@ def test_a_band_finer_than_published_scores_is_an_input_error_from_the_api_too()
         calibrate(_synthetic_scores(), options)
     with pytest.raises(InputError, match="--uncertain-band takes auto or the band's upper threshold in 0..1, got 1.5"):
         calibrate(_synthetic_scores(), CalibrateOptions(station="s1", band=1.5))
+
+
+def test_config_show_gives_the_thresholds_the_record_sets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import calibration_record
+
+    record = tmp_path / "s1.yaml"
+    write_record(record, calibration_record({"*": (0.99994, None)}))
+    cfg = tmp_path / "station.yaml"
+    cfg.write_text(yaml.safe_dump({"station": {"name": "s1"}, "decision": {"calibration": str(record)}}))
+    assert main(["config", "show", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"# decision.threshold and decision.roi_thresholds: as the calibration record {record} sets them\n")
+    assert yaml.safe_load(out)["decision"]["threshold"] == 0.99994, "not the field's default 0.5, which the daemon does not apply"
+    record.write_text("schema: [\n")
+    assert main(["config", "show", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"# decision.calibration: {record} is not valid YAML; the daemon would refuse to start\n")
