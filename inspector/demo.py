@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import yaml
@@ -137,8 +137,6 @@ def _parts(root: Path) -> list[Part]:
 
 def _split_user_data(data: Path, root: Path, seed: int) -> tuple[Path, Path, list[Part]]:
     """Train 60%, calibration 25%, test 15% of each label/defect folder, as symlinks; the originals are not touched."""
-    if not ((data / "ok").is_dir() and (data / "ng").is_dir()):
-        raise SystemExit(f"inspector demo: --data {data}: expected ok/ and ng/<defect>/ folders of images")
     rng = random.Random(seed)
     groups: dict[Path, list[Path]] = {}
     for p in sorted(data.rglob("*")):
@@ -159,10 +157,16 @@ def _split_user_data(data: Path, root: Path, seed: int) -> tuple[Path, Path, lis
 # --- the run ------------------------------------------------------------------------------------
 
 
+def _refuse(message: str) -> NoReturn:
+    """Bad input: the message on stderr and exit 2, as every inspector command does."""
+    print(f"inspector demo: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _prepare(out: Path) -> None:
     if out.exists():
         if not (out / MARKER).exists():
-            raise SystemExit(f"inspector demo: {out} exists and is not a demo folder; pass another --out")
+            _refuse(f"{out} exists and is not a demo folder; pass another --out")
         shutil.rmtree(out)
     out.mkdir(parents=True)
     (out / MARKER).write_text("written by python -m inspector.demo; removed by the next run\n")
@@ -304,8 +308,10 @@ def _print_decisions(listener: _Listener, truth: dict[str, Part]) -> dict[str, A
         actual = part.label + (f"/{part.defect}" if part.defect else "")
         note = "ESCAPE" if part.label == "ng" and d["verdict"] == "pass" else "false reject" if part.label == "ok" and d["verdict"] != "pass" else ""
         score = "-" if d["score"] is None else f"{d['score']:.4f}"
-        _say(f"{d['part_id']}  {d['verdict']:9} gate {d['gate']:6}  score {score:>5}  {d['latency_ms']['since_capture']:6.1f} ms  "
-             f"truth {actual:12} {note}")
+        # A reject for another reason than its score (frame_size, truncated, deadline...) says which: it is no model verdict.
+        why = f"  ({d['reason']})" if d["reason"] not in (None, "score", "uncertain") else ""
+        _say(f"{d['part_id']}  {d['verdict']:9} gate {d['gate']:6}  score {score:>6}  {d['latency_ms']['since_capture']:6.1f} ms  "
+             f"truth {actual:12} {note}{why}")
     return {"decisions": got, "truth": truth}
 
 
@@ -343,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("warning", "console")  # the steps speak for themselves; the daemon's own log goes to a file
     started = time.monotonic()
     out = args.out.resolve()
+    if args.data is not None and not ((args.data / "ok").is_dir() and (args.data / "ng").is_dir()):
+        _refuse(f"--data {args.data}: expected ok/ and ng/<defect>/ folders of images")  # before --out is touched
     _prepare(out)
     find_mosquitto()  # before minutes of training
     _step(1, "sample parts" if args.data is None else f"splitting {args.data} into train / calibration / test")

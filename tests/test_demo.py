@@ -41,5 +41,13 @@ def test_demo_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "keep.txt").write_text("precious")
     done = _demo(tmp_path / "mine")
-    assert done.returncode != 0 and "is not a demo folder" in done.stderr
+    assert done.returncode == 2 and "is not a demo folder" in done.stderr and "Traceback" not in done.stderr
     assert (tmp_path / "mine" / "keep.txt").read_text() == "precious"
+
+
+def test_demo_refuses_data_without_the_layout_before_touching_out(tmp_path: Path) -> None:
+    (tmp_path / "data" / "ok").mkdir(parents=True)  # no ng/
+    done = subprocess.run([sys.executable, "-m", "inspector.demo", "--out", str(tmp_path / "out"), "--data", str(tmp_path / "data")],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2 and f"--data {tmp_path / 'data'}: expected ok/ and ng/<defect>/ folders of images" in done.stderr
+    assert not (tmp_path / "out").exists() and "[1/7]" not in done.stdout
