@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: install system-packages test demo bench clean
+.PHONY: install system-packages test demo bench wheel clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "inspector needs Python >= 3.11, found " + sys.version.split()[0])'
@@ -40,5 +40,9 @@ demo: install system-packages
 bench: install
 	$(BIN)/python benchmarks/bench_inference.py
 
+# The package a line PC installs (deploy/install.sh dist/inspector-VERSION-py3-none-any.whl): the runtime only, no extras.
+wheel: install
+	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir dist .
+
 clean:
-	rm -rf $(VENV) sample demo .pytest_cache *.egg-info
+	rm -rf $(VENV) sample demo dist .pytest_cache *.egg-info
