@@ -27,6 +27,7 @@ from inspector.config import (
 from inspector.errors import ConfigError, InputError, InspectorError
 from inspector.logs import configure_logging
 from inspector.outputs import check_output
+from inspector.preprocess import PreprocessSpec
 
 EXIT_USAGE = 2
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug, reported without a traceback unless --debug
@@ -270,10 +271,15 @@ def _add_train(sub: Any) -> None:
     tp.add_argument("--resume", type=Path, metavar="CKPT", help="continue from a last.pt (its recipe; --epochs may extend it)")
     tp.add_argument("--lr-find", action="store_true", help="run the learning-rate range test, print the suggestion, plot lr_find.png, and stop")
     pp = tp.add_argument_group("preprocessing (each overrides the config file's preprocess section)")
-    pp.add_argument("--size", type=_size, help="model input size, pixels: 224 or WIDTHxHEIGHT")
-    pp.add_argument("--color", choices=("gray", "rgb"), help="channels the model sees")
-    pp.add_argument("--clahe", type=_clahe, metavar="CLIP|off", help="CLAHE clip limit, or off")
-    pp.add_argument("--letterbox", action=argparse.BooleanOptionalAction, default=None, help="keep aspect ratio, pad the rest")
+    # The defaults shown are PreprocessSpec's own, which a flag left out (and a config without them) keeps.
+    spec = PreprocessSpec()
+    size = spec.resize.width if spec.resize.width == spec.resize.height else f"{spec.resize.width}x{spec.resize.height}"
+    pp.add_argument("--size", type=_size, help=f"model input size, pixels: 224 or WIDTHxHEIGHT (default: {size})")
+    pp.add_argument("--color", choices=("gray", "rgb"), help=f"channels the model sees (default: {spec.color.value})")
+    clahe = spec.clahe.clip_limit if spec.clahe.enabled else "off"
+    pp.add_argument("--clahe", type=_clahe, metavar="CLIP|off", help=f"CLAHE clip limit, or off (default: {clahe})")
+    pp.add_argument("--letterbox", action=argparse.BooleanOptionalAction, default=None,
+                    help=f"keep aspect ratio, pad the rest (default: {'on' if spec.resize.letterbox else 'off'})")
     pp.add_argument(
         "--pixel-max", type=int, metavar="N",
         help="full-scale pixel value of the frames: 255 (8-bit), 4095 (12-bit camera in 16-bit files), 65535; default: from the data",

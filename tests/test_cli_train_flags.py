@@ -1,4 +1,4 @@
-"""`--size` (the model input of `inspector train`): N or WxH, nothing half-typed."""
+"""`inspector train`'s preprocessing flags: `--size` is N or WxH, nothing half-typed; --help gives their defaults."""
 
 from __future__ import annotations
 
@@ -23,3 +23,11 @@ def test_a_size_that_is_not_n_or_wxh_is_a_usage_error(typed: str, tmp_path: Path
 @pytest.mark.parametrize(("typed", "size"), [("64", (64, 64)), ("320x240", (320, 240)), ("320X240", (320, 240))])
 def test_n_or_wxh_is_taken_as_typed(typed: str, size: tuple[int, int]) -> None:
     assert build_parser().parse_args(["train", "data", "--size", typed]).size == size
+
+
+def test_train_help_gives_the_preprocessing_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines where it likes
+    for flag in ("WIDTHxHEIGHT (default: 224)", "channels the model sees (default: rgb)", "or off (default: off)", "pad the rest (default: off)"):
+        assert flag in text
