@@ -632,7 +632,9 @@ def _train(
     sched = make_schedule(opt, recipe, steps)
     history: list[EpochMetrics] = []
     best_key, best_epoch, start_epoch = [-1.0, -math.inf], 0, 0
+    earlier_s = 0.0  # the wall time of the run before this resume: training_seconds is the whole run's
     if resume is not None:
+        earlier_s = float(resume.get("elapsed_s", sum(h["seconds"] for h in resume["history"])))  # older last.pt: epochs only
         model.load_state_dict(resume["model_state"] if "model_state" in resume else resume["state_dict"])
         opt.load_state_dict(resume["optimizer"])
         sched.load_state_dict(resume["scheduler"])
@@ -717,6 +719,7 @@ def _train(
         resumable = {
             **payload, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": [asdict(h) for h in history],
             "best_key": best_key, "best_epoch": best_epoch, "torch_rng": torch.get_rng_state(),
+            "elapsed_s": earlier_s + time.monotonic() - started,
             **({"scaler": scaler.state_dict()} if precision.scaled else {}),
             **({"model_state": _cpu_state(model), "ema": ema.state_dict()} if ema is not None else {}),
         }
@@ -753,7 +756,7 @@ def _train(
     write_metrics(out_dir, history, best_epoch, recipe, final=final)
     return TrainResult(
         out_dir=out_dir, best=out_dir / BEST, last=out_dir / LAST, history=history, best_epoch=best_epoch,
-        stopped_early=stopped_early, seconds=time.monotonic() - started, model=model, predictions=predictions, val_idx=val_idx,
+        stopped_early=stopped_early, seconds=earlier_s + time.monotonic() - started, model=model, predictions=predictions, val_idx=val_idx,
         cache=cache, fingerprint=fingerprint, final=final, precision=precision.name,
     )
 

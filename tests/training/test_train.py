@@ -275,9 +275,13 @@ def test_resume_keeps_the_recipe_and_may_only_extend_epochs(trained: Path, parts
         ckpt["spec"] = PreprocessSpec.from_json(ckpt["spec"]).model_copy(update={"frame_size": None}).to_json()
         assert "frame_size" not in ckpt["spec"]
         torch.save(ckpt, run / name)
+    before_s = json.loads((run / "summary.json").read_text())["training_seconds"]
     code, _, err = train_cli(capsys, str(parts), "--out", str(run), "--resume", str(run / "last.pt"), "--epochs", "3")
     assert code == 0, err
-    assert [e["epoch"] for e in json.loads((run / "metrics.json").read_text())["epochs"]] == [1, 2, 3]
+    epochs = json.loads((run / "metrics.json").read_text())["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    # The whole run's time, the session before the resume included; not only the resumed part.
+    assert json.loads((run / "summary.json").read_text())["training_seconds"] >= max(before_s, sum(e["seconds"] for e in epochs)) - 0.1
     # A resume continues the same model: what it records stays the checkpoint's, not the data's range added midway.
     for name in ("best.pt", "last.pt"):
         assert PreprocessSpec.from_json(torch.load(run / name, weights_only=True)["spec"]).frame_size is None, name
