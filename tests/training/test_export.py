@@ -116,17 +116,23 @@ def test_a_station_config_with_other_preprocessing_is_refused_and_nothing_writte
     assert "Traceback" not in err
 
 
-def test_a_station_config_without_frame_size_deploys_the_trained_range(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _export_without(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], field: str) -> tuple[dict, Path, Path]:
+    """Export with a station config holding the trained preprocessing less `field` (one written before it existed): the
+    model keeps the trained value. The config as written, its path, and the model's."""
     trained_spec = model_from_checkpoint(load_checkpoint(trained / "best.pt"))[1]
     station = tmp_path / "station.yaml"
-    # The trained preprocessing as a station config written before frame_size existed (or without it).
     written = trained_spec.model_dump(mode="json")
-    del written["frame_size"]
+    del written[field]
     station.write_text(yaml.safe_dump({"preprocess": written}))
     out = tmp_path / "m.onnx"
     code, _stdout, err = export_cli(capsys, str(trained / "best.pt"), "--out", str(out), "--config", str(station))
     assert code == 0, err
-    assert OnnxClassifier(out, ModelSettings(providers=[Provider.CPU])).spec == trained_spec  # the range came along
+    assert OnnxClassifier(out, ModelSettings(providers=[Provider.CPU])).spec == trained_spec  # the trained value came along
+    return written, station, out
+
+
+def test_a_station_config_without_frame_size_deploys_the_trained_range(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    written, station, out = _export_without(trained, tmp_path, capsys, "frame_size")
     # With pixel rois on this whole-frame model, the range it brings applies to each crop: crops of another size are
     # refused here, with the error `inspector run` gives for them, not written into a model the daemon refuses to start.
     rois = [{"name": "a", "box": [0, 0, 40, 48]}]
@@ -153,17 +159,8 @@ def test_a_station_config_without_frame_size_deploys_the_trained_range(trained: 
 
 
 def test_a_station_config_without_pixel_max_deploys_the_trained_bit_depth(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    trained_spec = model_from_checkpoint(load_checkpoint(trained / "best.pt"))[1]
-    assert trained_spec.pixel_max == 255
-    station = tmp_path / "station.yaml"
-    # The trained preprocessing as a station config written before pixel_max existed (or without it).
-    written = trained_spec.model_dump(mode="json")
-    del written["pixel_max"]
-    station.write_text(yaml.safe_dump({"preprocess": written}))
-    out = tmp_path / "m.onnx"
-    code, _stdout, err = export_cli(capsys, str(trained / "best.pt"), "--out", str(out), "--config", str(station))
-    assert code == 0, err
-    assert OnnxClassifier(out, ModelSettings(providers=[Provider.CPU])).spec == trained_spec  # pixel_max 255 came along
+    written, station, out = _export_without(trained, tmp_path, capsys, "pixel_max")
+    assert OnnxClassifier(out, ModelSettings(providers=[Provider.CPU])).spec.pixel_max == 255
     # A 16-bit frame of the trained size is what this 8-bit model never saw: rejected, not judged.
     frames = tmp_path / "frames"
     gray_png(frames / "deep.png", np.full((48, 48), 30000, np.uint16))

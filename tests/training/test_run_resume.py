@@ -46,6 +46,15 @@ def _stop_in(monkeypatch: pytest.MonkeyPatch, folder: str, epoch: int) -> None:
     monkeypatch.setattr(run_mod, "train", train)
 
 
+def _interrupted(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, folder: str, epoch: int, *argv: str) -> str:
+    """`inspector train ARGV` stopped by Ctrl-C in `folder` at `epoch` (as `_stop_in`): exit 130; its stderr."""
+    with monkeypatch.context() as m:
+        _stop_in(m, folder, epoch)
+        code, _, err = train_cli(capsys, *argv)
+    assert code == 130, err
+    return err
+
+
 def _continue_with(err: str) -> list[str]:
     """The arguments of the command that the interruption message says continues the run."""
     last = err.strip().splitlines()[-1]
@@ -73,10 +82,7 @@ def test_an_interrupted_cross_validation_resumes_to_what_an_uninterrupted_one_wr
     straight, cut = tmp_path / "straight", tmp_path / "cv"
     code, _, err = train_cli(capsys, str(parts), "--out", str(straight), *flags)
     assert code == 0, err
-    with monkeypatch.context() as m:
-        _stop_in(m, "fold-2", epoch=1)
-        code, _, err = train_cli(capsys, str(parts), "--out", str(cut), *flags)
-    assert code == 130
+    err = _interrupted(capsys, monkeypatch, "fold-2", 1, str(parts), "--out", str(cut), *flags)
     assert err.strip().splitlines()[-1] == (
         f"inspector: interrupted; continue with: inspector train {parts} --resume {cut / 'fold-2' / 'last.pt'}"
     )
@@ -113,14 +119,9 @@ def test_a_cross_validation_stopped_in_a_folds_first_epoch_starts_again_or_conti
 ) -> None:
     flags = ["--folds", "2", "--epochs", "1", *FAST]
     cv = tmp_path / "cv"
-    with monkeypatch.context() as m:
-        _stop_in(m, "fold-1", epoch=0)
-        code, _, err = train_cli(capsys, str(parts), "--out", str(cv), *flags)
-    assert code == 130 and err.strip().splitlines()[-1] == "inspector: interrupted"  # no epoch ended: nothing to resume
-    with monkeypatch.context() as m:
-        _stop_in(m, "fold-2", epoch=0)
-        code, _, err = train_cli(capsys, str(parts), "--out", str(cv), *flags)  # the same command starts it again
-    assert code == 130, err
+    err = _interrupted(capsys, monkeypatch, "fold-1", 0, str(parts), "--out", str(cv), *flags)
+    assert err.strip().splitlines()[-1] == "inspector: interrupted"  # no epoch ended: nothing to resume
+    err = _interrupted(capsys, monkeypatch, "fold-2", 0, str(parts), "--out", str(cv), *flags)  # the same command starts it again
     assert err.strip().splitlines()[-1].endswith(f"--resume {cv / 'fold-1' / 'last.pt'}")  # fold 2 has no last.pt yet
     code, _, err = train_cli(capsys, *_continue_with(err))
     assert code == 0, err
@@ -134,10 +135,7 @@ def test_a_fold_whose_validation_samples_are_not_the_splits_is_not_resumed(
     parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cv = tmp_path / "cv"
-    with monkeypatch.context() as m:
-        _stop_in(m, "fold-1", epoch=1)
-        code, _, err = train_cli(capsys, str(parts), "--out", str(cv), "--folds", "2", "--epochs", "2", *FAST)
-    assert code == 130, err
+    err = _interrupted(capsys, monkeypatch, "fold-1", 1, str(parts), "--out", str(cv), "--folds", "2", "--epochs", "2", *FAST)
     last = cv / "fold-1" / "last.pt"
     ckpt = torch.load(last, weights_only=True)
     ckpt["validation"] = ckpt["validation"][1:]  # as if the folds had been split otherwise
@@ -155,10 +153,7 @@ def test_a_run_ended_at_fewer_epochs_stays_ended(
     parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = tmp_path / "run"
-    with monkeypatch.context() as m:
-        _stop_in(m, "run", epoch=1)
-        code, _, err = train_cli(capsys, str(parts), "--out", str(run), "--epochs", "4", *FAST)
-    assert code == 130, err
+    err = _interrupted(capsys, monkeypatch, "run", 1, str(parts), "--out", str(run), "--epochs", "4", *FAST)
     code, out, err = train_cli(capsys, str(parts), "--resume", str(run / "last.pt"), "--epochs", "1")
     assert code == 0, err
     assert out.startswith("best epoch 1/1")
@@ -185,10 +180,7 @@ def test_a_one_cycle_run_keeps_its_epochs(
     assert _files(done) == before
     # Stopped midway, it finishes as planned: its cycle cannot be stretched or cut.
     cut = tmp_path / "cut"
-    with monkeypatch.context() as m:
-        _stop_in(m, "cut", epoch=1)
-        code, _, err = train_cli(capsys, str(parts), "--out", str(cut), "--epochs", "2", "--schedule", "onecycle", *FAST)
-    assert code == 130, err
+    err = _interrupted(capsys, monkeypatch, "cut", 1, str(parts), "--out", str(cut), "--epochs", "2", "--schedule", "onecycle", *FAST)
     before = _files(cut)
     code, _, err = train_cli(capsys, str(parts), "--resume", str(cut / "last.pt"), "--epochs", "3")
     assert code == 2
