@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -773,15 +775,18 @@ def _training_modules() -> Any:
 def _resume_hint(args: argparse.Namespace, exc: KeyboardInterrupt) -> str:
     """'; continue with: inspector train ...' after an interrupted training, when a last.pt can continue it; else ''."""
     out = getattr(args, "out", None)
-    if args.command != "train" or not isinstance(out, Path):
-        return ""
+    if args.command != "train" or not isinstance(out, Path) or args.lr_find:
+        return ""  # the LR range test trains nothing to continue
     last = exc.resume if hasattr(exc, "resume") else out / "last.pt"  # run.Interrupted names a cross-validation's fold
     if last is None or not last.is_file():
         return ""
-    labels = f" --labels {args.labels}" if args.labels is not None else ""
+    if args.resume is None and last.stat().st_mtime < getattr(args, "started_at", 0.0) - 2:  # 2 s: coarse file times
+        return ""  # an earlier run's, in an --out this run had not yet refused: not this run's to continue
+    labels = f" --labels {shlex.quote(str(args.labels))}" if args.labels is not None else ""
     epochs = getattr(args, "recipe:epochs", None)
     more = f" --epochs {epochs}" if args.resume is not None and epochs is not None else ""  # a resume that extended the run
-    return f"; continue with: inspector train {args.data} --resume {last}{labels}{more}"
+    # Quoted: pasted into a shell, "my data" must stay one argument.
+    return f"; continue with: inspector train {shlex.quote(str(args.data))} --resume {shlex.quote(str(last))}{labels}{more}"
 
 
 # The flags that set each preprocess key (the recipe's train.* keys have one flag each, named after the field).
@@ -806,6 +811,7 @@ def _train(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    args.started_at = time.time()  # a last.pt older than this is not this run's (_resume_hint)
     if threading.current_thread() is not threading.main_thread():
         return _train_command(args)
 

@@ -37,7 +37,7 @@ drops a decision nobody received before its deadline). Timestamps are ISO 8601 U
 
 Run (paho-mqtt >= 2.0):
 
-    python3 plc_subscriber.py --host 127.0.0.1 --prefix inspector/v1/l1/s1 --username plc --password-file /etc/plc/mqtt-password
+    python3 plc_subscriber.py --host 127.0.0.1 --prefix inspector/v1/line1/station1 --username plc --password-file /etc/plc/mqtt-password
 
 One line per decision on stdout, e.g.
 

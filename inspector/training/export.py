@@ -98,6 +98,11 @@ class GateResult:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint written by `inspector train`; InputError naming what was expected otherwise."""
+    if path.is_dir():
+        found = [name for name in ("best.pt", "last.pt") if (path / name).is_file()]
+        inside = f" ({' and '.join(found)} are inside)" if found else ""
+        raise InputError(f"{path}: is a folder{inside}; expected a checkpoint file from `inspector train`: best.pt to export, "
+                         "last.pt to resume (a cross-validation's: any fold's last.pt)")
     if not path.is_file():
         raise InputError(f"{path}: no such checkpoint; expected best.pt or last.pt from `inspector train`")
     ckpt = torch_load(path, f"{path}: not a checkpoint written by `inspector train`")

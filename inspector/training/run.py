@@ -177,7 +177,12 @@ def _folds(cv_dir: Path) -> list[tuple[int, Path]]:
 
 
 def _finished(run_dir: Path) -> bool:
-    return all((run_dir / name).is_file() for name in ("summary.json", "report.html"))  # finish() writes them last
+    """finish() wrote the run's summary and report after its last epoch: a run extended by --epochs keeps the report of its
+    earlier end until it finishes again, and every epoch rewrites last.pt after it."""
+    summary, report, last = (run_dir / name for name in ("summary.json", "report.html", LAST))
+    if not (summary.is_file() and report.is_file()):
+        return False
+    return not last.is_file() or report.stat().st_mtime >= last.stat().st_mtime
 
 
 def cv_resume_point(cv_dir: Path) -> Path | None:
@@ -238,7 +243,7 @@ def _check_resumable(resume: Path, out_dir: Path, state: dict[str, Any], resume_
         # OneCycleLR plans its one rise and anneal over the steps of every epoch; the checkpoint's schedule continues that plan,
         # and a plan stretched or cut midway would make the learning rate jump. A finished cycle has annealed to nearly zero.
         if done >= epochs:
-            raise InputError(f"--epochs {resume_epochs}: the run in {run_dir} has run all {done} of its epochs; {_onecycle_end(run_dir)}")
+            raise InputError(f"--epochs {resume_epochs}: the run in {run_dir} has run all {done} of its epochs; {_onecycle_end(run_dir, done)}")
         raise InputError(
             f"--epochs {resume_epochs}: the run in {run_dir} follows a one-cycle schedule (schedule onecycle) planned over its "
             f"{epochs} epochs, which cannot be lengthened or shortened midway; leave --epochs out to finish it as planned, or give "
@@ -255,9 +260,9 @@ def _check_resumable(resume: Path, out_dir: Path, state: dict[str, Any], resume_
         raise InputError(f"{resume}: the run is complete: it has run all {done} of its epochs; {_extend_hint(state, run_dir, done)}")
 
 
-def _onecycle_end(run_dir: Path) -> str:
+def _onecycle_end(run_dir: Path, done: int) -> str:
     return (
-        "a one-cycle schedule (schedule onecycle) has annealed its learning rate to its end and cannot be extended; to train "
+        f"its one-cycle schedule (schedule onecycle) ended at epoch {done}, planned as its last, and cannot be extended; to train "
         f"further, start a new run from these weights (--weights {run_dir / BEST} with a new --out: a cycle of its own), or "
         "train with schedule cosine or plateau, whose runs --epochs may extend; nothing was changed"
     )
@@ -266,7 +271,7 @@ def _onecycle_end(run_dir: Path) -> str:
 def _extend_hint(state: dict[str, Any], run_dir: Path, done: int, what: str = "it") -> str:
     """What to do to train a complete run further."""
     if state["recipe"].get("schedule") == "onecycle":
-        return _onecycle_end(run_dir)
+        return _onecycle_end(run_dir, done)
     return f"give --epochs more than {done} to extend {what}; nothing was changed"
 
 
@@ -333,24 +338,14 @@ def _cross_validate(
     resume the cross-validation that fold k belongs to: finished folds are kept, the others continue or start."""
     folds = kfold_splits(samples, recipe.folds or 2, recipe.seed, regex_groups(recipe.group_by))
     plan = _resume_plan(samples, folds, recipe, out_dir, entry) if entry is not None else [("start", None)] * len(folds)
-    per_fold, trained_spec = [], spec
-    for k, ((train_idx, val_idx), (step, what)) in enumerate(zip(folds, plan, strict=True), 1):
-        fold_dir = out_dir / f"fold-{k}"
-        if step == "keep":
-            log.info("fold_kept", fold=k, folds=len(folds), why="finished earlier; its summary.json joins cv.json")
-            per_fold.append({**what, "checkpoint": str(fold_dir / BEST)})
-            continue
-        log.info("fold_started" if step == "start" else "fold_resumed", fold=k, folds=len(folds))
-        if isinstance(what, Path):  # another fold's last.pt, checked by _resume_plan: loaded one at a time
-            what = load_checkpoint(what)
-        try:
-            result = train(samples, spec, recipe, fold_dir, train_idx=train_idx, val_idx=val_idx, resume=what, progress=progress,
-                           log=log.bind(fold=k))
-            per_fold.append(finish(result, samples, recipe, log))
-        except KeyboardInterrupt as exc:
-            raise Interrupted(_interrupted_at(out_dir, k)) from exc
-        trained_spec = result.cache.pre.spec
-    _write_config(out_dir, config.model_copy(update={"preprocess": trained_spec}))  # pixel_max, frame_size as trained
+    if entry is not None:
+        # Until every fold is done, a cv.json of before (fewer epochs, or missing folds) would contradict the folds beside it.
+        (out_dir / "cv.json").unlink(missing_ok=True)
+    try:
+        per_fold, trained_spec = _train_folds(samples, spec, recipe, folds, plan, out_dir, progress, log)
+        _write_config(out_dir, config.model_copy(update={"preprocess": trained_spec}))  # pixel_max, frame_size as trained
+    except KeyboardInterrupt as exc:
+        raise Interrupted(cv_resume_point(out_dir)) from exc
     keys = ("roc_auc", "accuracy", "ng_recall_at_target", "false_reject_rate_at_target")
     summary: dict[str, Any] = {"folds": len(folds)}
     for key in keys:
@@ -361,10 +356,26 @@ def _cross_validate(
     return summary
 
 
-def _interrupted_at(cv_dir: Path, k: int) -> Path | None:
-    """The last.pt that continues a cross-validation stopped in fold k: fold k's, or before its first epoch ended the one of
-    the nearest fold before it (resuming any fold continues the cross-validation)."""
-    return next((p for j in range(k, 0, -1) if (p := cv_dir / f"fold-{j}" / LAST).is_file()), None)
+def _train_folds(
+    samples: SampleSet, spec: Any, recipe: TrainRecipe, folds: list[tuple[np.ndarray, np.ndarray]], plan: list[tuple[str, Any]],
+    out_dir: Path, progress: bool | None, log: Any,
+) -> tuple[list[dict[str, Any]], Any]:
+    """Each fold as `plan` says (keep, resume or start) into out_dir/fold-k/: their summaries and the spec as trained."""
+    per_fold, trained_spec = [], spec
+    for k, ((train_idx, val_idx), (step, what)) in enumerate(zip(folds, plan, strict=True), 1):
+        fold_dir = out_dir / f"fold-{k}"
+        if step == "keep":
+            log.info("fold_kept", fold=k, folds=len(folds), why="finished earlier; its summary.json joins cv.json")
+            per_fold.append({**what, "checkpoint": str(fold_dir / BEST)})
+            continue
+        log.info("fold_started" if step == "start" else "fold_resumed", fold=k, folds=len(folds))
+        if isinstance(what, Path):  # another fold's last.pt, checked by _resume_plan: loaded one at a time
+            what = load_checkpoint(what)
+        result = train(samples, spec, recipe, fold_dir, train_idx=train_idx, val_idx=val_idx, resume=what, progress=progress,
+                       log=log.bind(fold=k))
+        per_fold.append(finish(result, samples, recipe, log))
+        trained_spec = result.cache.pre.spec
+    return per_fold, trained_spec
 
 
 def _resume_plan(
@@ -398,8 +409,21 @@ def _resume_plan(
         last = fold_dir / LAST
         state = entry_state if k == entry_k else load_checkpoint(last) if last.is_file() else None
         if state is None:
-            plan.append(("keep", _fold_summary(fold_dir)) if _finished(fold_dir) else ("start", None))
-            stopped_all = False
+            if not _finished(fold_dir):
+                plan.append(("start", None))
+                stopped_all = False
+                continue
+            kept = _fold_summary(fold_dir)
+            if kept.get("dataset_fingerprint") != fingerprint:
+                raise InputError(f"{fold_dir}: fold {k} was trained on other data than {samples.root}; nothing was changed")
+            ran, stopped = int(kept.get("epochs_run", 0)), bool(kept.get("stopped_early"))
+            if ran < recipe.epochs and not stopped:
+                raise InputError(
+                    f"{fold_dir}: fold {k} finished at {ran} epoch{'s' * (ran != 1)} and has no {LAST} to extend it to {recipe.epochs}: put its "
+                    f"{LAST} back, or remove {fold_dir} to train that fold again; nothing was changed"
+                )
+            plan.append(("keep", kept))
+            stopped_all = stopped_all and stopped
             continue
         if k != entry_k and ("optimizer" not in state or same_run(state) != same_run(entry_state)):
             raise InputError(

@@ -253,6 +253,8 @@ def test_a_file_that_is_not_a_checkpoint_is_a_clear_error(trained: Path, tmp_pat
         assert code == 2 and err.strip().splitlines() == [
             f"inspector: error: {tmp_path / name}: not a checkpoint written by `inspector train` (not a file written by torch.save, or a damaged one)"
         ]
+    code, _, err = export_cli(capsys, str(trained), "--out", str(tmp_path / "m.onnx"))  # the run's folder, not its best.pt
+    assert code == 2 and f"{trained}: is a folder (best.pt and last.pt are inside); expected a checkpoint file" in err
     code, _, err = export_cli(capsys, str(trained / "best.pt"), "--out", str(tmp_path / "m.onnx"), "--calibration-data", str(tmp_path))
     assert code == 2 and "--calibration-data sets the INT8 activation ranges: use it with --quantize int8" in err
     before = (trained / "best.pt").read_bytes()

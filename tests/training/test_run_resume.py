@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import time
@@ -59,7 +60,7 @@ def _continue_with(err: str) -> list[str]:
     """The arguments of the command that the interruption message says continues the run."""
     last = err.strip().splitlines()[-1]
     assert "; continue with: inspector train " in last, last
-    return last.split("; continue with: inspector train ")[1].split()
+    return shlex.split(last.split("; continue with: inspector train ")[1])  # as a shell would read it, pasted
 
 
 def _same_cross_validation(expected: Path, got: Path, folds: int) -> None:
@@ -175,7 +176,7 @@ def test_a_one_cycle_run_keeps_its_epochs(
     for more in (["--epochs", "2"], []):
         code, _, err = train_cli(capsys, str(parts), "--resume", str(done / "last.pt"), *more)
         assert code == 2, err
-        assert "a one-cycle schedule (schedule onecycle) has annealed its learning rate to its end and cannot be extended" in err
+        assert "its one-cycle schedule (schedule onecycle) ended at epoch 1, planned as its last, and cannot be extended" in err
         assert f"--weights {done / 'best.pt'} with a new --out" in err and "nothing was changed" in err
     assert _files(done) == before
     # Stopped midway, it finishes as planned: its cycle cannot be stretched or cut.
@@ -231,3 +232,47 @@ def test_resume_refuses_each_changed_setting_naming_the_flag(
         assert code == 2, err
         assert f"only --epochs may change it (got {named})" in err
     assert _files(run) == before
+
+
+def test_extending_a_cross_validation_needs_each_folds_last_pt_and_drops_the_old_cv_json(
+    parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cv = tmp_path / "my cv"  # a space: the printed command must survive being pasted into a shell
+    code, _, err = train_cli(capsys, str(parts), "--out", str(cv), "--folds", "2", "--epochs", "1", *FAST)
+    assert code == 0, err
+    moved = tmp_path / "fold-2-last.pt"
+    (cv / "fold-2" / "last.pt").rename(moved)
+    before = _files(cv)
+    code, _, err = train_cli(capsys, str(parts), "--resume", str(cv / "fold-1" / "last.pt"), "--epochs", "2")
+    assert code == 2 and f"{cv / 'fold-2'}: fold 2 finished at 1 epoch and has no last.pt to extend it to 2" in err
+    assert _files(cv) == before, "refused before anything changed"
+    moved.rename(cv / "fold-2" / "last.pt")
+    err = _interrupted(capsys, monkeypatch, "fold-2", 2, str(parts), "--resume", str(cv / "fold-1" / "last.pt"), "--epochs", "2")
+    assert not (cv / "cv.json").exists(), "its 1-epoch figures would contradict fold 1, extended to 2 epochs"
+    command = _continue_with(err)
+    assert command[command.index("--resume") + 1] == str(cv / "fold-2" / "last.pt")
+    code, _, err = train_cli(capsys, *command)
+    assert code == 0, err
+    assert [e["epoch"] for e in json.loads((cv / "fold-2" / "metrics.json").read_text())["epochs"]] == [1, 2]
+    # Fold 2 stopped after its 2nd epoch, before its report: not kept with the report of its 1-epoch end, but finished.
+    fold_2 = json.loads((cv / "fold-2" / "summary.json").read_text())
+    assert fold_2["epochs_run"] == 2
+    assert json.loads((cv / "cv.json").read_text())["accuracy"]["per_fold"][1] == fold_2["accuracy"]
+
+
+def test_stopped_while_writing_cv_json_the_hint_still_continues_it(
+    parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cv = tmp_path / "cv"
+
+    def interrupted(*_args: Any, **_kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(run_mod, "_write_config", interrupted)  # every fold done, the final files not yet written
+        code, _, err = train_cli(capsys, str(parts), "--out", str(cv), "--folds", "2", "--epochs", "1", *FAST)
+    assert code == 130
+    assert not (cv / "cv.json").exists()
+    code, out, err = train_cli(capsys, *_continue_with(err))
+    assert code == 0, err
+    assert (cv / "cv.json").is_file() and (cv / "train.yaml").is_file() and "2-fold cross-validation" in out
