@@ -830,15 +830,12 @@ def uri_path(uri: str) -> Path | None:
 
 
 def _camera_uri_errors(uri: str) -> list[str]:
-    """A camera uri naming a file that is not there: a video file mistyped would have the daemon retry it for ever."""
+    """A camera uri naming a folder, which no retry turns into a camera. A path not there yet is no error: a video file
+    or a device may come after the start, and the daemon opens it once it is there (camera_open_failed until then)."""
     path = uri_path(uri)
-    if path is None:
-        return []
-    if path.is_dir():
+    if path is not None and path.is_dir():
         return [f"source.uri: is a folder; expected a video file, a device, or a stream URL (a folder of images is source.kind: folder): {path}"]
-    if path.exists() or path.is_relative_to("/dev"):
-        return []  # a device may be plugged in after the start: the daemon opens it once it is there
-    return [f"source.uri: no such video file: {path} (a stream is a URL such as rtsp://..., a device /dev/video0 or its index 0)"]
+    return []
 
 
 def _journal_errors(path: Path) -> list[str]:

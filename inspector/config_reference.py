@@ -41,8 +41,8 @@ preprocess, rois), and whoever runs the line PC (pipeline, journal, metrics, log
 - Unknown keys, in the file or in an `{ENV_PREFIX}` variable, are errors, as is any value outside the bounds
   below. Setting any key of an optional section (`preprocess`) creates that section, with defaults for the rest.
 - Check a file: `inspector config check FILE` (one `dotted.path: message` line per error, exit 2 if any);
-  `inspector config check --run FILE` also checks what `inspector run` needs (the source folder, or the video file a camera
-  uri names; a device or stream only opening tells), `model.path`, certificate and password files, the journal's folder). Both check that `model.path`
+  `inspector config check --run FILE` also checks what `inspector run` needs (the source folder; a camera uri
+  naming a folder), `model.path`, certificate and password files, the journal's folder). Both check that `model.path`
   exists and that a `decision.calibration` record belongs to this station and model. `inspector config show [--config FILE]` prints the
   effective settings (file and environment; a calibration record's thresholds in place of the file's), secrets masked; `inspector config schema` prints the JSON schema
   this page is made from.
