@@ -386,12 +386,12 @@ def _config(args: argparse.Namespace) -> int:
     path = args.file or args.config
     if args.config_command == "show":
         settings = _load(path)
-        calibrated: dict[str, float] | str | None = None
+        calibrated: tuple[float | None, dict[str, float]] | str | None = None
         if settings.decision.calibration is not None:
             from inspector.calibration.record import load_record
 
             try:
-                calibrated = {scope: r.threshold for scope, r in load_record(settings.decision.calibration).thresholds.items()}
+                calibrated = load_record(settings.decision.calibration).decision()[:2]
             except ConfigError as exc:
                 calibrated = str(exc)
         print(settings_yaml(settings, calibrated), end="")
@@ -637,10 +637,6 @@ def _replay(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     if args.labels is not None and not args.labels.is_file():
         raise InputError(f"--labels {args.labels}: no such file")
-    if args.calibration is not None:
-        from inspector.calibration.record import load_record
-
-        load_record(args.calibration, what="--calibration")  # a broken record is named by its flag, not decision.calibration
     result = run_replay(
         args.path,
         settings,

@@ -712,8 +712,8 @@ def redact_uri(uri: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", uri)
 
 
-def settings_yaml(settings: InspectorSettings, calibrated: dict[str, float] | str | None = None) -> str:
-    """The effective settings as YAML, secrets masked. `calibrated`: the thresholds by scope ("*" for every ROI) that
+def settings_yaml(settings: InspectorSettings, calibrated: tuple[float | None, dict[str, float]] | str | None = None) -> str:
+    """The effective settings as YAML, secrets masked. `calibrated`: the thresholds (for every ROI, per ROI) that
     decision.calibration's record sets, shown in place of the file's, or why the record cannot be read."""
     data = settings.model_dump(mode="json")
     if data["source"]["uri"] is not None:
@@ -721,10 +721,9 @@ def settings_yaml(settings: InspectorSettings, calibrated: dict[str, float] | st
         data["source"]["uri"] = redact_uri(data["source"]["uri"])
     head = ""
     record = settings.decision.calibration
-    if isinstance(calibrated, dict):
+    if isinstance(calibrated, tuple):
         # The record's thresholds are the ones the daemon applies: the field's default (0.5) beside it would mislead.
-        data["decision"]["threshold"] = calibrated.get("*")
-        data["decision"]["roi_thresholds"] = {k: v for k, v in calibrated.items() if k != "*"}
+        data["decision"]["threshold"], data["decision"]["roi_thresholds"] = calibrated
         head = f"# decision.threshold and decision.roi_thresholds: as the calibration record {record} sets them\n"
     elif calibrated is not None:
         head = f"# {calibrated}; the daemon would refuse to start\n"  # the message names decision.calibration

@@ -273,16 +273,14 @@ class Daemon:
         next_ping = time.monotonic()
         next_status = time.monotonic() + 5
         ready_by = time.monotonic() + self.settings.mqtt.connect_timeout_s
-        ready = False
         withheld = False
         while not self.stop.is_set():
-            if ready:
+            if self.announced:
                 self.stop.wait(min(_TICK_S, interval or _TICK_S))
             else:
                 # READY once the broker is connected, or connect_timeout_s from now; a SIGTERM meanwhile still stops at once.
                 connected = self.outbox.connected_once.wait(min(_TICK_S, max(0.0, ready_by - time.monotonic())))
                 if connected or time.monotonic() >= ready_by:
-                    ready = True
                     self._ready(connected)
             if self.stop.is_set():
                 break
@@ -298,7 +296,7 @@ class Daemon:
                 if not withheld:
                     self.log.error("watchdog_withheld", stalled=stalled, stall_s=self.settings.pipeline.stall_s,
                                    detail="a stage makes no progress; systemd will restart the service"
-                                   if ready else "a stage makes no progress before READY; systemd's start timeout applies")
+                                   if self.announced else "a stage makes no progress before READY; systemd's start timeout applies")
                     self.notifier.status(f"stalled: {', '.join(stalled)}")
                 withheld = True
                 continue
@@ -306,7 +304,7 @@ class Daemon:
                 self.log.info("watchdog_resumed")
                 withheld = False
             now = time.monotonic()
-            if ready and interval and now >= next_ping:
+            if self.announced and interval and now >= next_ping:
                 self.notifier.watchdog()
                 next_ping = now + interval
             if now >= next_status:

@@ -88,8 +88,7 @@ class AccuracyGate:
     def skipped_text(self) -> str:
         """The golden frames left out, per reason: '12 golden frames skipped: frame_size 12 (a.png: 48x48 frame; ...)'."""
         n = sum(self.skipped.values())
-        counts = ", ".join(f"{reason} {count}" for reason, count in sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0])))
-        text = f"{n} golden frame{'s' * (n != 1)} skipped: {counts}" + (f" ({self.skipped_example})" if self.skipped_example else "")
+        text = f"{n} golden frame{'s' * (n != 1)} skipped: {skipped_counts(self.skipped, self.skipped_example)}"
         if "frame_size" in self.skipped:
             text += "; golden frames must be of the sizes the model was trained on (its manifest's preprocess.frame_size)"
         return text
@@ -103,6 +102,12 @@ class AccuracyGate:
             "max_auc_drop": self.max_auc_drop, "max_flip_rate": self.max_flip_rate, "passed": self.passed,
             "skipped": dict(self.skipped), "skipped_example": self.skipped_example,
         }
+
+
+def skipped_counts(skipped: dict[str, int], example: str | None) -> str:
+    """Golden frames left unjudged, per reason, most first, with the first one's file and fault: 'frame_size 12 (a.png: ...)'."""
+    counts = ", ".join(f"{reason} {count}" for reason, count in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0])))
+    return counts + (f" ({example})" if example else "")
 
 
 Score = float | Unjudged | None  # None: left out for a reason not known (no Unjudged given)

@@ -228,7 +228,8 @@ def build_pipeline(
     if record_path is not None and threshold is not None:
         raise InputError("--threshold and a calibration record both set the threshold; give one")
     log = log or structlog.get_logger("inspector")
-    record = load_record(record_path) if record_path is not None else None  # before the model: a bad path fails fast
+    # Before the model: a bad path fails fast, named as the user gave it.
+    record = load_record(record_path, what="--calibration" if calibration is not None else "decision.calibration") if record_path is not None else None
     model_settings = settings.model
     if model_settings.cache_dir is None:
         model_settings = model_settings.model_copy(update={"cache_dir": settings.journal.path.parent / "engines"})

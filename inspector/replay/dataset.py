@@ -121,35 +121,47 @@ def _visible_files(
     """
     # The root itself may be a replay output too (an earlier `--out` equal to PATH): its frames stay, its report images go.
     own_report = is_replay_output(root) or root.resolve() in exclude
-    # Known before the walk meets any link: a link to one of these folders (`latest -> ok/batch7`) is a second path to frames
-    # read under their own name and label, whichever of the two the walk would meet first.
-    own = frozenset(here.resolve() for here, _ in _walk(root, exclude, only, follow=False))
+    top = root.resolve()
+    walked: set[Path] = {top}
+    links: list[Path] = []
     out = []
-    for here, names in _walk(root, exclude, only, follow=True, own=own, outputs=outputs, loops=loops):
+    # The folders under root itself first, links set aside: a link to one of them (`latest -> ok/batch7`) is a second path
+    # to frames read under their own name and label, whichever of the two one walk would meet first.
+    folders = _walk(root, root, exclude, only, top=top, walked=walked, outputs=outputs, loops=loops, links=links)
+    for here, names in folders:
         for name in names:
             if own_report and here == root and name in REPORT_IMAGES:
                 outputs.append(name)
                 continue
             out.append(here / name)
+    for link in links:
+        real = link.resolve()
+        if real in walked or top.is_relative_to(real):
+            loops.append(link.relative_to(root).as_posix())
+            continue
+        walked.add(real)
+        out += [here / name for here, names in _walk(link, root, exclude, None, top=top, walked=walked, outputs=outputs, loops=loops)
+                for name in names]
     outputs.sort()
     loops.sort()
     return sorted(out, key=lambda p: p.relative_to(root).as_posix())
 
 
 def _walk(
+    start: Path,
     root: Path,
     exclude: frozenset[Path],
     only: frozenset[str] | None,
     *,
-    follow: bool,
-    own: frozenset[Path] = frozenset(),
-    outputs: list[str] | None = None,
-    loops: list[str] | None = None,
+    top: Path,
+    walked: set[Path],
+    outputs: list[str],
+    loops: list[str],
+    links: list[Path] | None = None,
 ) -> Iterator[tuple[Path, list[str]]]:
-    """Each folder read under `root` with its visible names that are not folders; see `_visible_files`."""
-    top = root.resolve()
-    walked: set[Path] = set()
-    for folder, dirnames, filenames in os.walk(root, onerror=_unlistable, followlinks=follow):
+    """Each folder read from `start` under `root` with its visible names that are not folders; see `_visible_files`.
+    With `links`, linked folders are set aside there rather than followed; without, they are followed."""
+    for folder, dirnames, filenames in os.walk(start, onerror=_unlistable, followlinks=links is None):
         here = Path(folder)
         keep = []
         for name in sorted(dirnames):
@@ -158,14 +170,15 @@ def _walk(
                 continue
             real = sub.resolve()
             if real in exclude or is_output(sub):
-                if outputs is not None:
-                    outputs.append(sub.relative_to(root).as_posix())
+                outputs.append(sub.relative_to(root).as_posix())
                 continue
             if only is not None and here == root and name not in only:
                 continue  # beside ok/ and ng/: listed as ignored, never read
-            if follow and (real in walked or top.is_relative_to(real) or (sub.is_symlink() and real in own)):
-                if loops is not None:
-                    loops.append(sub.relative_to(root).as_posix())
+            if links is not None and sub.is_symlink():
+                links.append(sub)
+                continue
+            if real in walked or top.is_relative_to(real):
+                loops.append(sub.relative_to(root).as_posix())
                 continue
             walked.add(real)
             keep.append(name)

@@ -90,7 +90,8 @@ def collect_samples(
             f"{labels_csv}: per-ROI labels need ROI boxes; give the station's `preprocess.rois` in the training config (--config)"
         )
     found = collect(root, labels_csv=labels_csv, roi_names=spec.roi_names if labels_csv else ())
-    warn_skipped_files(log, [f for f in found.skipped_files if f != _relative(labels_csv, root)])  # the labels file is read
+    read_labels = _relative(labels_csv, root)  # the labels file is read, not skipped
+    warn_skipped_files(log, [f for f in found.skipped_files if f != read_labels])
     warn_labels_without_frame(log, found.labels_without_frame)
     warn_link_loops(log, found.link_loops)
     if found.labelled_by == "layout" and (empty := _defect_folders_without_images(root, found)):

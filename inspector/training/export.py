@@ -26,7 +26,7 @@ from inspector.config import ModelSettings, Provider
 from inspector.digest import file_sha256
 from inspector.errors import InputError, ModelError
 from inspector.frame import FrameFault
-from inspector.gate import Unjudged
+from inspector.gate import Unjudged, skipped_counts
 from inspector.manifest import ModelManifest, write_manifest
 from inspector.model import OnnxClassifier
 from inspector.outputs import check_output, make_output_folder, temp_file_beside
@@ -87,13 +87,11 @@ class GateResult:
     def skipped_text(self) -> str:
         """The golden frames the exported model rejects instead of judging, per reason, as the accuracy gate counts them."""
         n = sum(self.skipped.values())
-        counts = ", ".join(f"{reason} {count}" for reason, count in sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0])))
         if n == self.images:
             which = "the only golden frame is" if n == 1 else f"all {n} golden frames are"
         else:
             which = f"{n} of the {self.images} golden frames {'is' if n == 1 else 'are'}"
-        return (f"{which} rejected by the exported model, not judged: {counts}"
-                + (f" ({self.skipped_example})" if self.skipped_example else ""))
+        return f"{which} rejected by the exported model, not judged: {skipped_counts(self.skipped, self.skipped_example)}"
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -337,12 +337,13 @@ def _cross_validate(
     """Train every fold into out_dir/fold-k/, then write cv.json and train.yaml. With `entry` (k, its last.pt, its state),
     resume the cross-validation that fold k belongs to: finished folds are kept, the others continue or start."""
     folds = kfold_splits(samples, recipe.folds or 2, recipe.seed, regex_groups(recipe.group_by))
-    plan = _resume_plan(samples, folds, recipe, out_dir, entry) if entry is not None else [("start", None)] * len(folds)
+    fingerprint = samples.fingerprint()  # once: every fold (and the resume's checks) trains on the same data
+    plan = _resume_plan(samples, fingerprint, folds, recipe, out_dir, entry) if entry is not None else [("start", None)] * len(folds)
     if entry is not None:
         # Until every fold is done, a cv.json of before (fewer epochs, or missing folds) would contradict the folds beside it.
         (out_dir / "cv.json").unlink(missing_ok=True)
     try:
-        per_fold, trained_spec = _train_folds(samples, spec, recipe, folds, plan, out_dir, progress, log)
+        per_fold, trained_spec = _train_folds(samples, fingerprint, spec, recipe, folds, plan, out_dir, progress, log)
         _write_config(out_dir, config.model_copy(update={"preprocess": trained_spec}))  # pixel_max, frame_size as trained
     except KeyboardInterrupt as exc:
         raise Interrupted(cv_resume_point(out_dir)) from exc
@@ -357,7 +358,7 @@ def _cross_validate(
 
 
 def _train_folds(
-    samples: SampleSet, spec: Any, recipe: TrainRecipe, folds: list[tuple[np.ndarray, np.ndarray]], plan: list[tuple[str, Any]],
+    samples: SampleSet, fingerprint: str, spec: Any, recipe: TrainRecipe, folds: list[tuple[np.ndarray, np.ndarray]], plan: list[tuple[str, Any]],
     out_dir: Path, progress: bool | None, log: Any,
 ) -> tuple[list[dict[str, Any]], Any]:
     """Each fold as `plan` says (keep, resume or start) into out_dir/fold-k/: their summaries and the spec as trained."""
@@ -372,14 +373,14 @@ def _train_folds(
         if isinstance(what, Path):  # another fold's last.pt, checked by _resume_plan: loaded one at a time
             what = load_checkpoint(what)
         result = train(samples, spec, recipe, fold_dir, train_idx=train_idx, val_idx=val_idx, resume=what, progress=progress,
-                       log=log.bind(fold=k))
+                       log=log.bind(fold=k), fingerprint=fingerprint)
         per_fold.append(finish(result, samples, recipe, log))
         trained_spec = result.cache.pre.spec
     return per_fold, trained_spec
 
 
 def _resume_plan(
-    samples: SampleSet, folds: list[tuple[np.ndarray, np.ndarray]], recipe: TrainRecipe, cv_dir: Path,
+    samples: SampleSet, fingerprint: str, folds: list[tuple[np.ndarray, np.ndarray]], recipe: TrainRecipe, cv_dir: Path,
     entry: tuple[int, Path, dict[str, Any]],
 ) -> list[tuple[str, Any]]:
     """Per fold of the cross-validation in `cv_dir` that fold `entry` belongs to: ("keep", its summary) when it has run all of
@@ -391,7 +392,6 @@ def _resume_plan(
     entry_k, resume, entry_state = entry
     if entry_k > len(folds):
         raise InputError(f"{resume}: fold {entry_k}, but the checkpoint's recipe has {len(folds)} folds; nothing was changed")
-    fingerprint = samples.fingerprint()
     if entry_state["dataset"]["fingerprint"] != fingerprint:
         raise InputError(
             f"the data under {samples.root} is not the data the checkpoint was trained on "

@@ -548,12 +548,15 @@ def train(
     progress: bool | None = None,
     log: structlog.typing.FilteringBoundLogger | None = None,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
+    fingerprint: str | None = None,
 ) -> TrainResult:
-    """Train one model, validating every epoch; keeps best.pt (highest validation ROC-AUC) and last.pt (to resume)."""
+    """Train one model, validating every epoch; keeps best.pt (highest validation ROC-AUC) and last.pt (to resume).
+    `fingerprint`: samples.fingerprint(), when the caller has it (each fold of a cross-validation would read the data again)."""
     device = pick_device(recipe.device)
     with cuda_kernels(recipe.deterministic, device):
         return _train(samples, spec, recipe, out_dir, device, train_idx=train_idx, val_idx=val_idx, resume=resume,
-                      progress=progress, log=log or structlog.get_logger("inspector.train"), on_epoch=on_epoch)
+                      progress=progress, log=log or structlog.get_logger("inspector.train"), on_epoch=on_epoch,
+                      fingerprint=fingerprint or samples.fingerprint())
 
 
 @contextlib.contextmanager
@@ -594,12 +597,12 @@ def _train(
     progress: bool | None,
     log: structlog.typing.FilteringBoundLogger,
     on_epoch: Callable[[EpochMetrics], None] | None,
+    fingerprint: str,
 ) -> TrainResult:
     started = time.monotonic()
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
-    fingerprint = samples.fingerprint()
     if resume is not None and resume["dataset"]["fingerprint"] != fingerprint:
         raise InputError(
             f"the data under {samples.root} is not the data the checkpoint was trained on "

@@ -15,6 +15,11 @@ from tests.conftest import gray_png
 FAST = ["--size", "32", "--color", "gray", "--clahe", "2", "--threads", "1", "--batch-size", "16"]
 
 
+def run_files_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes: equal before and after means nothing was changed."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def train_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     """Run `inspector train ...` in-process; (exit code, stdout, stderr)."""
     code = main(["train", *args])

@@ -16,13 +16,9 @@ import pytest
 import torch
 
 from inspector.training import run as run_mod
-from tests.training.conftest import FAST, train_cli
+from tests.training.conftest import FAST, run_files_bytes, train_cli
 
 METRICS = ("roc_auc", "accuracy", "ng_recall_at_target", "false_reject_rate_at_target")
-
-
-def _files(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _stop_in(monkeypatch: pytest.MonkeyPatch, folder: str, epoch: int) -> None:
@@ -90,12 +86,12 @@ def test_an_interrupted_cross_validation_resumes_to_what_an_uninterrupted_one_wr
     assert not (cut / "fold-3").exists() and not (cut / "cv.json").exists()
     other = tmp_path / "cv-other"  # the same stopped cross-validation, resumed below from another fold into its own folder
     shutil.copytree(cut, other)
-    fold_1 = _files(cut / "fold-1")
+    fold_1 = run_files_bytes(cut / "fold-1")
 
     code, out, err = train_cli(capsys, *_continue_with(err))
     assert code == 0, err
     assert "3-fold cross-validation: ROC-AUC" in out and f"summary: {cut / 'cv.json'}" in out
-    assert _files(cut / "fold-1") == fold_1  # finished before: kept as it was
+    assert run_files_bytes(cut / "fold-1") == fold_1  # finished before: kept as it was
     assert [e["epoch"] for e in json.loads((cut / "fold-2" / "metrics.json").read_text())["epochs"]] == [1, 2]
     assert (cut / "fold-3" / "report.html").is_file()
     _same_cross_validation(straight, cut, 3)
@@ -107,12 +103,12 @@ def test_an_interrupted_cross_validation_resumes_to_what_an_uninterrupted_one_wr
     _same_cross_validation(straight, other, 3)
 
     # A complete cross-validation resumes only with more epochs.
-    before = _files(cut)
+    before = run_files_bytes(cut)
     code, _, err = train_cli(capsys, str(parts), "--resume", str(cut / "fold-3" / "last.pt"))
     assert code == 2
     assert (f"the cross-validation in {cut} is complete: each of its 3 folds has run its 2 epochs or stopped early, and cv.json "
             "is written; give --epochs more than 2 to extend every fold; nothing was changed") in err
-    assert _files(cut) == before
+    assert run_files_bytes(cut) == before
 
 
 def test_a_cross_validation_stopped_in_a_folds_first_epoch_starts_again_or_continues_from_the_fold_before(
@@ -141,13 +137,13 @@ def test_a_fold_whose_validation_samples_are_not_the_splits_is_not_resumed(
     ckpt = torch.load(last, weights_only=True)
     ckpt["validation"] = ckpt["validation"][1:]  # as if the folds had been split otherwise
     torch.save(ckpt, last)
-    before = _files(cv)
+    before = run_files_bytes(cv)
     code, _, err = train_cli(capsys, str(parts), "--resume", str(last))
     assert code == 2
     n = len(ckpt["validation"])
     assert f"{last}: fold 1 was started with {n} validation samples, but the split of this data and recipe gives fold 1 {n + 1}" in err
     assert "this cross-validation cannot be resumed" in err and "nothing was changed" in err
-    assert _files(cv) == before
+    assert run_files_bytes(cv) == before
 
 
 def test_a_run_ended_at_fewer_epochs_stays_ended(
@@ -159,11 +155,11 @@ def test_a_run_ended_at_fewer_epochs_stays_ended(
     assert code == 0, err
     assert out.startswith("best epoch 1/1")
     assert torch.load(run / "last.pt", weights_only=True)["recipe"]["epochs"] == 1
-    before = _files(run)
+    before = run_files_bytes(run)
     code, _, err = train_cli(capsys, str(parts), "--resume", str(run / "last.pt"))
     assert code == 2
     assert "the run is complete: it has run all 1 of its epochs; give --epochs more than 1 to extend it; nothing was changed" in err
-    assert _files(run) == before
+    assert run_files_bytes(run) == before
 
 
 def test_a_one_cycle_run_keeps_its_epochs(
@@ -172,21 +168,21 @@ def test_a_one_cycle_run_keeps_its_epochs(
     done = tmp_path / "done"
     code, _, err = train_cli(capsys, str(parts), "--out", str(done), "--epochs", "1", "--schedule", "onecycle", *FAST)
     assert code == 0, err
-    before = _files(done)
+    before = run_files_bytes(done)
     for more in (["--epochs", "2"], []):
         code, _, err = train_cli(capsys, str(parts), "--resume", str(done / "last.pt"), *more)
         assert code == 2, err
         assert "its one-cycle schedule (schedule onecycle) ended at epoch 1, planned as its last, and cannot be extended" in err
         assert f"--weights {done / 'best.pt'} with a new --out" in err and "nothing was changed" in err
-    assert _files(done) == before
+    assert run_files_bytes(done) == before
     # Stopped midway, it finishes as planned: its cycle cannot be stretched or cut.
     cut = tmp_path / "cut"
     err = _interrupted(capsys, monkeypatch, "cut", 1, str(parts), "--out", str(cut), "--epochs", "2", "--schedule", "onecycle", *FAST)
-    before = _files(cut)
+    before = run_files_bytes(cut)
     code, _, err = train_cli(capsys, str(parts), "--resume", str(cut / "last.pt"), "--epochs", "3")
     assert code == 2
     assert "follows a one-cycle schedule (schedule onecycle) planned over its 2 epochs" in err
-    assert _files(cut) == before
+    assert run_files_bytes(cut) == before
     code, _, err = train_cli(capsys, str(parts), "--resume", str(cut / "last.pt"))
     assert code == 0, err
     assert [e["epoch"] for e in json.loads((cut / "metrics.json").read_text())["epochs"]] == [1, 2]
@@ -221,7 +217,7 @@ def test_resume_refuses_each_changed_setting_naming_the_flag(
 ) -> None:
     run = tmp_path / "run"
     shutil.copytree(trained, run)
-    before = _files(run)
+    before = run_files_bytes(run)
     for flags, named in (
         (["--classes", "multi"], "--classes multi"),
         (["--threads", "2"], "--threads (train.threads)"),
@@ -231,7 +227,7 @@ def test_resume_refuses_each_changed_setting_naming_the_flag(
         code, _, err = train_cli(capsys, str(parts), "--resume", str(run / "last.pt"), "--epochs", "3", *flags)
         assert code == 2, err
         assert f"only --epochs may change it (got {named})" in err
-    assert _files(run) == before
+    assert run_files_bytes(run) == before
 
 
 def test_extending_a_cross_validation_needs_each_folds_last_pt_and_drops_the_old_cv_json(
@@ -242,10 +238,10 @@ def test_extending_a_cross_validation_needs_each_folds_last_pt_and_drops_the_old
     assert code == 0, err
     moved = tmp_path / "fold-2-last.pt"
     (cv / "fold-2" / "last.pt").rename(moved)
-    before = _files(cv)
+    before = run_files_bytes(cv)
     code, _, err = train_cli(capsys, str(parts), "--resume", str(cv / "fold-1" / "last.pt"), "--epochs", "2")
     assert code == 2 and f"{cv / 'fold-2'}: fold 2 finished at 1 epoch and has no last.pt to extend it to 2" in err
-    assert _files(cv) == before, "refused before anything changed"
+    assert run_files_bytes(cv) == before, "refused before anything changed"
     moved.rename(cv / "fold-2" / "last.pt")
     err = _interrupted(capsys, monkeypatch, "fold-2", 2, str(parts), "--resume", str(cv / "fold-1" / "last.pt"), "--epochs", "2")
     assert not (cv / "cv.json").exists(), "its 1-epoch figures would contradict fold 1, extended to 2 epochs"

@@ -23,6 +23,7 @@ from tests.conftest import fifo, gray_png
 from tests.training.conftest import (
     FAST,
     export_cli,
+    run_files_bytes,
     square_part,
     train_cli,
     two_camera_parts,
@@ -322,13 +323,13 @@ def test_k_folds_train_one_model_per_fold(parts: Path, tmp_path: Path, capsys: p
     assert yaml.safe_load((tmp_path / "cv" / "train.yaml").read_text())["train"]["epochs"] == 2
     assert "2-fold cross-validation: ROC-AUC" in out and f"summary: {tmp_path / 'cv' / 'cv.json'}" in out
     # A finished cross-validation is a run too: a later run into the same folder is refused, whatever its options.
-    before = _files(tmp_path / "cv")
+    before = run_files_bytes(tmp_path / "cv")
     for flags in (["--folds", "2"], []):
         code, _, err = train_cli(capsys, str(parts), "--out", str(tmp_path / "cv"), "--epochs", "1", *FAST, *flags)
         assert code == 2
         assert f"already holds a training run (train.yaml, cv.json, fold-1/, fold-2/); choose another --out; " \
                f"--resume {tmp_path / 'cv' / 'fold-1' / 'last.pt'} continues this cross-validation" in err
-    assert _files(tmp_path / "cv") == before
+    assert run_files_bytes(tmp_path / "cv") == before
 
 
 def test_lr_find_prints_a_suggestion_and_plots_it(parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -577,28 +578,24 @@ def test_group_by_holds_out_whole_parts(tmp_path: Path, capsys: pytest.CaptureFi
     assert TrainRecipe.model_validate(ckpt["recipe"]).group_by == r"(SN\d+)_cam"
 
 
-def _files(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def test_resume_writes_only_into_the_checkpoints_own_folder(trained: Path, parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     other, run = tmp_path / "other", tmp_path / "run"
     shutil.copytree(trained, other)
     shutil.copytree(trained, run)
-    before = _files(other)
+    before = run_files_bytes(other)
     for out in (other, tmp_path / "new"):
         code, _, err = train_cli(capsys, str(parts), "--out", str(out), "--resume", str(run / "last.pt"), "--epochs", "3")
         assert code == 2, err
         assert f"--resume {run / 'last.pt'} continues the run in {run}, and a resumed run writes only there; give --out {run}" in err
         assert "Traceback" not in err
-    assert _files(other) == before
+    assert run_files_bytes(other) == before
     assert not (tmp_path / "new").exists()
 
 
 def test_resume_of_a_finished_run_needs_more_epochs_and_changes_nothing(trained: Path, parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     shutil.copytree(trained, run)
-    before = _files(run)
+    before = run_files_bytes(run)
     code, _, err = train_cli(capsys, str(parts), "--out", str(run), "--resume", str(run / "last.pt"), "--epochs", "1")
     assert code == 2
     assert f"--epochs 1: the run in {run} has already run 2 epochs; --epochs must be more than 2 to extend it; nothing was changed" in err
@@ -606,7 +603,7 @@ def test_resume_of_a_finished_run_needs_more_epochs_and_changes_nothing(trained:
         code, _, err = train_cli(capsys, str(parts), "--out", str(run), "--resume", str(run / "last.pt"), *more)
         assert code == 2
         assert "the run is complete: it has run all 2 of its epochs; give --epochs more than 2 to extend it; nothing was changed" in err
-    assert _files(run) == before
+    assert run_files_bytes(run) == before
 
 
 @pytest.mark.parametrize(
@@ -628,10 +625,10 @@ def test_any_part_of_a_run_keeps_a_new_run_out(
         else:
             out.mkdir(exist_ok=True)
             shutil.copy(trained / name, out / name)
-    before = _files(out)
+    before = run_files_bytes(out)
     code, _, err = train_cli(capsys, str(parts), "--out", str(out), "--epochs", "1", *FAST)
     assert code == 2 and message in err
-    assert _files(out) == before
+    assert run_files_bytes(out) == before
 
 
 def test_weights_from_an_earlier_run_start_a_new_one(trained: Path, parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -648,7 +645,7 @@ def test_an_out_inside_data_is_refused_before_anything_is_written(parts: Path, t
         code, _, err = train_cli(capsys, str(data), "--out", str(out), "--epochs", "1", *FAST, *flags)
         assert code == 2
         assert f"--out {out}: inside DATA {data}; the run's plots (report images) would be read as images of DATA" in err
-    assert _files(data) == _files(parts)
+    assert run_files_bytes(data) == run_files_bytes(parts)
 
 
 def test_rois_with_folder_labels_are_refused_before_anything_is_written(parts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
