@@ -146,9 +146,12 @@ def _number_or(words: tuple[str, ...], word: str, expected: str) -> Callable[[st
     return parse
 
 
+_auto_or_number = _number_or(("auto",), "auto", "auto or the band's upper threshold in 0..1")
+
+
 def _band(text: str) -> float | str:
     """--uncertain-band: auto, or the band's upper threshold (reject at or above it): at most 6 decimals, as every threshold."""
-    value = _number_or(("auto",), "auto", "auto or the band's upper threshold in 0..1")(text)
+    value = _auto_or_number(text)
     if isinstance(value, float) and 0.0 <= value <= 1.0 and (problem := threshold_problem(value)) is not None:
         raise argparse.ArgumentTypeError(problem)  # a number out of 0..1 gets calibrate's own message, which names the flag
     return value
@@ -795,9 +798,11 @@ _PREPROCESS_FLAGS = {
 
 def _flags_named(keys: list[str]) -> list[str]:
     """'--threads (train.threads)' for each flag that set some of `keys`."""
+    from inspector.training.recipe import option_flag
+
     flags: dict[str, list[str]] = {}
     for key in keys:
-        flag = _PREPROCESS_FLAGS.get(key) or "--" + key.rsplit(".", 1)[-1].replace("_", "-")
+        flag = _PREPROCESS_FLAGS.get(key) or option_flag(key.rsplit(".", 1)[-1])
         flags.setdefault(flag, []).append(key)
     return [f"{flag} ({', '.join(named)})" for flag, named in flags.items()]
 

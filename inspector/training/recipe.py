@@ -206,8 +206,9 @@ def _scalar(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
-def _option(name: str) -> str:
-    return "--" + re.sub(r"_", "-", name)
+def option_flag(name: str) -> str:
+    """The command-line flag of a recipe field: warmup_epochs -> --warmup-epochs."""
+    return "--" + name.replace("_", "-")
 
 
 def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
@@ -222,12 +223,12 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
             text = f"{field.description} (default: {default})".replace("%", "%%")  # argparse formats help with %
             dest = f"recipe:{prefix}{name}"
             if kind is bool:
-                group.add_argument(_option(name), dest=dest, action=argparse.BooleanOptionalAction, default=None, help=text)
+                group.add_argument(option_flag(name), dest=dest, action=argparse.BooleanOptionalAction, default=None, help=text)
             elif typing.get_origin(kind) is Literal:
-                group.add_argument(_option(name), dest=dest, choices=typing.get_args(kind), default=None, help=text)
+                group.add_argument(option_flag(name), dest=dest, choices=typing.get_args(kind), default=None, help=text)
             else:
                 group.add_argument(
-                    _option(name), dest=dest, type=_parser_for(kind, nullable), default=None, metavar=kind.__name__.upper(), help=text
+                    option_flag(name), dest=dest, type=_parser_for(kind, nullable), default=None, metavar=kind.__name__.upper(), help=text
                 )
 
 

@@ -338,8 +338,9 @@ def _cross_validate(
     resume the cross-validation that fold k belongs to: finished folds are kept, the others continue or start."""
     folds = kfold_splits(samples, recipe.folds or 2, recipe.seed, regex_groups(recipe.group_by))
     fingerprint = samples.fingerprint()  # once: every fold (and the resume's checks) trains on the same data
-    plan = _resume_plan(samples, fingerprint, folds, recipe, out_dir, entry) if entry is not None else [("start", None)] * len(folds)
+    plan: list[tuple[str, Any]] = [("start", None)] * len(folds)
     if entry is not None:
+        plan = _resume_plan(samples, fingerprint, folds, recipe, out_dir, entry)
         # Until every fold is done, a cv.json of before (fewer epochs, or missing folds) would contradict the folds beside it.
         (out_dir / "cv.json").unlink(missing_ok=True)
     try:
